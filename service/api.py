@@ -1,0 +1,250 @@
+"""The HTTP layer: parse and validate requests, call the engine, serialize with orjson.
+
+Nothing here touches torch. Every failure is a :class:`ServiceError` (or a werkzeug HTTP
+error) rendered by :func:`register_error_handlers` as ``{"error": {"code", "message"}}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+
+import orjson
+from flask import Blueprint, Flask, Response, current_app, request
+from werkzeug.exceptions import HTTPException
+
+from .engine import Engine
+from .errors import BadRequest, ServiceError, TooManyImages, UnsupportedMediaType
+
+log = logging.getLogger("layertap.api")
+
+api = Blueprint("api", __name__)
+
+DEFAULT_LAYERS = ("avgpool",)
+RAW_TYPES = ("application/octet-stream", "")
+
+
+def _engine() -> Engine:
+    return current_app.extensions["layertap.engine"]
+
+
+def json_response(body: dict, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+        status=status,
+        headers=headers,
+        mimetype="application/json",
+    )
+
+
+# ---- endpoints ---------------------------------------------------------------------------
+@api.post("/features")
+def features() -> Response:
+    engine = _engine()
+    layers = parse_layers(request.args.get("layers"), max_layers=len(engine.layers))
+    engine.validate_layers(layers)  # before reading the body: a typo costs no upload decode
+    images = read_images(engine.settings.max_images_per_request)
+    result = engine.extract(images, layers)
+    timings = result.timings
+    headers = {
+        "X-Preprocess-Time": f"{timings.preprocess_ms:.2f}",
+        "X-Queue-Time": f"{timings.queue_ms:.2f}",
+        "X-Inference-Time": f"{timings.inference_ms:.2f}",
+        "X-Batch-Size": str(timings.batch_images),
+    }
+    body = {
+        "model": engine.entry.name,
+        "weights": engine.weights.label,
+        "features": {name: {"shape": list(array.shape), "data": array} for name, array in result.features.items()},
+    }
+    return json_response(body, headers=headers)
+
+
+@api.get("/shapes")
+def shapes() -> Response:
+    engine = _engine()
+    crop = engine.entry.preprocessing.crop
+    height = _int_arg("height", crop)
+    width = _int_arg("width", crop)
+    batch = _int_arg("batch", 1)
+    calls = engine.shapes(height, width, batch)
+    return json_response(
+        {
+            "model": engine.entry.name,
+            "input": {"batch": batch, "channels": 3, "height": height, "width": width},
+            "layers": [
+                {
+                    "name": call.name,
+                    "module": call.module,
+                    "type": call.type,
+                    "call": call.call_index,
+                    "calls": call.calls,
+                    "shape": list(call.shape) if call.shape is not None else None,
+                }
+                for call in calls
+            ],
+        }
+    )
+
+
+@api.get("/health")
+def health() -> Response:
+    engine = _engine()
+    if engine.state == "failed":
+        return json_response({"status": "failed", "reason": engine.failure}, status=503)
+    return json_response({"status": "ok"})
+
+
+@api.get("/ready")
+def ready() -> Response:
+    engine = _engine()
+    body = {"status": "ready" if engine.ready else engine.state}
+    if engine.ready:
+        return json_response(body)
+    return json_response(body, status=503, headers={"Retry-After": "1"})
+
+
+@api.get("/info")
+def info() -> Response:
+    engine = _engine()
+    settings = engine.settings
+    from . import __version__
+
+    return json_response(
+        {
+            **engine.describe(),
+            "version": __version__,
+            "default_layers": list(DEFAULT_LAYERS),
+            "limits": {
+                "max_body_bytes": settings.max_body_bytes,
+                "max_pixels": settings.max_pixels,
+                "max_images_per_request": settings.max_images_per_request,
+                "max_batch_size": settings.max_batch_size,
+                "max_batch_delay_ms": settings.max_batch_delay_ms,
+                "max_queue_images": settings.max_queue_images,
+                "request_timeout_s": settings.request_timeout_s,
+            },
+        }
+    )
+
+
+# ---- request parsing -----------------------------------------------------------------------
+def parse_layers(raw: str | None, max_layers: int) -> tuple[str, ...]:
+    """``layers=a,b`` → ("a", "b"); omitted → avgpool. Empty, duplicated or too many names are a 400."""
+    if raw is None:
+        return DEFAULT_LAYERS
+    names = [part.strip() for part in raw.split(",")]
+    if not any(names):
+        raise BadRequest("the layers parameter is empty; name one or more layers, e.g. layers=layer4,avgpool")
+    if "" in names:
+        raise BadRequest(f"the layers parameter {raw[:200]!r} has an empty name (stray comma?)")
+    if len(names) > max_layers:
+        raise BadRequest(f"{len(names)} layers requested; the model has {max_layers}")
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise BadRequest(f"layer {name[:200]!r} is requested twice")
+        seen.add(name)
+    return tuple(names)
+
+
+def read_images(max_images: int) -> list[bytes]:
+    """The request's images, in order, from a raw body, multipart ``image`` parts, or JSON base64."""
+    mimetype = request.mimetype
+    if mimetype.startswith("image/") or mimetype in RAW_TYPES:
+        images = [request.get_data(cache=False)]
+        if not images[0]:
+            raise BadRequest("the request body is empty; send the image bytes as the body")
+    elif mimetype == "multipart/form-data":
+        images = _multipart_images(max_images)
+    elif mimetype == "application/json":
+        images = _json_images(max_images)
+    else:
+        raise UnsupportedMediaType(
+            f"content type {mimetype!r} is not supported; send the image as the raw body (image/* or "
+            "application/octet-stream), as multipart/form-data parts named 'image', or as JSON "
+            '{"images": ["<base64>", ...]}'
+        )
+    if not images:
+        raise BadRequest("the request holds no image")
+    if len(images) > max_images:
+        raise TooManyImages(f"{len(images)} images in one request; the limit is {max_images} (LAYERTAP_MAX_IMAGES_PER_REQUEST)")
+    return images
+
+
+def _multipart_images(max_images: int) -> list[bytes]:
+    parts = request.files.getlist("image")
+    if not parts:
+        names = sorted(set(request.files) | set(request.form))
+        found = f" (found: {', '.join(names[:10])})" if names else ""
+        raise BadRequest(f"a multipart body needs one or more file parts named 'image'{found}")
+    if len(parts) > max_images:
+        raise TooManyImages(f"{len(parts)} images in one request; the limit is {max_images} (LAYERTAP_MAX_IMAGES_PER_REQUEST)")
+    return [part.read() for part in parts]
+
+
+def _json_images(max_images: int) -> list[bytes]:
+    try:
+        body = orjson.loads(request.get_data(cache=False))
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the JSON body does not parse: {exc}") from None
+    encoded = body.get("images") if isinstance(body, dict) else None
+    if not isinstance(encoded, list) or not all(isinstance(item, str) for item in encoded):
+        raise BadRequest('a JSON body must be {"images": ["<base64>", ...]}')
+    if len(encoded) > max_images:
+        raise TooManyImages(f"{len(encoded)} images in one request; the limit is {max_images} (LAYERTAP_MAX_IMAGES_PER_REQUEST)")
+    images = []
+    for index, text in enumerate(encoded):
+        if text.startswith("data:") and "," in text:  # a data: URL, as browsers produce
+            text = text.split(",", 1)[1]
+        try:
+            images.append(base64.b64decode(text, validate=True))
+        except (binascii.Error, ValueError):
+            raise BadRequest(f"images[{index}] is not valid base64") from None
+    return images
+
+
+def _int_arg(name: str, default: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer, not {raw[:50]!r}") from None
+
+
+# ---- errors --------------------------------------------------------------------------------
+def error_body(code: str, message: str) -> dict:
+    return {"error": {"code": code, "message": message}}
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ServiceError)
+    def _service_error(exc: ServiceError) -> Response:
+        if exc.status >= 500:
+            log.error("%s: %s", exc.code, exc.message)
+        return json_response(error_body(exc.code, exc.message), status=exc.status, headers=exc.headers)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        code = (exc.name or "error").lower().replace(" ", "_")
+        message = exc.description or exc.name
+        if exc.code == 413:
+            code = "payload_too_large"
+            message = (
+                f"the request body is over {current_app.config['MAX_CONTENT_LENGTH']:,} bytes "
+                "(LAYERTAP_MAX_BODY_BYTES)"
+            )
+        elif exc.code == 404:
+            message = f"no route {request.path!r}; endpoints: POST /features, GET /shapes, /info, /health, /ready"
+        response = json_response(error_body(code, message), status=exc.code or 500)
+        if exc.code == 405 and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return json_response(error_body("internal_error", "an internal error occurred; it has been logged"), status=500)

@@ -1,0 +1,129 @@
+"""Forward hooks that capture the *true* outputs of named modules, installed once per model.
+
+Why not ``torchvision.models.feature_extraction.create_feature_extractor``? It returns whatever
+tensor a node produced, after later in-place ops have rewritten it: ResNet's ``bn1`` comes back
+post-ReLU (``relu(inplace=True)``) and every block's ``bn2`` comes back with the residual added
+(``out += identity``). A hook that keeps a reference has the same bug. :class:`LayerTap` clones
+an output at the moment its module returns, so callers get the value the module computed.
+
+Naming follows torchvision FX: a module called more than once per forward pass exposes each
+call, the first under its own name and the k-th (k ≥ 1) as ``<name>_<k>``; in a ResNet
+``BasicBlock`` the shared ``relu`` runs twice, as ``layer1.0.relu`` and ``layer1.0.relu_1``.
+
+The hooks are registered once, on every named module, when the tap is built. Each forward pass
+says which calls it wants; the pass is abandoned as soon as the last of them has been captured,
+so asking for ``layer1`` never runs ``layer2`` .. ``fc``. A tap (like its model) belongs to one
+thread: it keeps the state of the pass in progress.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+def call_name(module_name: str, call_index: int) -> str:
+    """Name of the ``call_index``-th call (0-based) of a module, after torchvision FX's naming."""
+    return module_name if call_index == 0 else f"{module_name}_{call_index}"
+
+
+@dataclass(frozen=True)
+class LayerCall:
+    """One call of a named module during a forward pass, and the shape of what it returned."""
+
+    name: str
+    module: str
+    type: str
+    call_index: int
+    calls: int
+    shape: tuple[int, ...] | None
+
+
+class _AllCaptured(Exception):
+    """Raised from a hook to abandon the forward pass once nothing more is wanted."""
+
+
+@dataclass
+class _Pass:
+    wanted: frozenset[str] = frozenset()
+    captured: dict[str, torch.Tensor] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
+    trace: list[tuple[str, str, str, int, tuple[int, ...] | None]] | None = None
+
+
+class LayerTap:
+    """Hooks on every named module of ``model``; :meth:`capture` and :meth:`trace` run forward passes."""
+
+    def __init__(self, model: nn.Module):
+        self._model = model
+        self._pass: _Pass | None = None
+        self._handles = [
+            module.register_forward_hook(functools.partial(self._on_output, name))
+            for name, module in model.named_modules()
+            if name
+        ]
+
+    def capture(self, inputs: torch.Tensor, wanted: frozenset[str]) -> dict[str, torch.Tensor]:
+        """Run the model on ``inputs``; return a contiguous copy of each wanted call's output.
+
+        Raises ValueError when ``wanted`` is empty or names a call that did not happen (check
+        names against :meth:`trace` first).
+        """
+        if not wanted:
+            raise ValueError("capture needs at least one layer name; trace() lists them")
+        state = _Pass(wanted=frozenset(wanted))
+        self._run(inputs, state)
+        missing = state.wanted - state.captured.keys()
+        if missing:
+            raise ValueError(f"no tensor output was produced for {sorted(missing)}; trace() lists the layers that exist")
+        return state.captured
+
+    def trace(self, inputs: torch.Tensor) -> list[LayerCall]:
+        """Run the whole model on ``inputs`` and list every module call in the order the calls returned."""
+        state = _Pass(trace=[])
+        self._run(inputs, state)
+        return [
+            LayerCall(name=name, module=module, type=kind, call_index=index, calls=state.calls[module], shape=shape)
+            for name, module, kind, index, shape in state.trace
+        ]
+
+    def remove(self) -> None:
+        """Take the hooks off the model."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    @property
+    def hook_count(self) -> int:
+        return len(self._handles)
+
+    def _run(self, inputs: torch.Tensor, state: _Pass) -> None:
+        self._pass = state
+        try:
+            self._model(inputs)
+        except _AllCaptured:
+            pass
+        finally:
+            self._pass = None
+
+    def _on_output(self, module_name: str, module: nn.Module, _inputs, output) -> None:
+        state = self._pass
+        if state is None:  # a forward pass that is not ours (e.g. someone else's call of the model)
+            return
+        index = state.calls.get(module_name, 0)
+        state.calls[module_name] = index + 1
+        name = call_name(module_name, index)
+        if state.trace is not None:
+            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
+            state.trace.append((name, module_name, type(module).__name__, index, shape))
+            return
+        if name in state.wanted and isinstance(output, torch.Tensor):
+            # Copy now: a later in-place op (ReLU(inplace=True), `out += identity`) would
+            # otherwise rewrite the value we return. The copy is also contiguous, which a
+            # channels_last output is not.
+            state.captured[name] = output.clone(memory_format=torch.contiguous_format)
+            if len(state.captured) == len(state.wanted):
+                raise _AllCaptured

@@ -1,0 +1,62 @@
+"""Build the torch module a model entry describes and place it on its device.
+
+Only the engine's model thread calls :func:`place`; building happens once per worker, after
+gunicorn has forked (building in the master would start torch's thread pools before fork).
+"""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import nn
+
+from .errors import StartupError, WeightsUnavailable
+from .model_repository import ModelEntry
+from .weights import Weights
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def build_model(entry: ModelEntry, weights: Weights) -> nn.Module:
+    """The entry's architecture with the given weights, in eval mode, float32, on the CPU."""
+    try:
+        builder = torchvision.models.get_model_builder(entry.architecture)
+    except ValueError as exc:
+        raise StartupError(f"model entry {entry.name!r}: {exc}") from None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(weights.seed)
+        model = builder(weights=None)
+    if weights.state_dict is not None:
+        try:
+            model.load_state_dict(weights.state_dict, strict=True)
+        except RuntimeError as exc:
+            first_line = str(exc).splitlines()[0]
+            raise WeightsUnavailable(
+                f"weights {weights.label} do not fit {entry.architecture}: {first_line} "
+                f"(is the file a {entry.architecture} state dict?)"
+            ) from None
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` picks CUDA when present; an explicit CUDA device that does not exist is a start-up error."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise StartupError(f"LAYERTAP_DEVICE={spec} but CUDA is not available here; use auto or cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise StartupError(f"LAYERTAP_DEVICE={spec} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return device
+
+
+def place(model: nn.Module, device: torch.device, dtype: str, channels_last: bool) -> nn.Module:
+    """Move the model to its device, dtype and memory format."""
+    model = model.to(device=device, dtype=DTYPES[dtype])
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model

@@ -1,0 +1,121 @@
+"""Image bytes → the model's input pixels, safely: bounded memory, any common format, EXIF applied.
+
+The output equals torchvision's reference pipeline for the weights (``weights.transforms()``
+applied to ``Image.open(...).convert("RGB")``) up to the final float conversion, which the
+engine does on the whole batch: this returns the resized, center-cropped ``uint8`` pixels
+(height × width × RGB), so request threads hand the model thread a quarter of the bytes.
+
+Defences, in order: a whitelist of decoders (no Ghostscript-backed EPS and friends); the
+pixel limit checked from the header, before a single pixel is decoded (Pillow itself only
+warns below 179 megapixels); truncated data is an error, not grey padding; resizing reads
+only the source region that survives the center crop, so a 1×100000 strip costs what a
+square does instead of a 256×25,600,000 intermediate.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from .errors import ImageTooLarge, InvalidImage
+from .model_repository import Preprocessing
+
+# Decoders layertap accepts (Pillow's JPEG decoder also opens the MPO files of phone cameras).
+FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+
+_RESAMPLING = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+Image.init()  # register every plugin, so that `formats=` can name them all
+
+# A truncated file must be refused, never silently completed with grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImagePreprocessor:
+    """Callable: encoded image bytes → ``(crop, crop, 3)`` uint8 array, or a 4xx :class:`ServiceError`."""
+
+    def __init__(self, spec: Preprocessing, max_pixels: int):
+        self.spec = spec
+        self.max_pixels = max_pixels
+        self._resample = _RESAMPLING[spec.interpolation]
+
+    def __call__(self, data: bytes) -> np.ndarray:
+        image = self._open(data)
+        image = self._decode(image)
+        image = _to_rgb(image)
+        return np.asarray(self._resize_and_crop(image), dtype=np.uint8)
+
+    def _open(self, data: bytes) -> Image.Image:
+        if not data:
+            raise InvalidImage("the image is empty (0 bytes)")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(io.BytesIO(data), formats=FORMATS)
+        except Image.DecompressionBombError as exc:
+            raise ImageTooLarge(f"image refused before decoding: {exc}") from None
+        except UnidentifiedImageError:
+            raise InvalidImage(
+                f"cannot identify the image format; supported formats are {', '.join(FORMATS)}"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - Pillow raises many types on malformed headers
+            raise InvalidImage(f"cannot read the image header: {exc}") from None
+        width, height = image.size
+        if width <= 0 or height <= 0:
+            raise InvalidImage(f"image has no pixels ({width}×{height})")
+        if width * height > self.max_pixels:
+            raise ImageTooLarge(
+                f"image is {width}×{height} = {width * height:,} pixels, over the limit of "
+                f"{self.max_pixels:,} (LAYERTAP_MAX_PIXELS); downscale it before sending"
+            )
+        return image
+
+    def _decode(self, image: Image.Image) -> Image.Image:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                image.load()  # first frame of animated GIF/WebP/TIFF
+        except Exception as exc:  # noqa: BLE001 - truncated or corrupt data, whatever the decoder says
+            raise InvalidImage(f"the image data is truncated or corrupt: {exc}") from None
+        try:
+            return ImageOps.exif_transpose(image)
+        except Exception:  # noqa: BLE001 - a broken EXIF block should not cost the user the image
+            return image
+
+    def _resize_and_crop(self, image: Image.Image) -> Image.Image:
+        """torchvision's ``resize(shorter side)`` then ``center_crop``, computed in one resampling.
+
+        PIL's ``box`` selects the source region that maps onto the crop; the filter still reads
+        neighbouring pixels outside it, so the result is the crop of the full resize.
+        """
+        width, height = image.size
+        resize, crop = self.spec.resize, self.spec.crop
+        if width <= height:
+            new_width, new_height = resize, int(resize * height / width)
+        else:
+            new_width, new_height = int(resize * width / height), resize
+        left = int(round((new_width - crop) / 2.0))
+        top = int(round((new_height - crop) / 2.0))
+        scale_x, scale_y = width / new_width, height / new_height
+        box = (left * scale_x, top * scale_y, (left + crop) * scale_x, (top + crop) * scale_y)
+        return image.resize((crop, crop), self._resample, box=box)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any mode → RGB. 16-bit grayscale is scaled to 8 bits (Pillow's convert would clip it)."""
+    if image.mode in _SIXTEEN_BIT_MODES:
+        pixels = np.asarray(image).astype(np.int64)
+        image = Image.fromarray((np.clip(pixels, 0, 65535) >> 8).astype(np.uint8), "L")
+    elif image.mode == "F":
+        image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8), "L")
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return image

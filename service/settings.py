@@ -1,0 +1,72 @@
+"""Typed settings: every knob of the service, read from ``LAYERTAP_*`` environment variables.
+
+This is the single place where a setting is declared. Each field has a type, a default and a
+one-line description; the README's configuration table is generated from (and tested against)
+this class, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_REPOSITORY = Path(__file__).resolve().parent.parent / "models"
+
+
+class Settings(BaseSettings):
+    """Service configuration. Construct with keyword arguments in tests, from the environment in production."""
+
+    model_config = SettingsConfigDict(env_prefix="LAYERTAP_", extra="forbid", frozen=True)
+
+    host: str = Field("0.0.0.0", description="Address gunicorn binds to.")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port gunicorn binds to.")
+    model: str = Field("resnet18", description="Entry of the model repository to serve (a file `models/<name>.toml`).")
+    model_repository: Path = Field(DEFAULT_MODEL_REPOSITORY, description="Folder holding the model entries.")
+    weights: str = Field(
+        "imagenet",
+        description="`imagenet` (torchvision's DEFAULT weights via the torch cache), a path to a state-dict file, or `random`.",
+    )
+    allow_download: bool = Field(
+        True, description="Whether `imagenet` weights missing from the torch cache may be downloaded at start."
+    )
+    seed: int = Field(0, description="Seed for `random` weights, so that random models are reproducible.")
+    device: str = Field("auto", description="`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`.")
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="Compute dtype of the model; half precision is meant for CUDA."
+    )
+    channels_last: bool = Field(True, description="Run convolutions in the channels_last memory format (faster on CPU and GPU).")
+    max_body_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Largest request body accepted; larger gets 413.")
+    max_pixels: int = Field(
+        40_000_000, gt=0, description="Largest image (width × height) decoded; larger gets 413 before any pixel is decoded."
+    )
+    max_images_per_request: int = Field(64, gt=0, description="Most images in one request; more gets 413.")
+    max_batch_size: int = Field(16, gt=0, description="Most images in one forward pass of the batcher.")
+    max_batch_delay_ms: float = Field(
+        2.0, ge=0, description="How long the batcher waits for more work before running a partial batch."
+    )
+    max_queue_images: int = Field(256, gt=0, description="Images waiting for the model before new work gets 429.")
+    request_timeout_s: float = Field(30.0, gt=0, description="Deadline of a request inside the service; past it, 503.")
+    workers: int = Field(1, gt=0, description="gunicorn worker processes (each loads its own model).")
+    threads: int = Field(8, gt=0, description="gunicorn threads per worker (concurrent requests a worker accepts).")
+    torch_threads: int = Field(
+        0, ge=0, description="torch intra-op threads per worker; 0 means CPU cores ÷ workers."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level of the service.")
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {value!r}")
+
+    def effective_torch_threads(self) -> int:
+        """Intra-op threads for one worker: all workers together should not oversubscribe the cores."""
+        if self.torch_threads:
+            return self.torch_threads
+        return max(1, (os.cpu_count() or 1) // self.workers)

@@ -1,0 +1,124 @@
+"""Where the model's weights come from: torchvision's ImageNet weights, a local file, or a seeded random init.
+
+``LAYERTAP_WEIGHTS`` takes ``imagenet`` (the model entry's torchvision weights enum, fetched
+once into the torch hub cache: ``$TORCH_HOME/hub/checkpoints``), a path to a state-dict file,
+or ``random``. Every failure becomes one :class:`WeightsUnavailable` whose message names the
+alternatives, so a misconfigured service stops at start with a sentence, not a traceback.
+
+Also a command, used at container build time and before gunicorn forks its workers::
+
+    python -m service.weights download   # put the ImageNet weights into the torch cache
+    python -m service.weights check      # load the configured weights into the model, or exit 1
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+import torchvision
+
+from .errors import WeightsUnavailable
+from .model_repository import ModelEntry
+
+ALTERNATIVES = (
+    "set LAYERTAP_WEIGHTS to 'imagenet' (needs the torch cache or a download), "
+    "to the path of a state-dict file, or to 'random' for offline development"
+)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Resolved weights: a label that identifies them exactly, and the tensors (None for random init)."""
+
+    label: str
+    state_dict: dict[str, torch.Tensor] | None = field(repr=False)
+    seed: int = 0
+    categories: tuple[str, ...] | None = None
+
+
+def imagenet_cache_path(entry: ModelEntry) -> Path:
+    """Where torch.hub keeps (or will keep) the entry's ImageNet checkpoint."""
+    member = torchvision.models.get_weight(entry.weights)
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(member.url).path).name
+
+
+def resolve_weights(spec: str, entry: ModelEntry, *, allow_download: bool = True, seed: int = 0) -> Weights:
+    """Turn a ``LAYERTAP_WEIGHTS`` value into :class:`Weights`, raising WeightsUnavailable with a hint."""
+    spec = spec.strip()
+    if spec == "random":
+        return Weights(label=f"random:seed={seed}", state_dict=None, seed=seed)
+    if spec == "imagenet":
+        return _imagenet(entry, allow_download)
+    return _from_file(Path(spec).expanduser())
+
+
+def _imagenet(entry: ModelEntry, allow_download: bool) -> Weights:
+    try:
+        member = torchvision.models.get_weight(entry.weights)
+    except (ValueError, KeyError) as exc:
+        raise WeightsUnavailable(f"model entry {entry.name!r} names unknown weights {entry.weights!r}: {exc}") from None
+    cached = imagenet_cache_path(entry)
+    if not cached.is_file() and not allow_download:
+        raise WeightsUnavailable(
+            f"ImageNet weights {member} are not in the torch cache ({cached}) and LAYERTAP_ALLOW_DOWNLOAD is off; "
+            f"run `python -m service.weights download` where there is network, or {ALTERNATIVES}"
+        )
+    try:
+        state_dict = member.get_state_dict(progress=False, check_hash=True)
+    except Exception as exc:  # noqa: BLE001 - urllib, hash and unpickling errors all mean "unavailable"
+        raise WeightsUnavailable(
+            f"cannot load ImageNet weights {member} from {member.url} into {cached}: {exc}; {ALTERNATIVES}"
+        ) from None
+    categories = tuple(member.meta.get("categories") or ()) or None
+    return Weights(label=f"imagenet:{member}", state_dict=state_dict, categories=categories)
+
+
+def _from_file(path: Path) -> Weights:
+    if not path.is_file():
+        raise WeightsUnavailable(f"weights file {path} does not exist; {ALTERNATIVES}")
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the file is not usable
+        raise WeightsUnavailable(f"weights file {path} is not a loadable state dict ({exc}); {ALTERNATIVES}") from None
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise WeightsUnavailable(f"weights file {path} does not hold a state dict of tensors; {ALTERNATIVES}")
+    return Weights(label=f"file:{path.name}@sha256:{digest.hexdigest()[:12]}", state_dict=loaded)
+
+
+def _main(argv: list[str]) -> int:
+    from .model import build_model
+    from .model_repository import load_entry
+    from .settings import Settings
+
+    command = argv[0] if argv else "check"
+    if command not in ("download", "check"):
+        print("usage: python -m service.weights [download|check]", file=sys.stderr)
+        return 2
+    settings = Settings()
+    entry = load_entry(settings.model_repository, settings.model)
+    spec = "imagenet" if command == "download" else settings.weights
+    try:
+        weights = resolve_weights(spec, entry, allow_download=settings.allow_download, seed=settings.seed)
+        if command == "check":
+            build_model(entry, weights)
+    except WeightsUnavailable as exc:
+        print(f"layertap: {exc}", file=sys.stderr)
+        return 1
+    where = f" in {imagenet_cache_path(entry)}" if spec == "imagenet" else ""
+    print(f"layertap: {entry.name} weights {weights.label} ok{where}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -1,0 +1,102 @@
+"""Shared fixtures: a seeded ResNet18 state-dict file, settings, apps, clients and images.
+
+Nothing here needs the network: weights are made from ``resnet18(weights=None)`` with a fixed
+seed (batch-norm statistics randomized too, so normalization is not an identity).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from service.app import create_app
+from service.settings import Settings
+
+PHOTOS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "images"
+PHOTOS = ("grace_hopper.jpg", "rocket.jpg", "chelsea.png", "coffee.png")
+
+
+def make_state_dict(seed: int = 1234) -> dict[str, torch.Tensor]:
+    """A ResNet18 state dict with seeded random weights and non-trivial batch-norm statistics."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = torchvision.models.resnet18(weights=None)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(n, generator=generator) * 0.5 + 0.75)
+            module.weight.data.copy_(torch.rand(n, generator=generator) * 0.5 + 0.75)
+            module.bias.data.copy_(torch.randn(n, generator=generator) * 0.1)
+    return model.state_dict()
+
+
+@pytest.fixture(scope="session")
+def state_dict() -> dict[str, torch.Tensor]:
+    return make_state_dict()
+
+
+@pytest.fixture(scope="session")
+def weights_file(tmp_path_factory, state_dict) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "resnet18-seeded.pt"
+    torch.save(state_dict, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def reference_model(state_dict) -> torch.nn.Module:
+    """The same weights in a plain torchvision model: the independent side of golden tests."""
+    model = torchvision.models.resnet18(weights=None)
+    model.load_state_dict(state_dict)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def settings(weights_file) -> Settings:
+    return Settings(weights=str(weights_file), device="cpu", max_batch_delay_ms=5)
+
+
+@pytest.fixture(scope="session")
+def app(settings):
+    app = create_app(settings)
+    engine = app.extensions["layertap.engine"]
+    assert engine.wait_ready(60), engine.failure
+    yield app
+    engine.close()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def engine(app):
+    return app.extensions["layertap.engine"]
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, bytes]:
+    if not PHOTOS_DIR.is_dir():
+        pytest.skip(f"sample photos not found in {PHOTOS_DIR}")
+    return {name: (PHOTOS_DIR / name).read_bytes() for name in PHOTOS}
+
+
+def encode(image: Image.Image, fmt: str, **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **params)
+    return buffer.getvalue()
+
+
+def gradient_image(width: int = 320, height: int = 240, mode: str = "RGB") -> Image.Image:
+    """A smooth, asymmetric test pattern (so flips and rotations change it)."""
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), (x + 2 * y) % 256], axis=-1)
+    return Image.fromarray(rgb.astype(np.uint8), "RGB").convert(mode)

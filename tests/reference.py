@@ -1,0 +1,59 @@
+"""An independent ResNet18 forward pass, written out by hand, for golden tests.
+
+It calls each leaf module directly and uses out-of-place ops only (``torch.relu``, ``a + b``),
+so every intermediate value stays what its module computed. It shares no code with
+service.capture: if the hooks return post-ReLU ``bn1`` or post-residual ``bn2``, the
+comparison fails.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def reference_outputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every layer name layertap exposes for a torchvision ResNet18/34, mapped to its true output."""
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        h = out["conv1"] = model.conv1(x)
+        h = out["bn1"] = model.bn1(h)
+        h = out["relu"] = torch.relu(h)
+        h = out["maxpool"] = model.maxpool(h)
+        for stage in ("layer1", "layer2", "layer3", "layer4"):
+            for index, block in enumerate(getattr(model, stage)):
+                p = f"{stage}.{index}"
+                o = out[f"{p}.conv1"] = block.conv1(h)
+                o = out[f"{p}.bn1"] = block.bn1(o)
+                o = out[f"{p}.relu"] = torch.relu(o)
+                o = out[f"{p}.conv2"] = block.conv2(o)
+                o = out[f"{p}.bn2"] = block.bn2(o)
+                identity = h
+                if block.downsample is not None:
+                    identity = out[f"{p}.downsample.0"] = block.downsample[0](h)
+                    identity = out[f"{p}.downsample.1"] = block.downsample[1](identity)
+                    out[f"{p}.downsample"] = identity
+                h = out[f"{p}.relu_1"] = torch.relu(o + identity)
+                out[p] = h
+            out[stage] = h
+        h = out["avgpool"] = model.avgpool(h)
+        out["fc"] = model.fc(torch.flatten(h, 1))
+    return out
+
+
+def normalize(pixels: np.ndarray) -> torch.Tensor:
+    """(n, h, w, 3) uint8 → normalized float32 NCHW, as torchvision's ImageClassification does."""
+    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float() / 255
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return ((x - mean) / std).contiguous()
+
+
+def cosine(a, b) -> float:
+    a = torch.as_tensor(np.asarray(a), dtype=torch.float64).flatten()
+    b = torch.as_tensor(np.asarray(b), dtype=torch.float64).flatten()
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
