@@ -31,6 +31,8 @@ _RESAMPLING = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
 }
+# Above this, resizing the whole image before the crop would waste memory (see _resize_and_crop).
+_MAX_INTERMEDIATE_PIXELS = 1 << 20
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 Image.init()  # register every plugin, so that `formats=` can name them all
@@ -91,10 +93,13 @@ class ImagePreprocessor:
             return image
 
     def _resize_and_crop(self, image: Image.Image) -> Image.Image:
-        """torchvision's ``resize(shorter side)`` then ``center_crop``, computed in one resampling.
+        """torchvision's ``resize(shorter side)`` then ``center_crop``.
 
-        PIL's ``box`` selects the source region that maps onto the crop; the filter still reads
-        neighbouring pixels outside it, so the result is the crop of the full resize.
+        For ordinary shapes this is literally resize then crop, bit-exact with torchvision. For
+        very elongated images the full resize would be huge (a 1×100000 strip becomes
+        256×25,600,000), so only the source region that maps onto the crop is resampled; PIL's
+        ``box`` still lets the filter read the pixels around it, so the result is the same crop
+        up to float rounding (at most one level on a handful of pixels).
         """
         width, height = image.size
         resize, crop = self.spec.resize, self.spec.crop
@@ -104,6 +109,9 @@ class ImagePreprocessor:
             new_width, new_height = int(resize * width / height), resize
         left = int(round((new_width - crop) / 2.0))
         top = int(round((new_height - crop) / 2.0))
+        if new_width * new_height <= _MAX_INTERMEDIATE_PIXELS:
+            resized = image.resize((new_width, new_height), self._resample)
+            return resized.crop((left, top, left + crop, top + crop))
         scale_x, scale_y = width / new_width, height / new_height
         box = (left * scale_x, top * scale_y, (left + crop) * scale_x, (top + crop) * scale_y)
         return image.resize((crop, crop), self._resample, box=box)

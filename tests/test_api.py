@@ -1,0 +1,338 @@
+"""The HTTP API through Flask's test client: golden values end to end, input forms, errors, concurrency."""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from service.app import create_app
+from service.preprocess import ImagePreprocessor
+from service.settings import Settings
+from tests.conftest import encode, gradient_image
+from tests.reference import normalize, reference_outputs
+
+GOLDEN = ("bn1", "layer1.0.bn2", "layer1.0.relu", "layer1.0.relu_1", "layer2", "avgpool", "fc")
+
+
+def post_image(client, data: bytes, layers: str | None = None, content_type: str = "image/jpeg"):
+    url = "/features" if layers is None else f"/features?layers={layers}"
+    return client.post(url, data=data, content_type=content_type)
+
+
+def expected_for(reference_model, engine, images: list[bytes]) -> dict[str, torch.Tensor]:
+    """Independent side: torchvision's own transforms on PIL images, then the hand-written forward."""
+    transform = torchvision.models.ResNet18_Weights.DEFAULT.transforms()
+    x = torch.stack([transform(Image.open(io.BytesIO(data)).convert("RGB")) for data in images])
+    return reference_outputs(reference_model, x)
+
+
+def as_array(feature: dict) -> np.ndarray:
+    array = np.asarray(feature["data"], dtype=np.float32)
+    assert list(array.shape) == feature["shape"]
+    return array
+
+
+# ---- golden values over HTTP ---------------------------------------------------------------
+def test_features_equal_independent_computation(client, engine, reference_model, photos):
+    data = photos["grace_hopper.jpg"]
+    response = post_image(client, data, ",".join(GOLDEN))
+    assert response.status_code == 200, response.json
+    body = response.json
+    assert body["model"] == "resnet18"
+    assert body["weights"].startswith("file:resnet18-seeded.pt@sha256:")
+    assert list(body["features"]) == list(GOLDEN)  # request order, nothing else
+    expected = expected_for(reference_model, engine, [data])
+    for name in GOLDEN:
+        got = as_array(body["features"][name])
+        assert got.shape == tuple(expected[name].shape), name
+        np.testing.assert_allclose(got, expected[name].numpy(), rtol=1e-3, atol=2e-3, err_msg=name)
+    bn1 = as_array(body["features"]["bn1"])
+    assert (bn1 < 0).any(), "bn1 must be the pre-ReLU value"
+
+
+def test_default_layer_is_avgpool(client, photos):
+    body = post_image(client, photos["rocket.jpg"]).json
+    assert list(body["features"]) == ["avgpool"]
+    assert body["features"]["avgpool"]["shape"] == [1, 512, 1, 1]
+
+
+def test_multipart_batch_is_answered_in_request_order(client, engine, reference_model, photos):
+    names = ["rocket.jpg", "chelsea.png", "grace_hopper.jpg"]
+    parts = [(io.BytesIO(photos[n]), n) for n in names]
+    response = client.post("/features?layers=fc,layer3", data={"image": parts}, content_type="multipart/form-data")
+    assert response.status_code == 200, response.json
+    fc = as_array(response.json["features"]["fc"])
+    assert fc.shape == (3, 1000)
+    expected = expected_for(reference_model, engine, [photos[n] for n in names])
+    np.testing.assert_allclose(fc, expected["fc"].numpy(), rtol=1e-3, atol=2e-3)
+    assert response.json["features"]["layer3"]["shape"] == [3, 256, 14, 14]
+
+
+def test_json_base64_batch_and_data_urls(client, photos):
+    plain = base64.b64encode(photos["coffee.png"]).decode()
+    data_url = "data:image/png;base64," + base64.b64encode(photos["chelsea.png"]).decode()
+    response = client.post("/features?layers=avgpool", json={"images": [plain, data_url]})
+    assert response.status_code == 200, response.json
+    both = as_array(response.json["features"]["avgpool"])
+    single = as_array(post_image(client, photos["chelsea.png"], "avgpool", "image/png").json["features"]["avgpool"])
+    np.testing.assert_allclose(both[1:], single, rtol=1e-4, atol=1e-5)
+
+
+def test_octet_stream_and_missing_content_type_are_raw_images(client, photos):
+    for content_type in ("application/octet-stream", None):
+        response = client.post("/features?layers=fc", data=photos["rocket.jpg"], content_type=content_type)
+        assert response.status_code == 200, (content_type, response.json)
+
+
+def test_timing_headers(client, photos):
+    response = post_image(client, photos["rocket.jpg"], "layer1")
+    for header in ("X-Preprocess-Time", "X-Queue-Time", "X-Inference-Time"):
+        assert float(response.headers[header]) >= 0
+    assert int(response.headers["X-Batch-Size"]) >= 1
+
+
+# ---- special images end to end --------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("fmt", "mode"),
+    [("JPEG", "CMYK"), ("PNG", "RGBA"), ("PNG", "P"), ("PNG", "L"), ("GIF", "P"), ("WEBP", "RGB"), ("BMP", "RGB"), ("TIFF", "RGB")],
+)
+def test_formats_end_to_end(client, fmt, mode):
+    response = post_image(client, encode(gradient_image(160, 120, mode), fmt), "avgpool", "application/octet-stream")
+    assert response.status_code == 200, response.json
+    assert np.isfinite(as_array(response.json["features"]["avgpool"])).all()
+
+
+# ---- errors ----------------------------------------------------------------------------------
+def assert_error(response, status: int, code: str, *fragments: str) -> dict:
+    assert response.status_code == status, response.data[:500]
+    assert response.mimetype == "application/json"
+    error = response.json["error"]
+    assert error["code"] == code
+    for fragment in fragments:
+        assert fragment in error["message"]
+    assert "Traceback" not in error["message"]
+    return error
+
+
+def test_unknown_layer_names_alternatives(client, photos):
+    error = assert_error(post_image(client, photos["rocket.jpg"], "layer5"), 400, "unknown_layer", "'layer5'", "/shapes")
+    assert "layer4" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("layers", "fragment"),
+    [("", "empty"), ("fc,,avgpool", "empty name"), ("fc,fc", "twice"), (",".join(["fc"] * 500), "layers requested")],
+)
+def test_bad_layer_lists(client, photos, layers, fragment):
+    assert_error(post_image(client, photos["rocket.jpg"], layers), 400, "bad_request", fragment)
+
+
+@pytest.mark.parametrize(
+    ("data", "code", "fragment"),
+    [
+        (b"", "bad_request", "empty"),
+        (b"GIF89a garbage", "invalid_image", "cannot identify"),
+        (b"%PDF-1.4 not an image", "invalid_image", "cannot identify"),
+    ],
+)
+def test_bad_images_are_400(client, data, code, fragment):
+    assert_error(post_image(client, data, "fc"), 400, code, fragment)
+
+
+def test_truncated_photo_is_400(client, photos):
+    data = photos["grace_hopper.jpg"]
+    assert_error(post_image(client, data[: len(data) // 2]), 400, "invalid_image", "truncated")
+
+
+def test_unsupported_content_type_is_415(client, photos):
+    response = post_image(client, photos["rocket.jpg"], "fc", "text/plain")
+    assert_error(response, 415, "unsupported_media_type", "multipart/form-data", "image/*")
+
+
+def test_bad_multipart_and_json_bodies(client, photos):
+    response = client.post("/features", data={"file": (io.BytesIO(b"x"), "a.jpg")}, content_type="multipart/form-data")
+    assert_error(response, 400, "bad_request", "named 'image'", "file")
+    response = client.post("/features", data={"image": (io.BytesIO(b""), "a.jpg")}, content_type="multipart/form-data")
+    assert_error(response, 400, "invalid_image", "empty")
+    assert_error(client.post("/features", data=b"{nope", content_type="application/json"), 400, "bad_request", "JSON")
+    assert_error(client.post("/features", json={"images": "abc"}), 400, "bad_request", '{"images"')
+    assert_error(client.post("/features", json={"images": ["***"]}), 400, "bad_request", "images[0] is not valid base64")
+    assert_error(client.post("/features", json={"images": []}), 400, "bad_request", "no image")
+
+
+@pytest.fixture(scope="module")
+def small_limits_app(weights_file):
+    app = create_app(
+        Settings(weights=str(weights_file), device="cpu", max_body_bytes=200_000, max_pixels=500_000, max_images_per_request=2)
+    )
+    engine = app.extensions["layertap.engine"]
+    assert engine.wait_ready(60)
+    yield app
+    engine.close()
+
+
+def test_limits_are_413(small_limits_app, photos):
+    client = small_limits_app.test_client()
+    assert_error(post_image(client, b"\0" * 200_001), 413, "payload_too_large", "200,000 bytes")
+    big = encode(Image.new("RGB", (1000, 600)), "PNG")  # 600,000 px, small file
+    assert_error(post_image(client, big, "fc", "image/png"), 413, "image_too_large", "500,000")
+    tiny = encode(gradient_image(8, 8), "PNG")
+    three = [(io.BytesIO(tiny), f"{i}.png") for i in range(3)]
+    response = client.post("/features", data={"image": three}, content_type="multipart/form-data")
+    assert_error(response, 413, "too_many_images", "limit is 2")
+    assert post_image(client, photos["rocket.jpg"], "fc").status_code == 200
+
+
+def test_unknown_route_and_method_are_json(client):
+    assert_error(client.get("/nope"), 404, "not_found", "/features")
+    response = client.get("/features")
+    assert_error(response, 405, "method_not_allowed")
+    assert "POST" in response.headers["Allow"]
+
+
+def test_service_keeps_serving_after_errors(client, photos):
+    for bad in (b"", b"junk", photos["rocket.jpg"][:1000]):
+        assert post_image(client, bad).status_code == 400
+    assert post_image(client, photos["rocket.jpg"]).status_code == 200
+
+
+# ---- shapes, health, readiness, info --------------------------------------------------------
+def test_shapes_classic_table(client):
+    body = client.get("/shapes?height=28&width=28&batch=10").json
+    assert body["input"] == {"batch": 10, "channels": 3, "height": 28, "width": 28}
+    top = {layer["name"]: layer["shape"] for layer in body["layers"] if "." not in layer["name"]}
+    assert top == {
+        "conv1": [10, 64, 14, 14],
+        "bn1": [10, 64, 14, 14],
+        "relu": [10, 64, 14, 14],
+        "maxpool": [10, 64, 7, 7],
+        "layer1": [10, 64, 7, 7],
+        "layer2": [10, 128, 4, 4],
+        "layer3": [10, 256, 2, 2],
+        "layer4": [10, 512, 1, 1],
+        "avgpool": [10, 512, 1, 1],
+        "fc": [10, 1000],
+    }
+    relu = [layer for layer in body["layers"] if layer["module"] == "layer2.1.relu"]
+    assert [(r["name"], r["call"], r["calls"], r["type"]) for r in relu] == [
+        ("layer2.1.relu", 0, 2, "ReLU"),
+        ("layer2.1.relu_1", 1, 2, "ReLU"),
+    ]
+    names = [layer["name"] for layer in body["layers"]]
+    assert names.index("layer1.0.conv1") < names.index("layer1.0") < names.index("layer1") < names.index("fc")
+
+
+def test_shapes_default_is_the_served_input(client, engine):
+    body = client.get("/shapes").json
+    assert body["input"] == {"batch": 1, "channels": 3, "height": 224, "width": 224}
+    assert len(body["layers"]) == len(engine.layers) == 75
+    assert {layer["name"]: layer["shape"] for layer in body["layers"]}["layer4"] == [1, 512, 7, 7]
+
+
+@pytest.mark.parametrize("query", ["height=abc", "height=0", "width=-3", "batch=0", "batch=100000", "height=99999", "width=1.5"])
+def test_shapes_bad_values_are_400(client, query):
+    assert_error(client.get(f"/shapes?{query}"), 400, "bad_request")
+
+
+def test_health_ready_info(client, engine):
+    assert client.get("/health").json == {"status": "ok"}
+    assert client.get("/ready").json == {"status": "ready"}
+    info = client.get("/info").json
+    assert info["model"] == "resnet18" and info["weights"] == engine.weights.label
+    assert info["device"] == "cpu" and info["dtype"] == "float32"
+    assert info["preprocessing"]["crop"] == 224 and info["preprocessing"]["resize"] == 256
+    assert info["limits"]["max_pixels"] == 40_000_000
+    assert info["version"]
+
+
+def test_ready_is_503_until_warm_up_has_run(weights_file, monkeypatch, photos):
+    from service.engine import Engine
+
+    release = threading.Event()
+    original = Engine._load
+
+    def slow_load(self):
+        release.wait(30)
+        original(self)
+
+    monkeypatch.setattr(Engine, "_load", slow_load)
+    app = create_app(Settings(weights=str(weights_file), device="cpu"))
+    client = app.test_client()
+    try:
+        assert client.get("/health").status_code == 200
+        response = client.get("/ready")
+        assert response.status_code == 503 and response.json["status"] == "loading"
+        assert_error(post_image(client, photos["rocket.jpg"]), 503, "not_ready")
+        release.set()
+        assert app.extensions["layertap.engine"].wait_ready(30)
+        assert client.get("/ready").status_code == 200
+        assert post_image(client, photos["rocket.jpg"]).status_code == 200
+    finally:
+        release.set()
+        app.extensions["layertap.engine"].close()
+
+
+def test_failed_load_turns_health_red(weights_file, monkeypatch):
+    from service.engine import Engine
+
+    def broken_load(self):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(Engine, "_load", broken_load)
+    app = create_app(Settings(weights=str(weights_file), device="cpu"))
+    engine = app.extensions["layertap.engine"]
+    assert not engine.wait_ready(10)
+    client = app.test_client()
+    assert client.get("/health").status_code == 503
+    assert "simulated" in client.get("/health").json["reason"]
+    assert client.get("/ready").json == {"status": "failed"}
+
+
+# ---- concurrency -----------------------------------------------------------------------------
+def test_concurrent_requests_get_exactly_their_own_layers(client, engine, reference_model, photos):
+    layer_sets = [("bn1",), ("layer1.0.relu_1", "fc"), ("layer2",), ("avgpool",), ("layer1.0.bn2", "layer3.1"), ("fc",)]
+    names = list(photos)
+    expected = expected_for(reference_model, engine, [photos[n] for n in names])
+    barrier = threading.Barrier(12)
+    batch_sizes = []
+
+    def one(i: int) -> None:
+        layers = layer_sets[i % len(layer_sets)]
+        photo = i % len(names)
+        barrier.wait(10)
+        response = post_image(client, photos[names[photo]], ",".join(layers))
+        assert response.status_code == 200, response.json
+        assert list(response.json["features"]) == list(layers)
+        batch_sizes.append(int(response.headers["X-Batch-Size"]))
+        for name in layers:
+            got = as_array(response.json["features"][name])
+            assert got.shape[0] == 1
+            np.testing.assert_allclose(got[0], expected[name][photo].numpy(), rtol=1e-3, atol=2e-3, err_msg=f"{i}:{name}")
+
+    with ThreadPoolExecutor(12) as pool:
+        for _ in range(3):
+            barrier.reset()
+            list(pool.map(one, range(12)))
+    assert max(batch_sizes) > 1, "concurrent requests should have shared forward passes"
+
+
+def test_requests_do_not_leave_state_behind(client, engine, photos):
+    tap = engine._tap
+    hooks = tap.hook_count
+    for layers in ("fc", "bn1", "layer2,avgpool"):
+        assert post_image(client, photos["rocket.jpg"], layers).status_code == 200
+    assert tap.hook_count == hooks
+    assert tap._pass is None
+    assert all(not p.requires_grad for p in engine._model.parameters())
+
+
+def test_preprocessor_is_the_engines(engine):
+    assert isinstance(engine.preprocess, ImagePreprocessor)

@@ -1,0 +1,170 @@
+"""Decoding and preprocessing: equal to torchvision's reference, every common format, and safe on bad input."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import numpy as np
+import pytest
+import torchvision.transforms.functional as F
+from PIL import Image
+
+from service.errors import ImageTooLarge, InvalidImage
+from service.model_repository import Preprocessing
+from service.preprocess import ImagePreprocessor
+from tests.conftest import encode, gradient_image
+
+IMAGENET = Preprocessing(
+    resize=256, crop=224, interpolation="bilinear", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
+)
+
+
+@pytest.fixture
+def preprocess() -> ImagePreprocessor:
+    return ImagePreprocessor(IMAGENET, max_pixels=40_000_000)
+
+
+def reference_pixels(image: Image.Image) -> np.ndarray:
+    """torchvision's ImageClassification up to (not including) the float conversion."""
+    return np.asarray(F.center_crop(F.resize(image.convert("RGB"), [256]), [224]))
+
+
+def assert_same_pixels(ours: np.ndarray, reference: np.ndarray) -> None:
+    assert ours.shape == reference.shape == (224, 224, 3)
+    np.testing.assert_array_equal(ours, reference)
+
+
+def assert_close_pixels(ours: np.ndarray, reference: np.ndarray) -> None:
+    """For the elongated-image path: one resampling of a box, at most one level off on few pixels."""
+    assert ours.shape == reference.shape == (224, 224, 3)
+    difference = np.abs(ours.astype(int) - reference.astype(int))
+    assert difference.max() <= 1
+    assert (difference > 0).mean() < 0.001
+
+
+def test_real_photos_equal_torchvision_reference(preprocess, photos):
+    for data in photos.values():
+        assert_same_pixels(preprocess(data), reference_pixels(Image.open(io.BytesIO(data))))
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode", "params"),
+    [
+        ("JPEG", "RGB", {"quality": 95}),
+        ("JPEG", "RGB", {"quality": 95, "progressive": True}),
+        ("JPEG", "L", {}),
+        ("PNG", "RGB", {}),
+        ("PNG", "L", {}),
+        ("PNG", "P", {}),
+        ("GIF", "P", {}),
+        ("WEBP", "RGB", {"lossless": True}),
+        ("BMP", "RGB", {}),
+        ("TIFF", "RGB", {}),
+    ],
+)
+def test_formats_and_modes(preprocess, fmt, mode, params):
+    image = gradient_image(300, 200, mode)
+    data = encode(image, fmt, **params)
+    assert_same_pixels(preprocess(data), reference_pixels(Image.open(io.BytesIO(data))))
+
+
+def test_rgba_drops_alpha_like_convert_rgb(preprocess):
+    image = gradient_image(300, 200, "RGBA")
+    image.putalpha(Image.new("L", image.size, 40))
+    data = encode(image, "PNG")
+    assert_same_pixels(preprocess(data), reference_pixels(image))
+
+
+def test_cmyk_jpeg(preprocess):
+    image = gradient_image(300, 200).convert("CMYK")
+    data = encode(image, "JPEG", quality=95)
+    out = preprocess(data)
+    assert_same_pixels(out, reference_pixels(Image.open(io.BytesIO(data))))
+    # and it is the picture, not its inverse
+    rgb = reference_pixels(gradient_image(300, 200)).astype(int)
+    assert np.abs(out.astype(int) - rgb).mean() < 8
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped(preprocess):
+    levels = (np.linspace(0, 65535, 300)[None, :].repeat(200, axis=0)).astype(np.uint16)
+    data = encode(Image.fromarray(levels), "PNG")
+    out = preprocess(data)
+    eight_bit = Image.fromarray((levels >> 8).astype(np.uint8), "L")
+    assert_same_pixels(out, reference_pixels(eight_bit))
+    # The centre of a full-range ramp spans mid-greys; clipping to 255 would make it white.
+    assert 40 < out.min() and out.max() < 215 and 110 < out.mean() < 145
+
+
+def test_exif_orientation_is_applied_before_resizing(preprocess):
+    upright = gradient_image(200, 300)  # portrait
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # landscape pixels on disk ...
+    exif = Image.Exif()
+    exif[0x0112] = 6  # ... with "rotate 90° clockwise to display"
+    data = encode(stored, "JPEG", quality=95, exif=exif.tobytes())
+    out = preprocess(data)
+    expected = reference_pixels(upright)
+    assert np.abs(out.astype(int) - expected.astype(int)).mean() < 3
+    ignored = reference_pixels(stored)
+    assert np.abs(out.astype(int) - ignored.astype(int)).mean() > 20
+
+
+def test_gif_uses_first_frame(preprocess):
+    red, blue = Image.new("RGB", (64, 64), (255, 0, 0)), Image.new("RGB", (64, 64), (0, 0, 255))
+    buffer = io.BytesIO()
+    red.save(buffer, "GIF", save_all=True, append_images=[blue], duration=100)
+    out = preprocess(buffer.getvalue())
+    assert out[..., 0].mean() > 200 and out[..., 2].mean() < 50
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 4000), (6000, 2), (3, 7)])
+def test_tiny_and_elongated_images(preprocess, size):
+    image = gradient_image(*size)
+    data = encode(image, "PNG")
+    started = time.perf_counter()
+    out = preprocess(data)
+    assert out.shape == (224, 224, 3)
+    assert time.perf_counter() - started < 5  # no 256 × 1,536,000 intermediate
+    assert_close_pixels(out, reference_pixels(image))
+
+
+def test_empty_truncated_and_garbage_inputs_are_invalid(preprocess, photos):
+    jpeg = photos["grace_hopper.jpg"]
+    png = photos["chelsea.png"]
+    for bad, pattern in [
+        (b"", "empty"),
+        (b"hello, this is not an image", "cannot identify"),
+        (b"<html><body>hi</body></html>", "cannot identify"),
+        (jpeg[: len(jpeg) // 2], "truncated or corrupt"),
+        (png[: len(png) // 3], "truncated or corrupt"),
+        (png[:40], "truncated|corrupt|header|cannot identify"),
+    ]:
+        with pytest.raises(InvalidImage, match=pattern):
+            preprocess(bad)
+
+
+def test_unlisted_formats_are_refused(preprocess):
+    data = encode(gradient_image(32, 32), "PPM")
+    with pytest.raises(InvalidImage, match="supported formats are JPEG"):
+        preprocess(data)
+
+
+def test_pixel_limit_is_enforced_before_decoding(monkeypatch):
+    preprocess = ImagePreprocessor(IMAGENET, max_pixels=1_000_000)
+    data = encode(Image.new("L", (2000, 1000)), "PNG")  # 2 Mpx, a few kB compressed
+    decoded = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(self) or None)
+    with pytest.raises(ImageTooLarge, match="over the limit of 1,000,000"):
+        preprocess(data)
+    assert decoded == []
+
+
+def test_decompression_bomb_header_is_refused_quickly(preprocess):
+    # A PNG whose header claims 100,000 × 100,000 pixels (10 gigapixels).
+    data = encode(Image.new("1", (100, 100)), "PNG")
+    bomb = bytearray(data)
+    bomb[16:24] = (100_000).to_bytes(4, "big") * 2
+    started = time.perf_counter()
+    with pytest.raises((ImageTooLarge, InvalidImage)):
+        preprocess(bytes(bomb))
+    assert time.perf_counter() - started < 1

@@ -1,0 +1,108 @@
+"""Where weights come from: a local file, random, imagenet through the torch cache; and clear failures."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+
+from service.errors import WeightsUnavailable
+from service.model import build_model
+from service.model_repository import load_entry
+from service.settings import DEFAULT_MODEL_REPOSITORY
+from service.weights import imagenet_cache_path, resolve_weights
+
+
+@pytest.fixture(scope="module")
+def entry():
+    return load_entry(DEFAULT_MODEL_REPOSITORY, "resnet18")
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    """An empty, private torch cache: nothing here may reach for the real one or the network."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+
+    def no_network(url, dst, *args, **kwargs):
+        raise urllib.error.URLError("network disabled in tests")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    return tmp_path / "torch"
+
+
+def same_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(model.state_dict()[k], v) for k, v in state_dict.items())
+
+
+def test_local_file(entry, weights_file, state_dict):
+    weights = resolve_weights(str(weights_file), entry)
+    assert weights.label.startswith("file:resnet18-seeded.pt@sha256:")
+    assert same_weights(build_model(entry, weights), state_dict)
+
+
+def test_local_file_wrapped_in_a_checkpoint_dict(entry, tmp_path, state_dict):
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"state_dict": state_dict, "epoch": 3}, path)
+    assert same_weights(build_model(entry, resolve_weights(str(path), entry)), state_dict)
+
+
+def test_random_is_seeded_and_reproducible(entry):
+    first = build_model(entry, resolve_weights("random", entry, seed=5))
+    again = build_model(entry, resolve_weights("random", entry, seed=5))
+    other = build_model(entry, resolve_weights("random", entry, seed=6))
+    assert resolve_weights("random", entry, seed=5).label == "random:seed=5"
+    assert torch.equal(first.conv1.weight, again.conv1.weight)
+    assert not torch.equal(first.conv1.weight, other.conv1.weight)
+
+
+def test_imagenet_from_a_pre_seeded_torch_cache(entry, torch_home, state_dict):
+    cached = imagenet_cache_path(entry)
+    assert cached.parent == torch_home / "hub" / "checkpoints"
+    assert cached.name == "resnet18-f37072fd.pth"  # torchvision's own file name for IMAGENET1K_V1
+    cached.parent.mkdir(parents=True)
+    torch.save(state_dict, cached)
+    weights = resolve_weights("imagenet", entry, allow_download=False)
+    assert weights.label == "imagenet:ResNet18_Weights.IMAGENET1K_V1"
+    assert weights.categories is not None and len(weights.categories) == 1000
+    assert same_weights(build_model(entry, weights), state_dict)
+
+
+def test_imagenet_missing_without_download_names_the_alternatives(entry, torch_home):
+    with pytest.raises(WeightsUnavailable) as caught:
+        resolve_weights("imagenet", entry, allow_download=False)
+    message = str(caught.value)
+    assert "not in the torch cache" in message and "LAYERTAP_ALLOW_DOWNLOAD" in message
+    assert "'random'" in message and "state-dict file" in message
+
+
+def test_imagenet_download_failure_names_the_alternatives(entry, torch_home):
+    with pytest.raises(WeightsUnavailable, match="cannot load ImageNet weights.*network disabled.*'random'"):
+        resolve_weights("imagenet", entry, allow_download=True)
+
+
+@pytest.mark.parametrize(
+    ("content", "pattern"),
+    [
+        (None, "does not exist"),
+        (b"not a pickle at all", "not a loadable state dict"),
+        ([1, 2, 3], "does not hold a state dict"),
+    ],
+)
+def test_bad_files_are_clear_errors(entry, tmp_path, content, pattern):
+    path = tmp_path / "weights.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        torch.save(content, path)
+    with pytest.raises(WeightsUnavailable, match=pattern):
+        resolve_weights(str(path), entry)
+
+
+def test_weights_of_another_architecture_are_refused(entry, tmp_path):
+    path = tmp_path / "mobilenet.pt"
+    torch.save(torchvision.models.mobilenet_v3_small(weights=None).state_dict(), path)
+    with pytest.raises(WeightsUnavailable, match="do not fit resnet18"):
+        build_model(entry, resolve_weights(str(path), entry))
