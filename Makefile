@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint clean
 
 install: $(STAMP)  ## create or refresh .venv (a no-op when pyproject.toml has not changed)
 
@@ -23,9 +23,6 @@ lint: install  ## ruff, then hadolint on the Dockerfile
 	$(BIN)/ruff check service tests
 	$(BIN)/ruff format --check service tests
 	$(BIN)/hadolint Dockerfile
-
-bench: install  ## throughput and latency against the real service (see bench/)
-	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -15,7 +15,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from .engine import Engine
-from .errors import BadRequest, ServiceError, TooManyImages, UnsupportedMediaType
+from .errors import BadRequest, PayloadTooLarge, ServiceError, TooManyImages, UnsupportedMediaType
 
 log = logging.getLogger("layertap.api")
 
@@ -153,7 +153,7 @@ def read_images(max_images: int) -> list[bytes]:
     """The request's images, in order, from a raw body, multipart ``image`` parts, or JSON base64."""
     mimetype = request.mimetype
     if mimetype.startswith("image/") or mimetype in RAW_TYPES:
-        images = [request.get_data(cache=False)]
+        images = [_read_body()]
         if not images[0]:
             raise BadRequest("the request body is empty; send the image bytes as the body")
     elif mimetype == "multipart/form-data":
@@ -169,7 +169,9 @@ def read_images(max_images: int) -> list[bytes]:
     if not images:
         raise BadRequest("the request holds no image")
     if len(images) > max_images:
-        raise TooManyImages(f"{len(images)} images in one request; the limit is {max_images} (LAYERTAP_MAX_IMAGES_PER_REQUEST)")
+        raise TooManyImages(
+            f"{len(images)} images in one request; the limit is {max_images} (LAYERTAP_MAX_IMAGES_PER_REQUEST)"
+        )
     return images
 
 
@@ -180,20 +182,24 @@ def _multipart_images(max_images: int) -> list[bytes]:
         found = f" (found: {', '.join(names[:10])})" if names else ""
         raise BadRequest(f"a multipart body needs one or more file parts named 'image'{found}")
     if len(parts) > max_images:
-        raise TooManyImages(f"{len(parts)} images in one request; the limit is {max_images} (LAYERTAP_MAX_IMAGES_PER_REQUEST)")
+        raise TooManyImages(
+            f"{len(parts)} images in one request; the limit is {max_images} (LAYERTAP_MAX_IMAGES_PER_REQUEST)"
+        )
     return [part.read() for part in parts]
 
 
 def _json_images(max_images: int) -> list[bytes]:
     try:
-        body = orjson.loads(request.get_data(cache=False))
+        body = orjson.loads(_read_body())
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"the JSON body does not parse: {exc}") from None
     encoded = body.get("images") if isinstance(body, dict) else None
     if not isinstance(encoded, list) or not all(isinstance(item, str) for item in encoded):
         raise BadRequest('a JSON body must be {"images": ["<base64>", ...]}')
     if len(encoded) > max_images:
-        raise TooManyImages(f"{len(encoded)} images in one request; the limit is {max_images} (LAYERTAP_MAX_IMAGES_PER_REQUEST)")
+        raise TooManyImages(
+            f"{len(encoded)} images in one request; the limit is {max_images} (LAYERTAP_MAX_IMAGES_PER_REQUEST)"
+        )
     images = []
     for index, text in enumerate(encoded):
         if text.startswith("data:") and "," in text:  # a data: URL, as browsers produce
@@ -203,6 +209,20 @@ def _json_images(max_images: int) -> list[bytes]:
         except (binascii.Error, ValueError):
             raise BadRequest(f"images[{index}] is not valid base64") from None
     return images
+
+
+def body_limit_error() -> PayloadTooLarge:
+    limit = current_app.extensions["layertap.settings"].max_body_bytes
+    return PayloadTooLarge(f"the request body is over {limit:,} bytes (LAYERTAP_MAX_BODY_BYTES)")
+
+
+def _read_body() -> bytes:
+    """The whole body, or 413. Flask's limit is set one byte higher (see create_app): werkzeug stops a
+    chunked body at the limit without complaint, so one byte past it is how an oversized one shows."""
+    data = request.get_data(cache=False)
+    if len(data) > current_app.extensions["layertap.settings"].max_body_bytes:
+        raise body_limit_error()
+    return data
 
 
 def _int_arg(name: str, default: int) -> int:
@@ -232,11 +252,8 @@ def register_error_handlers(app: Flask) -> None:
         code = (exc.name or "error").lower().replace(" ", "_")
         message = exc.description or exc.name
         if exc.code == 413:
-            code = "payload_too_large"
-            message = (
-                f"the request body is over {current_app.config['MAX_CONTENT_LENGTH']:,} bytes "
-                "(LAYERTAP_MAX_BODY_BYTES)"
-            )
+            error = body_limit_error()
+            code, message = error.code, error.message
         elif exc.code == 404:
             message = f"no route {request.path!r}; endpoints: POST /features, GET /shapes, /info, /health, /ready"
         response = json_response(error_body(code, message), status=exc.code or 500)
@@ -246,5 +263,5 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
         return json_response(error_body("internal_error", "an internal error occurred; it has been logged"), status=500)

@@ -38,7 +38,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     engine = Engine(settings, entry, weights)
 
     app = Flask("layertap")
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # One byte over the limit, so that a chunked body past it is seen (api._read_body) rather than cut.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     # Multipart parts without a file name are form fields: let them be as large as a body.
     app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_body_bytes
     app.extensions["layertap.engine"] = engine

@@ -78,7 +78,9 @@ class LayerTap:
         self._run(inputs, state)
         missing = state.wanted - state.captured.keys()
         if missing:
-            raise ValueError(f"no tensor output was produced for {sorted(missing)}; trace() lists the layers that exist")
+            raise ValueError(
+                f"no tensor output was produced for {sorted(missing)}; trace() lists the layers that exist"
+            )
         return state.captured
 
     def trace(self, inputs: torch.Tensor) -> list[LayerCall]:

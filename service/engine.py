@@ -49,6 +49,7 @@ from .weights import Weights
 log = logging.getLogger("layertap.engine")
 
 MAX_SHAPES_SIDE = 4096
+MAX_SHAPES_BATCH = 4096  # shapes are computed on the meta device: a large batch costs nothing
 
 
 @dataclass
@@ -98,7 +99,9 @@ class Engine:
         self._shape_model, self._shape_tap = self._build_shape_model()
         self._shape_lock = threading.Lock()
         self._trace_shapes = lru_cache(maxsize=256)(self._trace_shapes_uncached)
-        self.layers: list[LayerCall] = [c for c in self._trace_shapes(1, entry.preprocessing.crop, entry.preprocessing.crop) if c.shape is not None]
+        self.layers: list[LayerCall] = [
+            c for c in self._trace_shapes(1, entry.preprocessing.crop, entry.preprocessing.crop) if c.shape is not None
+        ]
         self._layer_names = {c.name for c in self.layers}
         self._queue: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
@@ -163,7 +166,9 @@ class Engine:
     def extract(self, images: list[bytes], layers: tuple[str, ...]) -> Extraction:
         """Decode ``images`` in this thread, run them through the model thread, return their layers."""
         if not self.ready:
-            raise NotReady(f"the model is {self._state}; retry when GET /ready answers 200", headers={"Retry-After": "1"})
+            raise NotReady(
+                f"the model is {self._state}; retry when GET /ready answers 200", headers={"Retry-After": "1"}
+            )
         self.validate_layers(layers)
         started = time.perf_counter()
         deadline = time.monotonic() + self.settings.request_timeout_s
@@ -199,7 +204,11 @@ class Engine:
 
     def shapes(self, height: int, width: int, batch: int) -> tuple[LayerCall, ...]:
         """Every module call for an input of this size, in the order the calls return (no compute)."""
-        for label, value, high in (("height", height, MAX_SHAPES_SIDE), ("width", width, MAX_SHAPES_SIDE), ("batch", batch, self.settings.max_images_per_request)):
+        for label, value, high in (
+            ("height", height, MAX_SHAPES_SIDE),
+            ("width", width, MAX_SHAPES_SIDE),
+            ("batch", batch, MAX_SHAPES_BATCH),
+        ):
             if not 1 <= value <= high:
                 raise BadRequest(f"{label} must be an integer from 1 to {high}, not {value}")
         try:
@@ -228,7 +237,7 @@ class Engine:
     def _serve(self) -> None:
         try:
             self._load()
-        except Exception as exc:  # noqa: BLE001 - any load failure leaves the engine failed, and says why
+        except Exception as exc:
             self._failure = f"{type(exc).__name__}: {exc}"
             self._state = "failed"
             log.exception("model failed to load")
@@ -257,7 +266,11 @@ class Engine:
         self.load_seconds = round(time.perf_counter() - started, 3)
         log.info(
             "model %s ready on %s (%s, weights %s) in %.2f s",
-            self.entry.name, self.device, self.dtype, self.weights.label, self.load_seconds,
+            self.entry.name,
+            self.device,
+            self.dtype,
+            self.weights.label,
+            self.load_seconds,
         )
 
     def _gather(self, first: _Job) -> list:
@@ -293,7 +306,9 @@ class Engine:
             if not job.future.set_running_or_notify_cancel():
                 continue  # its client gave up
             if job.deadline <= now:
-                job.future.set_exception(DeadlineExceeded("the request's deadline passed while it waited for the model"))
+                job.future.set_exception(
+                    DeadlineExceeded("the request's deadline passed while it waited for the model")
+                )
                 continue
             jobs.append(job)
         if not jobs:
@@ -303,7 +318,7 @@ class Engine:
         pixels = jobs[0].pixels if len(jobs) == 1 else np.concatenate([job.pixels for job in jobs])
         try:
             outputs = self._forward(pixels, wanted)
-        except Exception as exc:  # noqa: BLE001 - report to exactly the jobs of this batch
+        except Exception as exc:
             log.exception("batch of %d images failed", len(pixels))
             error = exc if isinstance(exc, ServiceError) else InferenceFailed(f"the forward pass failed: {exc}")
             for job in jobs:

@@ -33,7 +33,7 @@ loglevel = _settings.log_level
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
 
 
-def on_starting(server) -> None:  # noqa: ARG001 - gunicorn's hook signature
+def on_starting(server) -> None:
     """Check (and for imagenet, fetch) the weights before forking; stop with one clear message if that fails."""
     if _settings.weights == "random":
         return

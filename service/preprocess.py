@@ -107,8 +107,8 @@ class ImagePreprocessor:
             new_width, new_height = resize, int(resize * height / width)
         else:
             new_width, new_height = int(resize * width / height), resize
-        left = int(round((new_width - crop) / 2.0))
-        top = int(round((new_height - crop) / 2.0))
+        left = round((new_width - crop) / 2.0)
+        top = round((new_height - crop) / 2.0)
         if new_width * new_height <= _MAX_INTERMEDIATE_PIXELS:
             resized = image.resize((new_width, new_height), self._resample)
             return resized.crop((left, top, left + crop, top + crop))

@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     model_repository: Path = Field(DEFAULT_MODEL_REPOSITORY, description="Folder holding the model entries.")
     weights: str = Field(
         "imagenet",
-        description="`imagenet` (torchvision's DEFAULT weights via the torch cache), a path to a state-dict file, or `random`.",
+        description="`imagenet` (torchvision's DEFAULT weights via the torch cache), a state-dict path, or `random`.",
     )
     allow_download: bool = Field(
         True, description="Whether `imagenet` weights missing from the torch cache may be downloaded at start."
@@ -38,10 +38,14 @@ class Settings(BaseSettings):
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="Compute dtype of the model; half precision is meant for CUDA."
     )
-    channels_last: bool = Field(True, description="Run convolutions in the channels_last memory format (faster on CPU and GPU).")
+    channels_last: bool = Field(
+        True, description="Run convolutions in the channels_last memory format (faster on CPU and GPU)."
+    )
     max_body_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Largest request body accepted; larger gets 413.")
     max_pixels: int = Field(
-        40_000_000, gt=0, description="Largest image (width × height) decoded; larger gets 413 before any pixel is decoded."
+        40_000_000,
+        gt=0,
+        description="Largest image (width × height) decoded; larger gets 413 before any pixel is decoded.",
     )
     max_images_per_request: int = Field(64, gt=0, description="Most images in one request; more gets 413.")
     max_batch_size: int = Field(16, gt=0, description="Most images in one forward pass of the batcher.")
@@ -52,9 +56,7 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0, description="Deadline of a request inside the service; past it, 503.")
     workers: int = Field(1, gt=0, description="gunicorn worker processes (each loads its own model).")
     threads: int = Field(8, gt=0, description="gunicorn threads per worker (concurrent requests a worker accepts).")
-    torch_threads: int = Field(
-        0, ge=0, description="torch intra-op threads per worker; 0 means CPU cores ÷ workers."
-    )
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads per worker; 0 means CPU cores ÷ workers.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level of the service.")
 
     @field_validator("device")
@@ -70,3 +72,23 @@ class Settings(BaseSettings):
         if self.torch_threads:
             return self.torch_threads
         return max(1, (os.cpu_count() or 1) // self.workers)
+
+
+def settings_table() -> str:
+    """The README's configuration table, generated from the fields above."""
+    rows = ["| variable | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if name == "model_repository":
+            default = "models/ (beside service/)"
+        choices = getattr(field.annotation, "__args__", None)
+        if choices:  # a Literal: list the accepted values
+            annotation = " \\| ".join(str(choice) for choice in choices)
+        else:
+            annotation = field.annotation.__name__
+        rows.append(f"| `LAYERTAP_{name.upper()}` | {annotation} | `{default}` | {field.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table())

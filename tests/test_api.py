@@ -17,7 +17,7 @@ from service.app import create_app
 from service.preprocess import ImagePreprocessor
 from service.settings import Settings
 from tests.conftest import encode, gradient_image
-from tests.reference import normalize, reference_outputs
+from tests.reference import reference_outputs
 
 GOLDEN = ("bn1", "layer1.0.bn2", "layer1.0.relu", "layer1.0.relu_1", "layer2", "avgpool", "fc")
 
@@ -102,7 +102,16 @@ def test_timing_headers(client, photos):
 # ---- special images end to end --------------------------------------------------------------
 @pytest.mark.parametrize(
     ("fmt", "mode"),
-    [("JPEG", "CMYK"), ("PNG", "RGBA"), ("PNG", "P"), ("PNG", "L"), ("GIF", "P"), ("WEBP", "RGB"), ("BMP", "RGB"), ("TIFF", "RGB")],
+    [
+        ("JPEG", "CMYK"),
+        ("PNG", "RGBA"),
+        ("PNG", "P"),
+        ("PNG", "L"),
+        ("GIF", "P"),
+        ("WEBP", "RGB"),
+        ("BMP", "RGB"),
+        ("TIFF", "RGB"),
+    ],
 )
 def test_formats_end_to_end(client, fmt, mode):
     response = post_image(client, encode(gradient_image(160, 120, mode), fmt), "avgpool", "application/octet-stream")
@@ -123,7 +132,9 @@ def assert_error(response, status: int, code: str, *fragments: str) -> dict:
 
 
 def test_unknown_layer_names_alternatives(client, photos):
-    error = assert_error(post_image(client, photos["rocket.jpg"], "layer5"), 400, "unknown_layer", "'layer5'", "/shapes")
+    error = assert_error(
+        post_image(client, photos["rocket.jpg"], "layer5"), 400, "unknown_layer", "'layer5'", "/shapes"
+    )
     assert "layer4" in error["message"]
 
 
@@ -164,14 +175,22 @@ def test_bad_multipart_and_json_bodies(client, photos):
     assert_error(response, 400, "invalid_image", "empty")
     assert_error(client.post("/features", data=b"{nope", content_type="application/json"), 400, "bad_request", "JSON")
     assert_error(client.post("/features", json={"images": "abc"}), 400, "bad_request", '{"images"')
-    assert_error(client.post("/features", json={"images": ["***"]}), 400, "bad_request", "images[0] is not valid base64")
+    assert_error(
+        client.post("/features", json={"images": ["***"]}), 400, "bad_request", "images[0] is not valid base64"
+    )
     assert_error(client.post("/features", json={"images": []}), 400, "bad_request", "no image")
 
 
 @pytest.fixture(scope="module")
 def small_limits_app(weights_file):
     app = create_app(
-        Settings(weights=str(weights_file), device="cpu", max_body_bytes=200_000, max_pixels=500_000, max_images_per_request=2)
+        Settings(
+            weights=str(weights_file),
+            device="cpu",
+            max_body_bytes=200_000,
+            max_pixels=500_000,
+            max_images_per_request=2,
+        )
     )
     engine = app.extensions["layertap.engine"]
     assert engine.wait_ready(60)
@@ -182,6 +201,7 @@ def small_limits_app(weights_file):
 def test_limits_are_413(small_limits_app, photos):
     client = small_limits_app.test_client()
     assert_error(post_image(client, b"\0" * 200_001), 413, "payload_too_large", "200,000 bytes")
+    assert_error(post_image(client, b"\0" * 200_000), 400, "invalid_image")  # at the limit: read, then judged
     big = encode(Image.new("RGB", (1000, 600)), "PNG")  # 600,000 px, small file
     assert_error(post_image(client, big, "fc", "image/png"), 413, "image_too_large", "500,000")
     tiny = encode(gradient_image(8, 8), "PNG")
@@ -237,7 +257,9 @@ def test_shapes_default_is_the_served_input(client, engine):
     assert {layer["name"]: layer["shape"] for layer in body["layers"]}["layer4"] == [1, 512, 7, 7]
 
 
-@pytest.mark.parametrize("query", ["height=abc", "height=0", "width=-3", "batch=0", "batch=100000", "height=99999", "width=1.5"])
+@pytest.mark.parametrize(
+    "query", ["height=abc", "height=0", "width=-3", "batch=0", "batch=100000", "height=99999", "width=1.5"]
+)
 def test_shapes_bad_values_are_400(client, query):
     assert_error(client.get(f"/shapes?{query}"), 400, "bad_request")
 
@@ -315,7 +337,9 @@ def test_concurrent_requests_get_exactly_their_own_layers(client, engine, refere
         for name in layers:
             got = as_array(response.json["features"][name])
             assert got.shape[0] == 1
-            np.testing.assert_allclose(got[0], expected[name][photo].numpy(), rtol=1e-3, atol=2e-3, err_msg=f"{i}:{name}")
+            np.testing.assert_allclose(
+                got[0], expected[name][photo].numpy(), rtol=1e-3, atol=2e-3, err_msg=f"{i}:{name}"
+            )
 
     with ThreadPoolExecutor(12) as pool:
         for _ in range(3):

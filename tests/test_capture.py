@@ -56,7 +56,7 @@ def test_captured_outputs_equal_independent_forward(tapped, inputs, reference_mo
 
 
 def test_in_place_ops_do_not_leak_into_captured_values(tapped, inputs, reference_model):
-    """bn1 is followed by ReLU(inplace=True) and bn2 by `out += identity`: a naive hook returns the rewritten tensors."""
+    """bn1 is followed by ReLU(inplace=True), bn2 by `out += identity`: a naive hook returns rewritten tensors."""
     model, tap = tapped
     naive: dict[str, torch.Tensor] = {}
     handles = [

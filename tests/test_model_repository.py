@@ -30,7 +30,7 @@ def test_entry_matches_its_weights_transforms(name):
 
 
 def test_unknown_entry_lists_the_available_ones(tmp_path):
-    with pytest.raises(ValueError, match="available: .*resnet18"):
+    with pytest.raises(ValueError, match=r"available: .*resnet18"):
         load_entry(DEFAULT_MODEL_REPOSITORY, "vgg99")
 
 

@@ -79,7 +79,7 @@ def test_imagenet_missing_without_download_names_the_alternatives(entry, torch_h
 
 
 def test_imagenet_download_failure_names_the_alternatives(entry, torch_home):
-    with pytest.raises(WeightsUnavailable, match="cannot load ImageNet weights.*network disabled.*'random'"):
+    with pytest.raises(WeightsUnavailable, match=r"cannot load ImageNet weights.*network disabled.*'random'"):
         resolve_weights("imagenet", entry, allow_download=True)
 
 

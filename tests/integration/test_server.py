@@ -1,0 +1,200 @@
+"""The real service under gunicorn, over loopback with requests: every endpoint and every error."""
+
+from __future__ import annotations
+
+import base64
+import io
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import torch
+from PIL import Image
+
+from tests.conftest import encode, gradient_image
+from tests.integration.conftest import start_server
+
+pytestmark = pytest.mark.integration
+
+
+def features(server, data: bytes, layers: str = "avgpool", content_type: str = "image/jpeg", **kwargs):
+    return requests.post(
+        f"{server.url}/features",
+        params={"layers": layers},
+        data=data,
+        headers={"Content-Type": content_type},
+        timeout=30,
+        **kwargs,
+    )
+
+
+def check_error(response: requests.Response, status: int, code: str) -> str:
+    assert response.status_code == status, response.text[:500]
+    assert response.headers["Content-Type"].startswith("application/json")
+    body = response.json()
+    assert body["error"]["code"] == code
+    assert "Traceback" not in response.text
+    return body["error"]["message"]
+
+
+def test_health_ready_info(server):
+    assert requests.get(f"{server.url}/health", timeout=5).json() == {"status": "ok"}
+    assert requests.get(f"{server.url}/ready", timeout=5).json() == {"status": "ready"}
+    info = requests.get(f"{server.url}/info", timeout=5).json()
+    assert info["model"] == "resnet18" and info["weights"].startswith("file:resnet18-seeded.pt@sha256:")
+    assert info["limits"]["max_body_bytes"] == 1_000_000
+    assert info["limits"]["max_images_per_request"] == 8
+
+
+def test_features_raw_multipart_and_json_agree(server, photos):
+    raw = features(server, photos["rocket.jpg"], "layer4,fc")
+    assert raw.status_code == 200, raw.text
+    body = raw.json()
+    assert set(body["features"]) == {"layer4", "fc"}
+    assert body["features"]["layer4"]["shape"] == [1, 512, 7, 7]
+    assert "X-Inference-Time" in raw.headers
+
+    multipart = requests.post(
+        f"{server.url}/features",
+        params={"layers": "fc"},
+        files=[
+            ("image", ("a.png", photos["chelsea.png"], "image/png")),
+            ("image", ("b.jpg", photos["rocket.jpg"], "image/jpeg")),
+        ],
+        timeout=30,
+    )
+    assert multipart.status_code == 200, multipart.text
+    fc = np.asarray(multipart.json()["features"]["fc"]["data"], dtype=np.float32)
+    assert fc.shape == (2, 1000)
+    np.testing.assert_allclose(fc[1], np.asarray(body["features"]["fc"]["data"][0]), rtol=1e-4, atol=1e-4)
+
+    encoded = [base64.b64encode(photos["rocket.jpg"]).decode()]
+    as_json = requests.post(f"{server.url}/features", params={"layers": "fc"}, json={"images": encoded}, timeout=30)
+    assert as_json.status_code == 200
+    np.testing.assert_allclose(
+        as_json.json()["features"]["fc"]["data"], body["features"]["fc"]["data"], rtol=1e-5, atol=1e-5
+    )
+
+
+def test_shapes(server):
+    body = requests.get(f"{server.url}/shapes", params={"height": 28, "width": 28, "batch": 10}, timeout=5).json()
+    top = {layer["name"]: layer["shape"] for layer in body["layers"] if "." not in layer["name"]}
+    assert top["conv1"] == [10, 64, 14, 14] and top["layer4"] == [10, 512, 1, 1] and top["fc"] == [10, 1000]
+    check_error(requests.get(f"{server.url}/shapes", params={"height": "x"}, timeout=5), 400, "bad_request")
+
+
+def test_client_errors(server, photos):
+    message = check_error(features(server, photos["rocket.jpg"], "layer9"), 400, "unknown_layer")
+    assert "/shapes" in message
+    check_error(features(server, b""), 400, "bad_request")
+    check_error(features(server, photos["rocket.jpg"][:5000]), 400, "invalid_image")
+    check_error(features(server, b"<html></html>", content_type="text/html"), 415, "unsupported_media_type")
+    check_error(features(server, b"\xff" * 1_000_001), 413, "payload_too_large")
+    huge = encode(Image.new("L", (3000, 2000)), "PNG")  # 6 Mpx in a few kB
+    check_error(features(server, huge, content_type="image/png"), 413, "image_too_large")
+    many = [("image", (f"{i}.png", encode(gradient_image(8, 8), "PNG"), "image/png")) for i in range(9)]
+    check_error(requests.post(f"{server.url}/features", files=many, timeout=30), 413, "too_many_images")
+    check_error(requests.get(f"{server.url}/nowhere", timeout=5), 404, "not_found")
+    check_error(requests.get(f"{server.url}/features", timeout=5), 405, "method_not_allowed")
+
+
+def test_chunked_body_over_the_limit_is_413(server):
+    def chunks():
+        for _ in range(40):
+            yield b"\0" * 50_000
+
+    check_error(features(server, chunks(), content_type="application/octet-stream"), 413, "payload_too_large")
+
+
+def test_keeps_serving_and_memory_stays_flat(server, photos):
+    worker = _worker_pid(server.process.pid)
+    for _ in range(20):
+        assert features(server, photos["rocket.jpg"], "layer4,bn1").status_code == 200
+    baseline = _rss_mb(worker)
+    for i in range(150):
+        layers = ("fc", "layer1.0.relu_1", "layer4,bn1", "avgpool")[i % 4]
+        assert features(server, photos["rocket.jpg"], layers).status_code == 200
+        if i % 10 == 0:
+            assert features(server, b"junk").status_code == 400
+    grown = _rss_mb(worker) - baseline
+    assert grown < 40, f"worker RSS grew by {grown:.0f} MB over 150 requests"
+
+
+def test_sigterm_stops_cleanly(tmp_path, weights_file, photos):
+    server = start_server(tmp_path, {"LAYERTAP_WEIGHTS": str(weights_file)})
+    server.wait_ready()
+    assert features(server, photos["rocket.jpg"]).status_code == 200
+    started = time.monotonic()
+    assert server.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 20
+    assert "Shutting down" in server.log()
+
+
+def test_make_run_stops_on_ctrl_c(tmp_path, weights_file):
+    server = start_server(
+        tmp_path, {"LAYERTAP_WEIGHTS": str(weights_file)}, command=["make", "--no-print-directory", "run"]
+    )
+    server.wait_ready()
+    server.stop(signal.SIGINT)  # what a terminal sends to the foreground process group
+    assert "Shutting down" in server.log()
+
+
+def test_imagenet_weights_from_a_pre_seeded_torch_cache(tmp_path, state_dict, photos):
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save(state_dict, checkpoints / "resnet18-f37072fd.pth")
+    server = start_server(
+        tmp_path,
+        {"LAYERTAP_WEIGHTS": "imagenet", "LAYERTAP_ALLOW_DOWNLOAD": "false", "TORCH_HOME": str(tmp_path / "torch")},
+    )
+    try:
+        server.wait_ready()
+        info = requests.get(f"{server.url}/info", timeout=5).json()
+        assert info["weights"] == "imagenet:ResNet18_Weights.IMAGENET1K_V1"
+        response = features(server, photos["rocket.jpg"])
+        assert response.json()["weights"] == "imagenet:ResNet18_Weights.IMAGENET1K_V1"
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"LAYERTAP_WEIGHTS": "/nonexistent/weights.pt"}, "weights file /nonexistent/weights.pt does not exist"),
+        ({"LAYERTAP_WEIGHTS": "imagenet", "LAYERTAP_ALLOW_DOWNLOAD": "false"}, "not in the torch cache"),
+    ],
+)
+def test_unavailable_weights_stop_the_service_with_one_clear_message(tmp_path, env, fragment):
+    server = start_server(tmp_path, {**env, "TORCH_HOME": str(tmp_path / "empty-torch-home")})
+    try:
+        code = server.process.wait(60)
+    finally:
+        server.stop(signal.SIGKILL)
+    log = server.log()
+    assert code != 0
+    assert fragment in log and "LAYERTAP_WEIGHTS" in log and "'random'" in log
+    assert "Traceback" not in log
+    assert "Booting worker" not in log  # stopped before forking a single worker
+
+
+def _worker_pid(master: int) -> int:
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    assert children, "gunicorn has no worker"
+    return int(children[0])
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_rgba_and_cmyk_over_http(server):
+    for image, fmt in ((gradient_image(64, 48, "RGBA"), "PNG"), (gradient_image(64, 48, "CMYK"), "JPEG")):
+        data = io.BytesIO()
+        image.save(data, fmt)
+        assert features(server, data.getvalue(), content_type="application/octet-stream").status_code == 200

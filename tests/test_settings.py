@@ -1,0 +1,58 @@
+"""Settings: read from LAYERTAP_* variables, validated, and documented in the README, row for row."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.settings import Settings, settings_table
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_environment_variables_are_read(monkeypatch):
+    monkeypatch.setenv("LAYERTAP_PORT", "9123")
+    monkeypatch.setenv("LAYERTAP_WEIGHTS", "random")
+    monkeypatch.setenv("LAYERTAP_DEVICE", "CUDA:1")
+    monkeypatch.setenv("LAYERTAP_ALLOW_DOWNLOAD", "false")
+    settings = Settings()
+    assert (settings.port, settings.weights, settings.device, settings.allow_download) == (
+        9123,
+        "random",
+        "cuda:1",
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("LAYERTAP_PORT", "http"), ("LAYERTAP_DEVICE", "tpu"), ("LAYERTAP_DTYPE", "int4"), ("LAYERTAP_MAX_PIXELS", "0")],
+)
+def test_bad_values_are_refused(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_unknown_keyword_is_refused():
+    with pytest.raises(ValidationError):
+        Settings(wieghts="random")
+
+
+def test_torch_threads_divide_the_cores(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert Settings(workers=2).effective_torch_threads() == 4
+    assert Settings(workers=16).effective_torch_threads() == 1
+    assert Settings(workers=2, torch_threads=3).effective_torch_threads() == 3
+
+
+def test_readme_table_is_the_settings_list():
+    text = README.read_text()
+    block = re.search(r"<!-- settings-table:start -->\n(.*?)\n<!-- settings-table:end -->", text, re.S)
+    assert block, "README lacks the settings table markers"
+    assert block.group(1).strip() == settings_table(), "regenerate with: python -m service.settings"
+    documented = set(re.findall(r"`(LAYERTAP_[A-Z_]+)`", block.group(1)))
+    assert documented == {f"LAYERTAP_{name.upper()}" for name in Settings.model_fields}
