@@ -34,9 +34,7 @@ access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
 
 
 def on_starting(server) -> None:
-    """Check (and for imagenet, fetch) the weights before forking; stop with one clear message if that fails."""
-    if _settings.weights == "random":
-        return
+    """Check the weights (fetching imagenet ones) and the device before forking; stop with one message if that fails."""
     check = subprocess.run(
         [sys.executable, "-m", "service.weights", "check"], capture_output=True, text=True, check=False
     )

@@ -8,7 +8,7 @@ alternatives, so a misconfigured service stops at start with a sentence, not a t
 Also a command, used at container build time and before gunicorn forks its workers::
 
     python -m service.weights download   # put the ImageNet weights into the torch cache
-    python -m service.weights check      # load the configured weights into the model, or exit 1
+    python -m service.weights check      # load the configured weights into the model, check the device
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 import torch
 import torchvision
 
-from .errors import WeightsUnavailable
+from .errors import StartupError, WeightsUnavailable
 from .model_repository import ModelEntry
 
 ALTERNATIVES = (
@@ -97,7 +97,7 @@ def _from_file(path: Path) -> Weights:
 
 
 def _main(argv: list[str]) -> int:
-    from .model import build_model
+    from .model import build_model, resolve_device
     from .model_repository import load_entry
     from .settings import Settings
 
@@ -112,7 +112,8 @@ def _main(argv: list[str]) -> int:
         weights = resolve_weights(spec, entry, allow_download=settings.allow_download, seed=settings.seed)
         if command == "check":
             build_model(entry, weights)
-    except WeightsUnavailable as exc:
+            resolve_device(settings.device)
+    except StartupError as exc:
         print(f"layertap: {exc}", file=sys.stderr)
         return 1
     where = f" in {imagenet_cache_path(entry)}" if spec == "imagenet" else ""

@@ -106,3 +106,13 @@ def test_weights_of_another_architecture_are_refused(entry, tmp_path):
     torch.save(torchvision.models.mobilenet_v3_small(weights=None).state_dict(), path)
     with pytest.raises(WeightsUnavailable, match="do not fit resnet18"):
         build_model(entry, resolve_weights(str(path), entry))
+
+
+def test_cuda_on_a_machine_without_it_is_a_clear_start_up_error(monkeypatch):
+    from service.errors import StartupError
+    from service.model import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(StartupError, match="CUDA is not available here; use auto or cpu"):
+        resolve_device("cuda")

@@ -198,3 +198,15 @@ def test_rgba_and_cmyk_over_http(server):
         data = io.BytesIO()
         image.save(data, fmt)
         assert features(server, data.getvalue(), content_type="application/octet-stream").status_code == 200
+
+
+def test_unavailable_device_stops_the_service_with_one_clear_message(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    server = start_server(tmp_path, {"LAYERTAP_WEIGHTS": "random", "LAYERTAP_DEVICE": "cuda"})
+    try:
+        code = server.process.wait(60)
+    finally:
+        server.stop(signal.SIGKILL)
+    assert code != 0
+    assert "CUDA is not available here" in server.log() and "Traceback" not in server.log()
