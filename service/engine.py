@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torchvision
 
+from . import postprocess
 from .capture import LayerCall, LayerTap
 from .errors import (
     BadRequest,
@@ -42,6 +43,7 @@ from .errors import (
 )
 from .model import DTYPES, build_model, place, resolve_device
 from .model_repository import ModelEntry
+from .postprocess import OutputOptions
 from .preprocess import ImagePreprocessor
 from .settings import Settings
 from .weights import Weights
@@ -163,8 +165,11 @@ class Engine:
                     f"'layer1.0.relu_1' included)"
                 )
 
-    def extract(self, images: list[bytes], layers: tuple[str, ...]) -> Extraction:
-        """Decode ``images`` in this thread, run them through the model thread, return their layers."""
+    def extract(self, images: list[bytes], layers: tuple[str, ...], options: OutputOptions | None = None) -> Extraction:
+        """Decode ``images`` in this thread, run them through the model thread, return their layers.
+
+        ``options`` (pooling, normalization) are applied here, after the model thread is done.
+        """
         if not self.ready:
             raise NotReady(
                 f"the model is {self._state}; retry when GET /ready answers 200", headers={"Retry-After": "1"}
@@ -200,6 +205,8 @@ class Engine:
             ) from None
         except CancelledError:
             raise DeadlineExceeded("the request was cancelled before the model reached it") from None
+        if options is not None and options != OutputOptions():
+            features = {name: postprocess.apply(array, options) for name, array in features.items()}
         return Extraction(features=features, timings=job.timings)
 
     def shapes(self, height: int, width: int, batch: int) -> tuple[LayerCall, ...]:
