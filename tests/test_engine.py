@@ -126,7 +126,7 @@ def test_requests_for_different_layers_share_one_pass(gated_engine, photos):
         results = [f.result(30) for f in futures]
         blocker.result(30)
     assert calls == [1, 4], "the four waiting requests should run as one batch"
-    for layers, result in zip(layer_sets, results):
+    for layers, result in zip(layer_sets, results, strict=True):
         assert tuple(result.features) == layers
         assert result.timings.batch_images == 4
     alone = engine.extract([image], ("layer2.1.bn2",)).features["layer2.1.bn2"]
@@ -134,11 +134,15 @@ def test_requests_for_different_layers_share_one_pass(gated_engine, photos):
 
 
 def test_a_request_larger_than_the_batch_size_runs_in_chunks(gated_engine, photos):
-    make, gate, calls = gated_engine
+    make, gate, _ = gated_engine
     gate.set()
     engine = make(max_batch_size=2)
+    passes: list[int] = []
+    capture = engine._tap.capture
+    engine._tap.capture = lambda x, wanted: passes.append(len(x)) or capture(x, wanted)
     images = [photos[name] for name in ("rocket.jpg", "chelsea.png", "coffee.png", "grace_hopper.jpg", "rocket.jpg")]
     result = engine.extract(images, ("avgpool",))
+    assert passes == [2, 2, 1]
     assert result.features["avgpool"].shape == (5, 512, 1, 1)
     np.testing.assert_allclose(result.features["avgpool"][4], result.features["avgpool"][0], rtol=1e-4, atol=1e-5)
     single = engine.extract([photos["coffee.png"]], ("avgpool",)).features["avgpool"]
