@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint clean
+.PHONY: install run test lint bench clean
 
 install: $(STAMP)  ## create or refresh .venv (a no-op when pyproject.toml has not changed)
 
@@ -20,9 +20,12 @@ test: install  ## the whole test suite, offline
 	$(BIN)/pytest
 
 lint: install  ## ruff, then hadolint on the Dockerfile
-	$(BIN)/ruff check service tests
-	$(BIN)/ruff format --check service tests
+	$(BIN)/ruff check service tests bench
+	$(BIN)/ruff format --check service tests bench
 	$(BIN)/hadolint Dockerfile
+
+bench: install  ## the real service vs the in-process limit, written to bench-results/ (see bench/README.md)
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

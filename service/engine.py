@@ -16,6 +16,7 @@ Outputs leave the engine as float32 numpy arrays, so the HTTP layer never sees a
 
 from __future__ import annotations
 
+import ctypes
 import difflib
 import logging
 import queue
@@ -41,6 +42,7 @@ from .errors import (
     ServiceError,
     UnknownLayer,
 )
+from .folding import fold_batch_norms
 from .model import DTYPES, build_model, place, resolve_device
 from .model_repository import ModelEntry
 from .postprocess import OutputOptions
@@ -92,7 +94,7 @@ class Engine:
         self.settings = settings
         self.entry = entry
         self.weights = weights
-        self.preprocess = ImagePreprocessor(entry.preprocessing, settings.max_pixels)
+        self.preprocess = ImagePreprocessor(entry.preprocessing, settings.max_pixels, settings.jpeg_draft)
         self.device = resolve_device(settings.device)
         self.dtype = settings.dtype
         # Built (and the weights checked against the architecture) in the caller's thread, so a
@@ -231,6 +233,7 @@ class Engine:
             "device": str(self.device),
             "dtype": self.dtype,
             "channels_last": self.settings.channels_last,
+            "fold_batch_norm": self.settings.fold_batch_norm and getattr(self, "_fast_tap", None) is not None,
             "torch_threads": self.settings.effective_torch_threads(),
             "preprocessing": self.entry.preprocessing.describe(),
             "layers": len(self.layers),
@@ -262,15 +265,28 @@ class Engine:
     def _load(self) -> None:
         started = time.perf_counter()
         torch.set_num_threads(self.settings.effective_torch_threads())
+        crop = self.entry.preprocessing.crop
+        self._fast_tap: LayerTap | None = None
+        self._needs_original: frozenset[str] = frozenset()
+        if self.settings.fold_batch_norm:
+            sample = torch.randn(2, 3, crop, crop, generator=torch.Generator().manual_seed(0))
+            folding = fold_batch_norms(self._model, sample)
+            if folding is not None:
+                folded, changed = folding
+                self._fast_tap = LayerTap(place(folded, self.device, self.dtype, self.settings.channels_last))
+                self._needs_original = frozenset(c.name for c in self.layers if c.module in changed)
         self._model = place(self._model, self.device, self.dtype, self.settings.channels_last)
         self._tap = LayerTap(self._model)
-        crop = self.entry.preprocessing.crop
         shape = (1, 3, crop, crop)
         self._mean = torch.tensor(self.entry.preprocessing.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(self.entry.preprocessing.std, device=self.device).view(1, 3, 1, 1)
         # Warm-up: the first pass allocates and picks kernels; readiness waits for it.
-        self._forward(np.zeros((shape[0], crop, crop, 3), dtype=np.uint8), frozenset({self.layers[-1].name}))
+        warm_up = np.zeros((shape[0], crop, crop, 3), dtype=np.uint8)
+        self._forward(warm_up, frozenset({self.layers[-1].name}))
+        if self._needs_original:
+            self._forward(warm_up, self._needs_original)
         self.load_seconds = round(time.perf_counter() - started, 3)
+        _release_free_heap()
         log.info(
             "model %s ready on %s (%s, weights %s) in %.2f s",
             self.entry.name,
@@ -345,9 +361,10 @@ class Engine:
         """uint8 NHWC pixels → {layer: float32 array}, in chunks of at most max_batch_size."""
         parts: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
         step = self.settings.max_batch_size
+        tap = self._tap if self._fast_tap is None or wanted & self._needs_original else self._fast_tap
         with torch.inference_mode():
             for start in range(0, len(pixels), step):
-                captured = self._tap.capture(self._to_input(pixels[start : start + step]), wanted)
+                captured = tap.capture(self._to_input(pixels[start : start + step]), wanted)
                 for name, tensor in captured.items():
                     parts[name].append(tensor.to(device="cpu", dtype=torch.float32).numpy())
         return {name: chunks[0] if len(chunks) == 1 else np.concatenate(chunks) for name, chunks in parts.items()}
@@ -374,3 +391,11 @@ class Engine:
     def _trace_shapes_uncached(self, batch: int, height: int, width: int) -> tuple[LayerCall, ...]:
         with self._shape_lock, torch.inference_mode():
             return tuple(self._shape_tap.trace(torch.empty(batch, 3, height, width, device="meta")))
+
+
+def _release_free_heap() -> None:
+    """Hand the heap freed by loading and warm-up back to the OS (glibc keeps it otherwise)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass

@@ -8,12 +8,16 @@ then forks workers that each build their own model in ``create_app()``.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
-from service.settings import Settings
+from service.settings import Settings, apply_openmp_defaults
 
 _settings = Settings()
+
+# Set here, in the master, so that every worker inherits them before it imports torch.
+apply_openmp_defaults()
 
 wsgi_app = "service.app:create_app()"
 bind = [f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"]
@@ -31,6 +35,12 @@ accesslog = "-"
 errorlog = "-"
 loglevel = _settings.log_level
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+
+
+def post_fork(server, worker) -> None:  # noqa: ARG001 - gunicorn's hook signature
+    """In a worker that will run on the CPU, keep torch from loading Triton (a GPU kernel compiler, ~80 MB)."""
+    if _settings.device == "cpu" or (_settings.device == "auto" and not os.path.exists("/dev/nvidiactl")):
+        sys.modules.setdefault("triton", None)  # `import triton` now fails, and torch carries on without it
 
 
 def on_starting(server) -> None:

@@ -4,6 +4,9 @@ The output equals torchvision's reference pipeline for the weights (``weights.tr
 applied to ``Image.open(...).convert("RGB")``) up to the final float conversion, which the
 engine does on the whole batch: this returns the resized, center-cropped ``uint8`` pixels
 (height × width × RGB), so request threads hand the model thread a quarter of the bytes.
+With ``jpeg_draft`` (the service's default) large JPEGs are decoded at 1/2, 1/4 or 1/8 scale
+by libjpeg, never below the resize target: several times faster on camera photos, and within
+cosine 0.9995 of the reference on pooled features (measured in tests/test_draft.py).
 
 Defences, in order: a whitelist of decoders (no Ghostscript-backed EPS and friends); the
 pixel limit checked from the header, before a single pixel is decoded (Pillow itself only
@@ -44,13 +47,18 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 class ImagePreprocessor:
     """Callable: encoded image bytes → ``(crop, crop, 3)`` uint8 array, or a 4xx :class:`ServiceError`."""
 
-    def __init__(self, spec: Preprocessing, max_pixels: int):
+    def __init__(self, spec: Preprocessing, max_pixels: int, jpeg_draft: bool = False):
         self.spec = spec
         self.max_pixels = max_pixels
+        self.jpeg_draft = jpeg_draft
         self._resample = _RESAMPLING[spec.interpolation]
 
     def __call__(self, data: bytes) -> np.ndarray:
         image = self._open(data)
+        if self.jpeg_draft and image.format in ("JPEG", "MPO"):
+            # libjpeg scales by 1/2, 1/4 or 1/8 while decoding, never below the resize target:
+            # a 12 Mpx photo decodes ~6× faster, and resizing then starts from far fewer pixels.
+            image.draft(None, self._resized_size(*image.size))
         image = self._decode(image)
         image = _to_rgb(image)
         return np.asarray(self._resize_and_crop(image), dtype=np.uint8)
@@ -102,11 +110,8 @@ class ImagePreprocessor:
         up to float rounding (at most one level on a handful of pixels).
         """
         width, height = image.size
-        resize, crop = self.spec.resize, self.spec.crop
-        if width <= height:
-            new_width, new_height = resize, int(resize * height / width)
-        else:
-            new_width, new_height = int(resize * width / height), resize
+        crop = self.spec.crop
+        new_width, new_height = self._resized_size(width, height)
         left = round((new_width - crop) / 2.0)
         top = round((new_height - crop) / 2.0)
         if new_width * new_height <= _MAX_INTERMEDIATE_PIXELS:
@@ -115,6 +120,13 @@ class ImagePreprocessor:
         scale_x, scale_y = width / new_width, height / new_height
         box = (left * scale_x, top * scale_y, (left + crop) * scale_x, (top + crop) * scale_y)
         return image.resize((crop, crop), self._resample, box=box)
+
+    def _resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """torchvision's size for ``resize(shorter side)``: the shorter side becomes ``resize``."""
+        resize = self.spec.resize
+        if width <= height:
+            return resize, int(resize * height / width)
+        return int(resize * width / height), resize
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -60,7 +60,9 @@ def reference_model(state_dict) -> torch.nn.Module:
 
 @pytest.fixture(scope="session")
 def settings(weights_file) -> Settings:
-    return Settings(weights=str(weights_file), device="cpu", max_batch_delay_ms=5)
+    # Bit-exact preprocessing, so that golden tests can compare with torchvision's own transforms;
+    # tests/test_draft.py covers the default JPEG draft decoding against the same reference.
+    return Settings(weights=str(weights_file), device="cpu", max_batch_delay_ms=5, jpeg_draft=False)
 
 
 @pytest.fixture(scope="session")
