@@ -94,7 +94,7 @@ def test_octet_stream_and_missing_content_type_are_raw_images(client, photos):
 
 def test_timing_headers(client, photos):
     response = post_image(client, photos["rocket.jpg"], "layer1")
-    for header in ("X-Preprocess-Time", "X-Queue-Time", "X-Inference-Time"):
+    for header in ("X-Preprocess-Time", "X-Queue-Time", "X-Inference-Time", "X-Total-Time"):
         assert float(response.headers[header]) >= 0
     assert int(response.headers["X-Batch-Size"]) >= 1
 

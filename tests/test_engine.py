@@ -189,3 +189,19 @@ def test_bad_output_options_are_400(client, photos, query):
     response = client.post(f"/features?{query}", data=photos["rocket.jpg"], content_type="image/jpeg")
     assert response.status_code == 400
     assert response.json["error"]["code"] == "bad_request"
+
+
+def test_half_precision_setting_runs_on_cpu_and_returns_float32(weights_file, photos, engine):
+    """The GPU options must not break a CPU-only machine: bfloat16 runs (slowly) and outputs float32."""
+    app = create_app(Settings(weights=str(weights_file), device="cpu", dtype="bfloat16", jpeg_draft=False))
+    half = app.extensions["layertap.engine"]
+    try:
+        assert half.wait_ready(60), half.failure
+        assert half.describe()["dtype"] == "bfloat16"
+        got = half.extract([photos["rocket.jpg"]], ("avgpool",)).features["avgpool"]
+        assert got.dtype == np.float32
+        full = engine.extract([photos["rocket.jpg"]], ("avgpool",)).features["avgpool"]
+        cos = float((got * full).sum() / (np.linalg.norm(got) * np.linalg.norm(full)))
+        assert cos > 0.99
+    finally:
+        half.close()
