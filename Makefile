@@ -4,7 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint bench clean
+IMAGE  ?= layertap
+
+.PHONY: install run test lint bench docker-build docker-run clean
 
 install: $(STAMP)  ## create or refresh .venv (a no-op when pyproject.toml has not changed)
 
@@ -19,13 +21,20 @@ run: install  ## serve on LAYERTAP_HOST:LAYERTAP_PORT (default 0.0.0.0:8080) unt
 test: install  ## the whole test suite, offline
 	$(BIN)/pytest
 
-lint: install  ## ruff, then hadolint on the Dockerfile
+lint: install  ## ruff, hadolint on the Dockerfile, kubernetes-validate on deploy/k8s
 	$(BIN)/ruff check service tests bench
 	$(BIN)/ruff format --check service tests bench
 	$(BIN)/hadolint Dockerfile
+	$(BIN)/kubernetes-validate --strict --quiet $$(ls deploy/k8s/*.yaml | grep -v kustomization)
 
 bench: install  ## the real service vs the in-process limit, written to bench-results/ (see bench/README.md)
 	$(BIN)/python -m bench
+
+docker-build:  ## the CPU image, ImageNet weights baked in (needs a Docker engine)
+	docker build -t $(IMAGE) .
+
+docker-run:  ## serve the image on localhost:8080
+	docker run --rm -p 8080:8080 $(IMAGE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -16,6 +16,7 @@ import orjson
 from flask import Blueprint, Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
+from . import metrics
 from .engine import Engine
 from .errors import BadRequest, PayloadTooLarge, ServiceError, TooManyImages, UnsupportedMediaType
 from .postprocess import POOLS, OutputOptions
@@ -25,12 +26,8 @@ log = logging.getLogger("layertap.api")
 api = Blueprint("api", __name__)
 
 
-@api.before_app_request
-def _start_clock() -> None:
-    g.started = time.perf_counter()
-
-
 DEFAULT_LAYERS = ("avgpool",)
+GET_ENDPOINTS = ("/shapes", "/info", "/health", "/ready", "/metrics")
 ENCODINGS = ("json", "base64")
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 RAW_TYPES = ("application/octet-stream", "")
@@ -137,6 +134,12 @@ def ready() -> Response:
     if engine.ready:
         return json_response(body)
     return json_response(body, status=503, headers={"Retry-After": "1"})
+
+
+@api.get("/metrics")
+def metrics_endpoint() -> Response:
+    body, content_type = metrics.render()
+    return Response(body, mimetype=None, content_type=content_type)
 
 
 @api.get("/info")
@@ -285,7 +288,12 @@ def _int_arg(name: str, default: int) -> int:
 
 # ---- errors --------------------------------------------------------------------------------
 def error_body(code: str, message: str) -> dict:
-    return {"error": {"code": code, "message": message}}
+    return {"error": {"code": code, "message": message, "request_id": g.get("request_id")}}
+
+
+def error_response(code: str, message: str, status: int, headers: dict[str, str] | None = None) -> Response:
+    metrics.ERRORS.labels(code).inc()
+    return json_response(error_body(code, message), status=status, headers=headers)
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -293,7 +301,7 @@ def register_error_handlers(app: Flask) -> None:
     def _service_error(exc: ServiceError) -> Response:
         if exc.status >= 500:
             log.error("%s: %s", exc.code, exc.message)
-        return json_response(error_body(exc.code, exc.message), status=exc.status, headers=exc.headers)
+        return error_response(exc.code, exc.message, exc.status, exc.headers)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
@@ -303,8 +311,8 @@ def register_error_handlers(app: Flask) -> None:
             error = body_limit_error()
             code, message = error.code, error.message
         elif exc.code == 404:
-            message = f"no route {request.path!r}; endpoints: POST /features, GET /shapes, /info, /health, /ready"
-        response = json_response(error_body(code, message), status=exc.code or 500)
+            message = f"no route {request.path[:200]!r}; endpoints: POST /features, GET {', '.join(GET_ENDPOINTS)}"
+        response = error_response(code, message, exc.code or 500)
         if exc.code == 405 and exc.valid_methods:
             response.headers["Allow"] = ", ".join(exc.valid_methods)
         return response
@@ -312,4 +320,4 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
-        return json_response(error_body("internal_error", "an internal error occurred; it has been logged"), status=500)
+        return error_response("internal_error", "an internal error occurred; it has been logged", 500)

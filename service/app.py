@@ -8,16 +8,20 @@ their own :class:`Settings`.
 from __future__ import annotations
 
 import logging
+import time
 
-from flask import Flask
+from flask import Flask, Response, g, request
 
+from . import logs, metrics
 from .api import api, register_error_handlers
+from .auth import OPEN_ENDPOINTS, check_bearer
 from .engine import Engine
+from .errors import StartupError
 from .model_repository import load_entry
 from .settings import Settings
 from .weights import resolve_weights
 
-log = logging.getLogger("layertap")
+access_log = logging.getLogger("layertap.access")
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -27,12 +31,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     model entry or the weights cannot be had.
     """
     settings = settings or Settings()
-    _configure_logging(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     try:
         entry = load_entry(settings.model_repository, settings.model)
     except ValueError as exc:
-        from .errors import StartupError
-
         raise StartupError(str(exc)) from None
     weights = resolve_weights(settings.weights, entry, allow_download=settings.allow_download, seed=settings.seed)
     engine = Engine(settings, entry, weights)
@@ -44,16 +46,46 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_body_bytes
     app.extensions["layertap.engine"] = engine
     app.extensions["layertap.settings"] = settings
+    _install_request_hooks(app, settings)
     app.register_blueprint(api)
     register_error_handlers(app)
     engine.start()
     return app
 
 
-def _configure_logging(level: str) -> None:
-    root = logging.getLogger("layertap")
-    root.setLevel(level.upper())
-    if not logging.getLogger().handlers and not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
+def _install_request_hooks(app: Flask, settings: Settings) -> None:
+    """Request id, authentication, then on the way out: metrics and one access-log line."""
+    api_key = settings.api_key.get_secret_value() if settings.api_key else None
+
+    @app.before_request
+    def _begin() -> None:
+        g.started = time.perf_counter()
+        g.request_id = logs.request_id_from(request.headers.get("X-Request-ID"))
+        if api_key and (settings.auth_all_endpoints or request.path not in OPEN_ENDPOINTS):
+            check_bearer(request.headers.get("Authorization"), api_key)
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        status = str(response.status_code)
+        metrics.REQUESTS.labels(endpoint, request.method, status).inc()
+        metrics.REQUEST_SECONDS.labels(endpoint, status).observe(elapsed)
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        if endpoint not in ("/health", "/ready", "/metrics") or response.status_code >= 400:
+            access_log.info(
+                "%s %s %s",
+                request.method,
+                request.full_path.rstrip("?"),
+                response.status_code,
+                extra={
+                    "method": request.method,
+                    "path": request.path,
+                    "query": request.query_string.decode("latin-1")[:500],
+                    "status": response.status_code,
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "bytes": response.calculate_content_length(),
+                    "remote": request.remote_addr,
+                },
+            )
+        return response

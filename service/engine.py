@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torchvision
 
-from . import postprocess
+from . import metrics, postprocess
 from .capture import LayerCall, LayerTap
 from .errors import (
     BadRequest,
@@ -132,9 +132,15 @@ class Engine:
         self._thread = None
         self._state = "stopped"
 
+    def drain(self) -> None:
+        """Shutting down: readiness turns 503 so load balancers stop sending, but work is still served."""
+        if self._state == "ready":
+            self._state = "draining"
+            log.info("draining: readiness is now 503, requests in flight will finish")
+
     @property
     def state(self) -> str:
-        """created, loading, ready, failed, stopping or stopped."""
+        """created, loading, ready, draining, failed, stopping or stopped."""
         return self._state
 
     @property
@@ -172,7 +178,7 @@ class Engine:
 
         ``options`` (pooling, normalization) are applied here, after the model thread is done.
         """
-        if not self.ready:
+        if self._state not in ("ready", "draining"):
             raise NotReady(
                 f"the model is {self._state}; retry when GET /ready answers 200", headers={"Retry-After": "1"}
             )
@@ -188,6 +194,7 @@ class Engine:
                 self._decoding -= 1
         job = _Job(pixels=pixels, layers=layers, deadline=deadline)
         job.timings.preprocess_ms = (time.perf_counter() - started) * 1000
+        metrics.PREPROCESS_SECONDS.observe(job.timings.preprocess_ms / 1000)
         with self._lock:
             if self._queued_images + len(pixels) > self.settings.max_queue_images:
                 raise Overloaded(
@@ -196,6 +203,7 @@ class Engine:
                     headers={"Retry-After": "1"},
                 )
             self._queued_images += len(pixels)
+            metrics.QUEUE_IMAGES.set(self._queued_images)
         self._queue.put(job)
         try:
             features = job.future.result(timeout=max(0.0, deadline - time.monotonic()))
@@ -252,7 +260,8 @@ class Engine:
             self._state = "failed"
             log.exception("model failed to load")
             return
-        self._state = "ready"
+        if self._state == "loading":
+            self._state = "ready"
         while True:
             job = self._queue.get()
             if job is _STOP:
@@ -286,6 +295,7 @@ class Engine:
         if self._needs_original:
             self._forward(warm_up, self._needs_original)
         self.load_seconds = round(time.perf_counter() - started, 3)
+        metrics.MODEL_LOAD_SECONDS.set(self.load_seconds)
         _release_free_heap()
         log.info(
             "model %s ready on %s (%s, weights %s) in %.2f s",
@@ -326,6 +336,7 @@ class Engine:
                 continue
             with self._lock:
                 self._queued_images -= len(job.pixels)
+                metrics.QUEUE_IMAGES.set(self._queued_images)
             if not job.future.set_running_or_notify_cancel():
                 continue  # its client gave up
             if job.deadline <= now:
@@ -348,6 +359,9 @@ class Engine:
                 job.future.set_exception(error)
             return
         elapsed_ms = (time.perf_counter() - started) * 1000
+        metrics.IMAGES.inc(len(pixels))
+        metrics.BATCH_IMAGES.observe(len(pixels))
+        metrics.INFERENCE_SECONDS.observe(elapsed_ms / 1000)
         offset = 0
         for job in jobs:
             count = len(job.pixels)

@@ -9,15 +9,25 @@ then forks workers that each build their own model in ``create_app()``.
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 
+from service.logs import gunicorn_logconfig
 from service.settings import Settings, apply_openmp_defaults
+
+# Not imported from service.metrics: prometheus_client must not be imported in the master before
+# this variable is set, or forked workers would inherit its single-process mode.
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 _settings = Settings()
 
 # Set here, in the master, so that every worker inherits them before it imports torch.
 apply_openmp_defaults()
+# Each worker writes its metrics under this folder; /metrics sums them (service/metrics.py).
+os.environ.setdefault(MULTIPROCESS_ENV, tempfile.mkdtemp(prefix="layertap-metrics-"))
 
 wsgi_app = "service.app:create_app()"
 bind = [f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"]
@@ -31,10 +41,25 @@ control_socket_disable = True
 timeout = max(30, int(_settings.request_timeout_s) + 10)
 graceful_timeout = 30
 keepalive = 5
-accesslog = "-"
+# The app writes one access line per request itself (service/app.py), with its request id.
+accesslog = None
 errorlog = "-"
 loglevel = _settings.log_level
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+logconfig_dict = gunicorn_logconfig(_settings.log_level, _settings.log_format)
+
+
+def on_starting(server) -> None:
+    """Check the weights (fetching imagenet ones) and the device before forking; stop with one message if that fails."""
+    metrics_dir = os.environ[MULTIPROCESS_ENV]
+    shutil.rmtree(metrics_dir, ignore_errors=True)  # counts from an earlier run must not leak into this one
+    os.makedirs(metrics_dir, exist_ok=True)
+    check = subprocess.run(
+        [sys.executable, "-m", "service.weights", "check"], capture_output=True, text=True, check=False
+    )
+    if check.returncode != 0:
+        lines = (check.stderr or check.stdout).strip().splitlines()
+        raise RuntimeError(lines[-1] if lines else f"the weights check failed with exit code {check.returncode}")
+    server.log.info(check.stdout.strip())
 
 
 def post_fork(server, worker) -> None:  # noqa: ARG001 - gunicorn's hook signature
@@ -43,12 +68,30 @@ def post_fork(server, worker) -> None:  # noqa: ARG001 - gunicorn's hook signatu
         sys.modules.setdefault("triton", None)  # `import triton` now fails, and torch carries on without it
 
 
-def on_starting(server) -> None:
-    """Check the weights (fetching imagenet ones) and the device before forking; stop with one message if that fails."""
-    check = subprocess.run(
-        [sys.executable, "-m", "service.weights", "check"], capture_output=True, text=True, check=False
-    )
-    if check.returncode != 0:
-        lines = (check.stderr or check.stdout).strip().splitlines()
-        raise RuntimeError(lines[-1] if lines else f"the weights check failed with exit code {check.returncode}")
-    server.log.info(check.stdout.strip())
+def post_worker_init(worker) -> None:
+    """Accept connections only once the model is warm; on SIGTERM, turn readiness to 503 before stopping.
+
+    Waiting here keeps a worker that is still loading (at start, or replacing one that died) off
+    the shared socket, so its siblings answer instead of it returning 503s. A model that fails to
+    load stops the worker as a boot failure, which stops gunicorn with the reason in the log.
+    """
+    engine = worker.wsgi.extensions["layertap.engine"]
+    while not engine.wait_ready(1.0):
+        if engine.state == "failed":
+            worker.log.error("model failed to load: %s", engine.failure)
+            sys.exit(3)  # gunicorn's WORKER_BOOT_ERROR: the master halts instead of respawning forever
+        worker.notify()  # still alive: loading a large model may outlast gunicorn's worker timeout
+    stop_gracefully = worker.handle_exit
+
+    def on_sigterm(signum, frame):
+        engine.drain()
+        stop_gracefully(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def child_exit(server, worker) -> None:  # noqa: ARG001 - gunicorn's hook signature
+    """A worker's live gauges (queue depth) must not outlive it."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_REPOSITORY = Path(__file__).resolve().parent.parent / "models"
@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     )
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads per worker; 0 means CPU cores ÷ workers.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level of the service.")
+    log_format: Literal["json", "text"] = Field("json", description="One JSON object per log line, or plain text.")
+    api_key: SecretStr | None = Field(
+        None, description="When set, requests need `Authorization: Bearer <key>` (health, ready, metrics excepted)."
+    )
+    auth_all_endpoints: bool = Field(False, description="Require the API key on health, ready and metrics too.")
 
     @field_validator("device")
     @classmethod
@@ -103,13 +108,18 @@ def settings_table() -> str:
         default = field.default
         if name == "model_repository":
             default = "models/ (beside service/)"
-        choices = getattr(field.annotation, "__args__", None)
-        if choices:  # a Literal: list the accepted values
-            annotation = " \\| ".join(str(choice) for choice in choices)
-        else:
-            annotation = field.annotation.__name__
+        annotation = _type_label(field.annotation)
         rows.append(f"| `LAYERTAP_{name.upper()}` | {annotation} | `{default}` | {field.description} |")
     return "\n".join(rows)
+
+
+def _type_label(annotation) -> str:
+    """int, Path, `a \\| b` for a Literal, `secret` for a SecretStr."""
+    if getattr(annotation, "__origin__", None) is Literal:
+        return " \\| ".join(str(choice) for choice in annotation.__args__)
+    if SecretStr in getattr(annotation, "__args__", ()):
+        return "secret"
+    return annotation.__name__
 
 
 README_MARKERS = ("<!-- settings-table:start -->", "<!-- settings-table:end -->")

@@ -1,0 +1,27 @@
+"""Optional bearer-token authentication (``LAYERTAP_API_KEY``), compared in constant time."""
+
+from __future__ import annotations
+
+import hmac
+
+from .errors import ServiceError
+
+
+class Unauthorized(ServiceError):
+    status = 401
+    code = "unauthorized"
+
+
+# Endpoints that stay open even with a key, so that probes and scrapers need no secret,
+# unless LAYERTAP_AUTH_ALL_ENDPOINTS is on.
+OPEN_ENDPOINTS = frozenset({"/health", "/ready", "/metrics"})
+
+
+def check_bearer(authorization: str | None, api_key: str) -> None:
+    """Raise Unauthorized unless ``authorization`` is ``Bearer <api_key>``."""
+    challenge = {"WWW-Authenticate": 'Bearer realm="layertap"'}
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("this endpoint needs an 'Authorization: Bearer <key>' header", headers=challenge)
+    if not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+        raise Unauthorized("the API key is not valid", headers=challenge)

@@ -1,0 +1,103 @@
+"""Production behaviour of the real server: graceful shutdown, multi-worker metrics, JSON logs, auth."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.conftest import start_server
+
+pytestmark = pytest.mark.integration
+
+
+def test_sigterm_turns_readiness_off_and_loses_no_request(tmp_path, weights_file, photos):
+    server = start_server(tmp_path, {"LAYERTAP_WEIGHTS": str(weights_file), "LAYERTAP_MAX_BATCH_SIZE": "4"})
+    server.wait_ready()
+    keep_alive = requests.Session()
+    assert keep_alive.get(f"{server.url}/ready", timeout=5).status_code == 200
+    # Slow requests: 8 images each, so several are still running when SIGTERM arrives.
+    files = [("image", (f"{i}.jpg", photos["rocket.jpg"], "image/jpeg")) for i in range(8)]
+    results: list[int | str] = []
+    started = threading.Barrier(7)
+
+    def slow_request():
+        started.wait(10)
+        try:
+            response = requests.post(f"{server.url}/features", params={"layers": "fc"}, files=files, timeout=60)
+            results.append(response.status_code)
+        except requests.RequestException as exc:
+            results.append(repr(exc))
+
+    threads = [threading.Thread(target=slow_request) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    started.wait(10)
+    time.sleep(0.5)  # all six are in flight: the first batches take seconds on two cores
+    server.process.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    # A client still connected sees the pod as no longer ready (kept-alive connections linger 2 s).
+    readiness = keep_alive.get(f"{server.url}/ready", timeout=5)
+    assert readiness.status_code == 503 and readiness.json()["status"] == "draining"
+    for thread in threads:
+        thread.join(60)
+    assert results == [200] * 6, results
+    assert server.process.wait(40) == 0
+    log = server.log()
+    assert "draining" in log and "Shutting down: Master" in log
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{server.url}/health", timeout=2)
+
+
+def test_metrics_add_up_across_workers(tmp_path, weights_file, photos):
+    server = start_server(
+        tmp_path, {"LAYERTAP_WEIGHTS": str(weights_file), "LAYERTAP_WORKERS": "2", "LAYERTAP_TORCH_THREADS": "1"}
+    )
+    try:
+        server.wait_ready()  # a worker accepts connections only once its model is warm
+        for _ in range(12):
+            response = requests.post(
+                f"{server.url}/features", data=photos["chelsea.png"], headers={"Content-Type": "image/png"}, timeout=30
+            )
+            assert response.status_code == 200
+        for _ in range(6):  # whichever worker answers the scrape, the totals are the same
+            text = requests.get(f"{server.url}/metrics", timeout=10).text
+            counts = {
+                (s.name, s.labels.get("status")): s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+                if s.name in ("layertap_requests_total", "layertap_images_total")
+                and s.labels.get("endpoint", "/features") == "/features"
+            }
+            assert counts[("layertap_requests_total", "200")] == 12
+            assert counts[("layertap_images_total", None)] == 12
+        messages = [json.loads(line)["message"] for line in server.log().splitlines() if line.startswith("{")]
+        assert sum(m.startswith("Booting worker") for m in messages) == 2
+    finally:
+        server.stop()
+
+
+def test_logs_are_json_with_request_ids_and_auth_applies(tmp_path, weights_file, photos):
+    server = start_server(tmp_path, {"LAYERTAP_WEIGHTS": str(weights_file), "LAYERTAP_API_KEY": "k-123"})
+    try:
+        server.wait_ready()
+        url = f"{server.url}/features"
+        denied = requests.post(url, data=photos["rocket.jpg"], headers={"Content-Type": "image/jpeg"}, timeout=30)
+        assert denied.status_code == 401 and denied.json()["error"]["code"] == "unauthorized"
+        headers = {"Content-Type": "image/jpeg", "Authorization": "Bearer k-123", "X-Request-ID": "it-req-1"}
+        allowed = requests.post(url, data=photos["rocket.jpg"], headers=headers, timeout=30)
+        assert allowed.status_code == 200 and allowed.headers["X-Request-ID"] == "it-req-1"
+        assert requests.get(f"{server.url}/health", timeout=5).status_code == 200
+    finally:
+        server.stop()
+    lines = [line for line in server.log().splitlines() if line.strip()]
+    entries = [json.loads(line) for line in lines]  # every line is JSON, gunicorn's included
+    access = [e for e in entries if e["logger"] == "layertap.access"]
+    assert any(e.get("request_id") == "it-req-1" and e["status"] == 200 for e in access)
+    assert any(e["status"] == 401 for e in access)
+    assert any(e["logger"] == "gunicorn.error" for e in entries)
