@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 from . import metrics
 from .engine import Engine
 from .errors import BadRequest, PayloadTooLarge, ServiceError, TooManyImages, UnsupportedMediaType
+from .openapi import build_spec
 from .postprocess import POOLS, OutputOptions
 
 log = logging.getLogger("layertap.api")
@@ -27,7 +28,8 @@ api = Blueprint("api", __name__)
 
 
 DEFAULT_LAYERS = ("avgpool",)
-GET_ENDPOINTS = ("/shapes", "/info", "/health", "/ready", "/metrics")
+GET_ENDPOINTS = ("/shapes", "/info", "/health", "/ready", "/metrics", "/openapi.json", "/docs")
+TIMING_HEADERS = ("X-Preprocess-Time", "X-Queue-Time", "X-Inference-Time", "X-Total-Time")
 ENCODINGS = ("json", "base64")
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 RAW_TYPES = ("application/octet-stream", "")
@@ -140,6 +142,12 @@ def ready() -> Response:
 def metrics_endpoint() -> Response:
     body, content_type = metrics.render()
     return Response(body, mimetype=None, content_type=content_type)
+
+
+@api.get("/openapi.json")
+def openapi() -> Response:
+    settings = _engine().settings
+    return json_response(build_spec(settings.max_images_per_request, settings.max_body_bytes, TIMING_HEADERS))
 
 
 @api.get("/info")

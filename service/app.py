@@ -11,10 +11,11 @@ import logging
 import time
 
 from flask import Flask, Response, g, request
+from flask_swagger_ui import get_swaggerui_blueprint
 
 from . import logs, metrics
 from .api import api, register_error_handlers
-from .auth import OPEN_ENDPOINTS, check_bearer
+from .auth import OPEN_ENDPOINTS, OPEN_PREFIXES, check_bearer
 from .engine import Engine
 from .errors import StartupError
 from .model_repository import load_entry
@@ -39,7 +40,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     weights = resolve_weights(settings.weights, entry, allow_download=settings.allow_download, seed=settings.seed)
     engine = Engine(settings, entry, weights)
 
-    app = Flask("layertap")
+    app = Flask("layertap", static_folder=None)
     # One byte over the limit, so that a chunked body past it is seen (api._read_body) rather than cut.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     # Multipart parts without a file name are form fields: let them be as large as a body.
@@ -48,6 +49,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["layertap.settings"] = settings
     _install_request_hooks(app, settings)
     app.register_blueprint(api)
+    # Swagger UI from the package's own copy of its assets: nothing is fetched from the internet.
+    app.register_blueprint(
+        get_swaggerui_blueprint("/docs", "/openapi.json", config={"app_name": "layertap"}), url_prefix="/docs"
+    )
     register_error_handlers(app)
     engine.start()
     return app
@@ -61,7 +66,8 @@ def _install_request_hooks(app: Flask, settings: Settings) -> None:
     def _begin() -> None:
         g.started = time.perf_counter()
         g.request_id = logs.request_id_from(request.headers.get("X-Request-ID"))
-        if api_key and (settings.auth_all_endpoints or request.path not in OPEN_ENDPOINTS):
+        is_open = request.path in OPEN_ENDPOINTS or request.path.startswith(OPEN_PREFIXES)
+        if api_key and (settings.auth_all_endpoints or not is_open):
             check_bearer(request.headers.get("Authorization"), api_key)
 
     @app.after_request

@@ -16,12 +16,14 @@ Outputs leave the engine as float32 numpy arrays, so the HTTP layer never sees a
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import difflib
 import logging
 import queue
 import threading
 import time
+import weakref
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -94,7 +96,9 @@ class Engine:
         self.settings = settings
         self.entry = entry
         self.weights = weights
-        self.preprocess = ImagePreprocessor(entry.preprocessing, settings.max_pixels, settings.jpeg_draft)
+        self.preprocess = ImagePreprocessor(
+            entry.preprocessing, settings.max_pixels, settings.jpeg_draft, settings.max_aspect_ratio
+        )
         self.device = resolve_device(settings.device)
         self.dtype = settings.dtype
         # Built (and the weights checked against the architecture) in the caller's thread, so a
@@ -109,8 +113,8 @@ class Engine:
         self._layer_names = {c.name for c in self.layers}
         self._queue: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
-        self._queued_images = 0
-        self._decoding = 0  # requests between arrival and enqueue: worth waiting for when batching
+        self._waiting_images = 0  # admitted and not yet taken by the model thread (decoding or queued)
+        self._decoding = 0  # requests being decoded: worth waiting for when forming a batch
         self._state = "created"
         self._failure: str | None = None
         self._thread: threading.Thread | None = None
@@ -121,6 +125,8 @@ class Engine:
         self._state = "loading"
         self._thread = threading.Thread(target=self._serve, name="layertap-model", daemon=True)
         self._thread.start()
+        # Stop the model thread before the interpreter tears torch down under it.
+        atexit.register(_close_at_exit, weakref.ref(self))
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the model thread after the jobs already queued; new work gets 503."""
@@ -185,25 +191,18 @@ class Engine:
         self.validate_layers(layers)
         started = time.perf_counter()
         deadline = time.monotonic() + self.settings.request_timeout_s
-        with self._lock:
-            self._decoding += 1
+        self._admit(len(images))  # before decoding: refusing must cost next to nothing
         try:
             pixels = np.stack([self.preprocess(data) for data in images])
+        except BaseException:
+            self._release(len(images))
+            raise
         finally:
             with self._lock:
                 self._decoding -= 1
         job = _Job(pixels=pixels, layers=layers, deadline=deadline)
         job.timings.preprocess_ms = (time.perf_counter() - started) * 1000
         metrics.PREPROCESS_SECONDS.observe(job.timings.preprocess_ms / 1000)
-        with self._lock:
-            if self._queued_images + len(pixels) > self.settings.max_queue_images:
-                raise Overloaded(
-                    f"{self._queued_images} images are already waiting for the model "
-                    f"(LAYERTAP_MAX_QUEUE_IMAGES={self.settings.max_queue_images}); retry shortly",
-                    headers={"Retry-After": "1"},
-                )
-            self._queued_images += len(pixels)
-            metrics.QUEUE_IMAGES.set(self._queued_images)
         self._queue.put(job)
         try:
             features = job.future.result(timeout=max(0.0, deadline - time.monotonic()))
@@ -218,6 +217,24 @@ class Engine:
         if options is not None and options != OutputOptions():
             features = {name: postprocess.apply(array, options) for name, array in features.items()}
         return Extraction(features=features, timings=job.timings)
+
+    def _admit(self, images: int) -> None:
+        """Count ``images`` as waiting (being decoded or queued), or refuse them with 429 at once."""
+        with self._lock:
+            if self._waiting_images + images > self.settings.max_queue_images:
+                raise Overloaded(
+                    f"{self._waiting_images} images are already waiting for the model "
+                    f"(LAYERTAP_MAX_QUEUE_IMAGES={self.settings.max_queue_images}); retry shortly",
+                    headers={"Retry-After": "1"},
+                )
+            self._waiting_images += images
+            self._decoding += 1
+            metrics.QUEUE_IMAGES.set(self._waiting_images)
+
+    def _release(self, images: int) -> None:
+        with self._lock:
+            self._waiting_images -= images
+            metrics.QUEUE_IMAGES.set(self._waiting_images)
 
     def shapes(self, height: int, width: int, batch: int) -> tuple[LayerCall, ...]:
         """Every module call for an input of this size, in the order the calls return (no compute)."""
@@ -334,9 +351,7 @@ class Engine:
         for job in batch:
             if job is _STOP:
                 continue
-            with self._lock:
-                self._queued_images -= len(job.pixels)
-                metrics.QUEUE_IMAGES.set(self._queued_images)
+            self._release(len(job.pixels))
             if not job.future.set_running_or_notify_cancel():
                 continue  # its client gave up
             if job.deadline <= now:
@@ -405,6 +420,12 @@ class Engine:
     def _trace_shapes_uncached(self, batch: int, height: int, width: int) -> tuple[LayerCall, ...]:
         with self._shape_lock, torch.inference_mode():
             return tuple(self._shape_tap.trace(torch.empty(batch, 3, height, width, device="meta")))
+
+
+def _close_at_exit(engine_ref: weakref.ref) -> None:
+    engine = engine_ref()
+    if engine is not None:
+        engine.close(timeout=5)
 
 
 def _release_free_heap() -> None:

@@ -47,9 +47,10 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 class ImagePreprocessor:
     """Callable: encoded image bytes → ``(crop, crop, 3)`` uint8 array, or a 4xx :class:`ServiceError`."""
 
-    def __init__(self, spec: Preprocessing, max_pixels: int, jpeg_draft: bool = False):
+    def __init__(self, spec: Preprocessing, max_pixels: int, jpeg_draft: bool = False, max_aspect_ratio: float = 1000):
         self.spec = spec
         self.max_pixels = max_pixels
+        self.max_aspect_ratio = max_aspect_ratio
         self.jpeg_draft = jpeg_draft
         self._resample = _RESAMPLING[spec.interpolation]
 
@@ -85,6 +86,11 @@ class ImagePreprocessor:
             raise ImageTooLarge(
                 f"image is {width}×{height} = {width * height:,} pixels, over the limit of "
                 f"{self.max_pixels:,} (LAYERTAP_MAX_PIXELS); downscale it before sending"
+            )
+        if max(width, height) / min(width, height) > self.max_aspect_ratio:
+            raise InvalidImage(
+                f"image is {width}×{height}, an aspect ratio over {self.max_aspect_ratio:g}:1 "
+                "(LAYERTAP_MAX_ASPECT_RATIO); crop it to the region of interest first"
             )
         return image
 

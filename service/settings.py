@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_REPOSITORY = Path(__file__).resolve().parent.parent / "models"
@@ -67,16 +67,21 @@ class Settings(BaseSettings):
         gt=0,
         description="Largest image (width × height) decoded; larger gets 413 before any pixel is decoded.",
     )
-    max_images_per_request: int = Field(64, gt=0, description="Most images in one request; more gets 413.")
+    max_images_per_request: int = Field(32, gt=0, description="Most images in one request; more gets 413.")
+    max_aspect_ratio: float = Field(
+        1000.0, ge=1, description="Longest side ÷ shortest side an image may have; beyond it, 400."
+    )
     max_batch_size: int = Field(16, gt=0, description="Most images in one forward pass of the batcher.")
     max_batch_delay_ms: float = Field(
         2.0, ge=0, description="How long the batcher waits for more work before running a partial batch."
     )
-    max_queue_images: int = Field(256, gt=0, description="Images waiting for the model before new work gets 429.")
+    max_queue_images: int = Field(
+        64, gt=0, description="Images admitted (decoding or queued) before new work gets 429; ≥ max per request."
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="Deadline of a request inside the service; past it, 503.")
     workers: int = Field(1, gt=0, description="gunicorn worker processes (each loads its own model).")
     threads: int = Field(
-        16, gt=0, description="gunicorn threads per worker: concurrent requests, so at least max batch size."
+        32, gt=0, description="gunicorn threads per worker: concurrent requests, so at least max batch size."
     )
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads per worker; 0 means CPU cores ÷ workers.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level of the service.")
@@ -93,6 +98,15 @@ class Settings(BaseSettings):
         if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
             return value
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {value!r}")
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> Settings:
+        if self.max_queue_images < self.max_images_per_request:
+            raise ValueError(
+                f"max_queue_images ({self.max_queue_images}) must be at least max_images_per_request "
+                f"({self.max_images_per_request}), or a full request could never be admitted"
+            )
+        return self
 
     def effective_torch_threads(self) -> int:
         """Intra-op threads for one worker: all workers together should not oversubscribe the cores."""

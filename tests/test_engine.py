@@ -55,13 +55,13 @@ def wait_for(condition, timeout: float = 10) -> None:
 
 def test_full_queue_is_429_at_once(gated_engine, photos):
     make, gate, calls = gated_engine
-    engine = make(max_queue_images=2, max_batch_size=1)
+    engine = make(max_queue_images=2, max_images_per_request=1, max_batch_size=1)
     image = photos["rocket.jpg"]
     with ThreadPoolExecutor(3) as pool:
         running = pool.submit(engine.extract, [image], ("fc",))
         wait_for(lambda: len(calls) == 1)  # the model thread is busy with the first request
         queued = [pool.submit(engine.extract, [image], ("fc",)) for _ in range(2)]
-        wait_for(lambda: engine._queued_images == 2)
+        wait_for(lambda: engine._waiting_images == 2)
         started = time.monotonic()
         with pytest.raises(Overloaded) as refused:
             engine.extract([image], ("fc",))
@@ -70,7 +70,7 @@ def test_full_queue_is_429_at_once(gated_engine, photos):
         gate.set()
         for future in [running, *queued]:
             assert future.result(30).features["fc"].shape == (1, 1000)
-    assert engine._queued_images == 0
+    assert engine._waiting_images == 0
 
 
 def test_expired_work_is_answered_503_and_never_computed(gated_engine, photos):
@@ -121,7 +121,7 @@ def test_requests_for_different_layers_share_one_pass(gated_engine, photos):
         blocker = pool.submit(engine.extract, [image], ("fc",))
         wait_for(lambda: len(calls) == 1)
         futures = [pool.submit(engine.extract, [image], layers) for layers in layer_sets]
-        wait_for(lambda: engine._queued_images == 4)
+        wait_for(lambda: engine._waiting_images == 4)
         gate.set()
         results = [f.result(30) for f in futures]
         blocker.result(30)

@@ -56,3 +56,8 @@ def test_readme_table_is_the_settings_list():
     assert block.group(1).strip() == settings_table(), "regenerate: python -m service.settings --write-readme"
     documented = set(re.findall(r"`(LAYERTAP_[A-Z_]+)`", block.group(1)))
     assert documented == {f"LAYERTAP_{name.upper()}" for name in Settings.model_fields}
+
+
+def test_queue_must_hold_a_full_request():
+    with pytest.raises(ValidationError, match="max_queue_images"):
+        Settings(max_queue_images=8, max_images_per_request=16)

@@ -1,0 +1,288 @@
+"""The OpenAPI 3 description of the HTTP API, served at ``/openapi.json`` and rendered at ``/docs``.
+
+Written by hand, next to the code it describes, and kept true by tests: the route list must match
+the Flask app's, and schemathesis drives the running service with inputs generated from this
+document, checking every response against it.
+"""
+
+from __future__ import annotations
+
+from . import __version__
+
+_SHAPE = {"type": "array", "items": {"type": "integer", "minimum": 0}}
+
+
+def _nested_numbers() -> dict:
+    """A number, or arrays of arrays ... of numbers (JSON Schema cannot say 'of depth len(shape)')."""
+    return {"oneOf": [{"type": "number"}, {"type": "array", "items": {"$ref": "#/components/schemas/NestedNumbers"}}]}
+
+
+def build_spec(max_images: int, max_body_bytes: int, timing_headers: tuple[str, ...]) -> dict:
+    error_statuses = {
+        "400": "Bad request: unknown layer, bad parameter, undecodable or unsupported image",
+        "401": "Missing or wrong API key (only when LAYERTAP_API_KEY is set)",
+        "413": f"Body over {max_body_bytes:,} bytes, image over the pixel limit, or more than {max_images} images",
+        "415": "Unsupported content type",
+        "429": "Overloaded: retry after the Retry-After header's seconds",
+        "503": "Model not ready, or the request's deadline passed",
+    }
+    errors = {status: {"description": text, "content": _json_ref("Error")} for status, text in error_statuses.items()}
+    request_id = {"X-Request-ID": {"$ref": "#/components/headers/RequestId"}}
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "layertap",
+            "version": __version__,
+            "description": "The true outputs of any named layers of a torchvision model, for uploaded images.",
+        },
+        "paths": {
+            "/features": {
+                "post": {
+                    "summary": "Outputs of the named layers for one or more images",
+                    "operationId": "features",
+                    "parameters": [
+                        {
+                            "name": "layers",
+                            "in": "query",
+                            "description": "Comma-separated layer names from GET /shapes (default avgpool)",
+                            "schema": {"type": "string", "default": "avgpool", "example": "layer4,avgpool"},
+                        },
+                        {"name": "pool", "in": "query", "schema": {"type": "string", "enum": ["none", "avg", "max"]}},
+                        {
+                            "name": "normalize",
+                            "in": "query",
+                            "schema": {"type": "string", "enum": ["true", "false", "1", "0", "yes", "no"]},
+                        },
+                        {"name": "encoding", "in": "query", "schema": {"type": "string", "enum": ["json", "base64"]}},
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "image/*": {"schema": {"type": "string", "format": "binary"}},
+                            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["image"],
+                                    "properties": {
+                                        "image": {
+                                            "type": "array",
+                                            "description": f"One part per image, at most {max_images} (else 413)",
+                                            "items": {"type": "string", "format": "binary"},
+                                        }
+                                    },
+                                }
+                            },
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["images"],
+                                    "properties": {
+                                        "images": {
+                                            "type": "array",
+                                            "description": f"At most {max_images} images (else 413)",
+                                            "items": {"type": "string", "format": "byte", "description": "base64"},
+                                        }
+                                    },
+                                }
+                            },
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "One entry per requested layer, in request order",
+                            "headers": {
+                                **request_id,
+                                **{h: {"$ref": "#/components/headers/Milliseconds"} for h in timing_headers},
+                            },
+                            "content": _json_ref("Features"),
+                        },
+                        **errors,
+                    },
+                }
+            },
+            "/shapes": {
+                "get": {
+                    "summary": "Every module call, in execution order, with its output shape",
+                    "operationId": "shapes",
+                    "parameters": [
+                        _int_query("height", 224, 4096),
+                        _int_query("width", 224, 4096),
+                        _int_query("batch", 1, 4096),
+                    ],
+                    "responses": {
+                        "200": {"description": "The layer table", "content": _json_ref("Shapes")},
+                        "400": errors["400"],
+                        "401": errors["401"],
+                    },
+                }
+            },
+            "/health": {
+                "get": {
+                    "summary": "Liveness",
+                    "operationId": "health",
+                    "responses": {
+                        "200": {"description": "The process serves", "content": _json_ref("Status")},
+                        "503": {"description": "The model thread has failed", "content": _json_ref("Status")},
+                    },
+                }
+            },
+            "/ready": {
+                "get": {
+                    "summary": "Readiness",
+                    "operationId": "ready",
+                    "responses": {
+                        "200": {"description": "Model loaded and warm", "content": _json_ref("Status")},
+                        "503": {"description": "Loading, draining or failed", "content": _json_ref("Status")},
+                    },
+                }
+            },
+            "/info": {
+                "get": {
+                    "summary": "Model, weights, device, preprocessing, versions and limits",
+                    "operationId": "info",
+                    "responses": {
+                        "200": {"description": "Service description", "content": _json_ref("Info")},
+                        "401": errors["401"],
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics, summed over workers",
+                    "operationId": "metrics",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "operationId": "openapi",
+                    "responses": {
+                        "200": {
+                            "description": "OpenAPI 3",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "headers": {
+                "RequestId": {
+                    "description": "The client's X-Request-ID, or a generated one",
+                    "schema": {"type": "string"},
+                },
+                "Milliseconds": {"description": "Time spent, in milliseconds", "schema": {"type": "string"}},
+            },
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "required": ["code", "message"],
+                            "properties": {
+                                "code": {"type": "string"},
+                                "message": {"type": "string"},
+                                "request_id": {"type": "string", "nullable": True},
+                            },
+                        }
+                    },
+                },
+                "NestedNumbers": _nested_numbers(),
+                "Feature": {
+                    "type": "object",
+                    "required": ["shape", "data"],
+                    "properties": {
+                        "shape": _SHAPE,
+                        "data": {
+                            "description": "Nested lists matching shape, or base64 of little-endian float32",
+                            "oneOf": [
+                                {"type": "array", "items": {"$ref": "#/components/schemas/NestedNumbers"}},
+                                {"type": "string"},
+                            ],
+                        },
+                        "dtype": {"type": "string", "enum": ["float32"]},
+                        "byteorder": {"type": "string", "enum": ["little"]},
+                        "encoding": {"type": "string", "enum": ["base64"]},
+                    },
+                },
+                "Features": {
+                    "type": "object",
+                    "required": ["model", "weights", "features"],
+                    "properties": {
+                        "model": {"type": "string"},
+                        "weights": {"type": "string"},
+                        "features": {
+                            "type": "object",
+                            "additionalProperties": {"$ref": "#/components/schemas/Feature"},
+                        },
+                    },
+                },
+                "Shapes": {
+                    "type": "object",
+                    "required": ["model", "input", "layers"],
+                    "properties": {
+                        "model": {"type": "string"},
+                        "input": {
+                            "type": "object",
+                            "properties": {k: {"type": "integer"} for k in ("batch", "channels", "height", "width")},
+                        },
+                        "layers": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name", "module", "type", "call", "calls", "shape"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "module": {"type": "string"},
+                                    "type": {"type": "string"},
+                                    "call": {"type": "integer"},
+                                    "calls": {"type": "integer"},
+                                    "shape": {**_SHAPE, "nullable": True},
+                                },
+                            },
+                        },
+                    },
+                },
+                "Status": {
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {"status": {"type": "string"}, "reason": {"type": "string", "nullable": True}},
+                },
+                "Info": {
+                    "type": "object",
+                    "required": ["model", "weights", "device", "dtype", "preprocessing", "version", "limits"],
+                    "properties": {
+                        "model": {"type": "string"},
+                        "weights": {"type": "string"},
+                        "device": {"type": "string"},
+                        "dtype": {"type": "string"},
+                        "preprocessing": {"type": "object"},
+                        "version": {"type": "string"},
+                        "limits": {"type": "object", "additionalProperties": {"type": "number"}},
+                    },
+                },
+            },
+        },
+    }
+
+
+def _json_ref(schema: str) -> dict:
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}
+
+
+def _int_query(name: str, default: int, maximum: int) -> dict:
+    return {
+        "name": name,
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 1, "maximum": maximum, "default": default},
+    }
