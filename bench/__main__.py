@@ -13,20 +13,17 @@ Ratios are what to compare across runs; absolute numbers move with the machine's
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from service.settings import apply_openmp_defaults
+from stress.load import Request, closed_loop, percentile
+from stress.server import rss_mb, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT.parent / "shared" / "images"
@@ -127,104 +124,13 @@ def _timed(fn) -> float:
 
 
 # ---- the real service -------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_service(port: int, env: dict[str, str]) -> subprocess.Popen:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "python:service.gunicorn_conf"],
-        cwd=ROOT,
-        env={
-            **os.environ,
-            "LAYERTAP_HOST": "127.0.0.1",
-            "LAYERTAP_PORT": str(port),
-            "LAYERTAP_LOG_LEVEL": "warning",
-            **env,
-        },
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"the service exited: {process.stderr.read().decode(errors='replace')[-2000:]}")
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            connection.request("GET", "/ready")
-            if connection.getresponse().status == 200:
-                return process
-        except OSError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    sys.exit("the service did not become ready")
-
-
-def rss_mb(pids: list[int], field: str = "VmRSS") -> float:
-    total = 0
-    for pid in pids:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                total += int(line.split()[1])
-    return total / 1024
-
-
-def service_pids(master: int) -> list[int]:
-    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-    return [master, *map(int, children)]
-
-
-def drive(port: int, images: list[bytes], query: str, concurrency: int, seconds: float) -> tuple[list[float], int]:
+def drive(url: str, images: list[bytes], query: str, concurrency: int, seconds: float) -> tuple[list[float], int]:
     """`concurrency` keep-alive clients POST photos for `seconds`; latencies (s) of 200s, and the error count."""
-    latencies: list[float] = []
-    errors = [0]
-    lock = threading.Lock()
-    stop_at = time.monotonic() + seconds
-
-    def client(index: int) -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        mine, failed, i = [], 0, index
-        while time.monotonic() < stop_at:
-            body = images[i % len(images)]
-            i += 1
-            started = time.perf_counter()
-            try:
-                connection.request(
-                    "POST", f"/features?{query}", body=body, headers={"Content-Type": "application/octet-stream"}
-                )
-                response = connection.getresponse()
-                response.read()
-                ok = response.status == 200
-            except OSError:
-                ok = False
-                connection.close()
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-            if ok:
-                mine.append(time.perf_counter() - started)
-            else:
-                failed += 1
-        connection.close()
-        with lock:
-            latencies.extend(mine)
-            errors[0] += failed
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return latencies, errors[0]
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    headers = {"Content-Type": "application/octet-stream"}
+    outcomes = closed_loop(
+        url, lambda i: Request("POST", f"/features?{query}", images[i % len(images)], headers), concurrency, seconds
+    )
+    return [o.seconds for o in outcomes if o.status == 200], sum(o.status != 200 for o in outcomes)
 
 
 # ---- report ---------------------------------------------------------------------------------------
@@ -250,19 +156,19 @@ def main() -> None:
         images, sorted(set(layers) | {c[0] for c in cells_to_run}), batch=16, seconds=min(args.seconds, 6)
     )
 
-    port = free_port()
-    env = {"LAYERTAP_WEIGHTS": os.environ.get("LAYERTAP_WEIGHTS", "random")}
+    env = {"LAYERTAP_WEIGHTS": os.environ.get("LAYERTAP_WEIGHTS", "random"), "LAYERTAP_LOG_LEVEL": "warning"}
     print("starting the service ...", flush=True)
-    process = start_service(port, env)
+    server = start_server(Path(args.out), env)
+    server.wait_ready()
     try:
-        pids = service_pids(process.pid)
-        drive(port, images, "layers=avgpool", 4, 2)  # warm-up: batch shapes, allocator
+        pids = [server.process.pid, *server.workers()]
+        drive(server.url, images, "layers=avgpool", 4, 2)  # warm-up: batch shapes, allocator
         time.sleep(1)
-        idle = rss_mb(pids)
+        idle = sum(rss_mb(pid) for pid in pids)
         cells: list[Cell] = []
         for layer, query in cells_to_run:
             for concurrency in concurrencies:
-                latencies, errors = drive(port, images, query, concurrency, args.seconds)
+                latencies, errors = drive(server.url, images, query, concurrency, args.seconds)
                 img_s = len(latencies) / args.seconds
                 cell = Cell(
                     layers=layer,
@@ -283,10 +189,9 @@ def main() -> None:
                     f"p99 {cell.p99_ms:7.1f} ms  errors {errors}  ×{cell.ratio:.2f} of in-process",
                     flush=True,
                 )
-        peak = rss_mb(pids, "VmHWM")
+        peak = sum(rss_mb(pid, "VmHWM") for pid in pids)
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
+        server.stop()
     report(limit, cells, idle, peak, Path(args.out))
 
 

@@ -10,6 +10,7 @@ import base64
 import binascii
 import logging
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import orjson
@@ -56,6 +57,7 @@ def features() -> Response:
     options = OutputOptions(pool=_choice_arg("pool", POOLS), normalize=_bool_arg("normalize"))
     encoding = _choice_arg("encoding", ENCODINGS)
     engine.validate_layers(layers)  # before reading the body: a typo costs no upload decode
+    engine.check_capacity()  # and under overload, neither does a refusal
     images = read_images(engine.settings.max_images_per_request)
     result = engine.extract(images, layers, options)
     encode = _base64_feature if encoding == "base64" else _json_feature
@@ -221,7 +223,8 @@ def read_images(max_images: int) -> list[bytes]:
 
 
 def _multipart_images(max_images: int) -> list[bytes]:
-    parts = request.files.getlist("image")
+    with _malformed_body_is_400():
+        parts = request.files.getlist("image")
     if not parts:
         names = sorted(set(request.files) | set(request.form))
         found = f" (found: {', '.join(names[:10])})" if names else ""
@@ -264,10 +267,22 @@ def body_limit_error() -> PayloadTooLarge:
 def _read_body() -> bytes:
     """The whole body, or 413. Flask's limit is set one byte higher (see create_app): werkzeug stops a
     chunked body at the limit without complaint, so one byte past it is how an oversized one shows."""
-    data = request.get_data(cache=False)
+    with _malformed_body_is_400():
+        data = request.get_data(cache=False)
     if len(data) > current_app.extensions["layertap.settings"].max_body_bytes:
         raise body_limit_error()
     return data
+
+
+@contextmanager
+def _malformed_body_is_400():
+    """A body the server cannot read (bad chunked encoding, a client gone mid-upload) is the client's fault."""
+    try:
+        yield
+    except HTTPException:
+        raise
+    except Exception as exc:  # noqa: BLE001 - gunicorn and werkzeug raise their own parse errors
+        raise BadRequest(f"the request body could not be read: {type(exc).__name__}") from None
 
 
 def _choice_arg(name: str, choices: tuple[str, ...]) -> str:

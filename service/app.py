@@ -78,6 +78,7 @@ def _install_request_hooks(app: Flask, settings: Settings) -> None:
         metrics.REQUESTS.labels(endpoint, request.method, status).inc()
         metrics.REQUEST_SECONDS.labels(endpoint, status).observe(elapsed)
         response.headers["X-Request-ID"] = g.get("request_id", "")
+        _settle_request_body(response, settings.max_body_bytes)
         if endpoint not in ("/health", "/ready", "/metrics") or response.status_code >= 400:
             access_log.info(
                 "%s %s %s",
@@ -95,3 +96,20 @@ def _install_request_hooks(app: Flask, settings: Settings) -> None:
                 },
             )
         return response
+
+
+def _settle_request_body(response: Response, max_body_bytes: int) -> None:
+    """Read what is left of the request body, so the connection can serve the next request.
+
+    A request refused before its body was read (an unknown layer, a 401) leaves the body on the
+    socket, and gunicorn then drops the kept-alive connection under the client's next request.
+    Bodies over the limit are not read: the response says ``Connection: close`` instead.
+    """
+    if request.content_length is not None and request.content_length > max_body_bytes:
+        response.headers["Connection"] = "close"
+        return
+    try:
+        while request.stream.read(1 << 16):
+            pass
+    except Exception:  # noqa: BLE001 - over the limit, or the client went away: do not reuse
+        response.headers["Connection"] = "close"

@@ -20,6 +20,7 @@ import atexit
 import ctypes
 import difflib
 import logging
+import os
 import queue
 import threading
 import time
@@ -218,15 +219,23 @@ class Engine:
             features = {name: postprocess.apply(array, options) for name, array in features.items()}
         return Extraction(features=features, timings=job.timings)
 
+    def check_capacity(self) -> None:
+        """429 now if not even one more image would be admitted: lets the HTTP layer refuse before the upload."""
+        if self._waiting_images >= self.settings.max_queue_images:
+            raise self._overloaded()
+
+    def _overloaded(self) -> Overloaded:
+        return Overloaded(
+            f"{self._waiting_images} images are already waiting for the model "
+            f"(LAYERTAP_MAX_QUEUE_IMAGES={self.settings.max_queue_images}); retry shortly",
+            headers={"Retry-After": "1"},
+        )
+
     def _admit(self, images: int) -> None:
         """Count ``images`` as waiting (being decoded or queued), or refuse them with 429 at once."""
         with self._lock:
             if self._waiting_images + images > self.settings.max_queue_images:
-                raise Overloaded(
-                    f"{self._waiting_images} images are already waiting for the model "
-                    f"(LAYERTAP_MAX_QUEUE_IMAGES={self.settings.max_queue_images}); retry shortly",
-                    headers={"Retry-After": "1"},
-                )
+                raise self._overloaded()
             self._waiting_images += images
             self._decoding += 1
             metrics.QUEUE_IMAGES.set(self._waiting_images)
@@ -262,6 +271,10 @@ class Engine:
             "torch_threads": self.settings.effective_torch_threads(),
             "preprocessing": self.entry.preprocessing.describe(),
             "layers": len(self.layers),
+            "hooks": self._tap.hook_count + (self._fast_tap.hook_count if self._fast_tap else 0)
+            if self.ready or self._state == "draining"
+            else None,
+            "threads": threading.active_count(),
             "state": self._state,
             "load_seconds": self.load_seconds,
             "torch": torch.__version__,
@@ -321,6 +334,7 @@ class Engine:
             self.dtype,
             self.weights.label,
             self.load_seconds,
+            extra={"pid": os.getpid()},
         )
 
     def _gather(self, first: _Job) -> list:

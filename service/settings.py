@@ -76,12 +76,12 @@ class Settings(BaseSettings):
         2.0, ge=0, description="How long the batcher waits for more work before running a partial batch."
     )
     max_queue_images: int = Field(
-        64, gt=0, description="Images admitted (decoding or queued) before new work gets 429; ≥ max per request."
+        32, gt=0, description="Images admitted (decoding or queued) before new work gets 429; ≥ max per request."
     )
     request_timeout_s: float = Field(30.0, gt=0, description="Deadline of a request inside the service; past it, 503.")
     workers: int = Field(1, gt=0, description="gunicorn worker processes (each loads its own model).")
     threads: int = Field(
-        32, gt=0, description="gunicorn threads per worker: concurrent requests, so at least max batch size."
+        64, gt=0, description="gunicorn threads per worker; above max queue images, so that overload gets a fast 429."
     )
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads per worker; 0 means CPU cores ÷ workers.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level of the service.")

@@ -11,13 +11,16 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import start_server
+from stress.server import start_server
 
 pytestmark = pytest.mark.integration
 
 
 def test_sigterm_turns_readiness_off_and_loses_no_request(tmp_path, weights_file, photos):
-    server = start_server(tmp_path, {"LAYERTAP_WEIGHTS": str(weights_file), "LAYERTAP_MAX_BATCH_SIZE": "4"})
+    server = start_server(
+        tmp_path,
+        {"LAYERTAP_WEIGHTS": str(weights_file), "LAYERTAP_MAX_BATCH_SIZE": "4", "LAYERTAP_MAX_QUEUE_IMAGES": "64"},
+    )
     server.wait_ready()
     keep_alive = requests.Session()
     assert keep_alive.get(f"{server.url}/ready", timeout=5).status_code == 200

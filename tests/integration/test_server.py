@@ -6,7 +6,6 @@ import base64
 import io
 import signal
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +13,8 @@ import requests
 import torch
 from PIL import Image
 
+from stress.server import rss_mb, start_server
 from tests.conftest import encode, gradient_image
-from tests.integration.conftest import start_server
 
 pytestmark = pytest.mark.integration
 
@@ -110,16 +109,16 @@ def test_chunked_body_over_the_limit_is_413(server):
 
 
 def test_keeps_serving_and_memory_stays_flat(server, photos):
-    worker = _worker_pid(server.process.pid)
+    worker = server.workers()[0]
     for _ in range(20):
         assert features(server, photos["rocket.jpg"], "layer4,bn1").status_code == 200
-    baseline = _rss_mb(worker)
+    baseline = rss_mb(worker)
     for i in range(150):
         layers = ("fc", "layer1.0.relu_1", "layer4,bn1", "avgpool")[i % 4]
         assert features(server, photos["rocket.jpg"], layers).status_code == 200
         if i % 10 == 0:
             assert features(server, b"junk").status_code == 400
-    grown = _rss_mb(worker) - baseline
+    grown = rss_mb(worker) - baseline
     assert grown < 40, f"worker RSS grew by {grown:.0f} MB over 150 requests"
 
 
@@ -178,19 +177,6 @@ def test_unavailable_weights_stop_the_service_with_one_clear_message(tmp_path, e
     assert fragment in log and "LAYERTAP_WEIGHTS" in log and "'random'" in log
     assert "Traceback" not in log
     assert "Booting worker" not in log  # stopped before forking a single worker
-
-
-def _worker_pid(master: int) -> int:
-    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-    assert children, "gunicorn has no worker"
-    return int(children[0])
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 def test_rgba_and_cmyk_over_http(server):

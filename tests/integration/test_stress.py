@@ -1,0 +1,60 @@
+"""Short versions of the stress drills (``make stress`` runs the long ones): overload, soak, a killed worker."""
+
+from __future__ import annotations
+
+import pytest
+
+from stress.drills import kill_a_worker, overload, soak
+from stress.server import start_server
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def photo_list(photos) -> list[bytes]:
+    return list(photos.values())
+
+
+@pytest.fixture(scope="module")
+def stress_server(tmp_path_factory, weights_file):
+    server = start_server(tmp_path_factory.mktemp("stress"), {"LAYERTAP_WEIGHTS": str(weights_file)})
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def test_overload_sheds_fast_keeps_throughput_and_recovers(stress_server, photo_list):
+    result = overload(stress_server, photo_list, factor=3, seconds=6)
+    assert result.lost == 0, result  # every request got a 200, 429 or 503: no timeout, no other status
+    assert result.shed > 0, "three times capacity must be refused in part"
+    # `make stress` holds this to 0.9 over longer windows; six seconds on a shared two-core machine,
+    # with the load generator on the same cores, move the ratio by ±5%, hence the margin here.
+    assert result.accepted_rate >= 0.8 * result.capacity, result
+    assert result.p99_shed_s < 0.5 and result.max_s < 10, result
+    assert result.recovery_status == 200 and result.recovery_s < 1, result
+
+
+def test_soak_keeps_memory_hooks_and_threads_flat(stress_server, photo_list):
+    result = soak(stress_server, photo_list, count=1000)
+    assert not result.failures, result
+    assert result.rss_growth_mb < 50, result
+    assert result.hooks_after == result.hooks_before
+    assert result.threads_after <= result.threads_before + 2, result
+
+
+def test_a_killed_worker_is_replaced_and_others_are_unaffected(tmp_path, weights_file, photo_list):
+    server = start_server(
+        tmp_path, {"LAYERTAP_WEIGHTS": str(weights_file), "LAYERTAP_WORKERS": "2", "LAYERTAP_TORCH_THREADS": "1"}
+    )
+    try:
+        server.wait_ready()
+        result = kill_a_worker(server, photo_list, seconds=10, clients=4)
+    finally:
+        server.stop()
+    assert result.replaced_by is not None and result.replacement_seconds is not None, result
+    assert result.failed_later == 0, result  # once the kill is past, nothing fails
+    assert result.failed_near_kill <= 4, result  # at most what was in flight on the killed worker
+    assert result.not_ready_answers == 0  # a cold replacement never answers
+    assert all(status == 200 for status in result.ready_probes)
