@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 IMAGE  ?= layertap
 
-.PHONY: install run test lint bench docker-build docker-run clean
+.PHONY: install run test lint bench stress stress-short docker-build docker-run clean
 
 install: $(STAMP)  ## create or refresh .venv (a no-op when pyproject.toml has not changed)
 
@@ -29,6 +29,12 @@ lint: install  ## ruff, hadolint on the Dockerfile, kubernetes-validate on deplo
 
 bench: install  ## the real service vs the in-process limit, written to bench-results/ (see bench/README.md)
 	$(BIN)/python -m bench
+
+stress: install  ## bad inputs, 3× overload, 5,000-request soak, a killed worker; prints a summary table
+	$(BIN)/python -m stress
+
+stress-short: install  ## the same drills, smaller and shorter (what CI runs)
+	$(BIN)/python -m stress --short
 
 docker-build:  ## the CPU image, ImageNet weights baked in (needs a Docker engine)
 	docker build -t $(IMAGE) .

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import io
+import json
 import signal
 import time
 
@@ -196,3 +198,25 @@ def test_unavailable_device_stops_the_service_with_one_clear_message(tmp_path):
         server.stop(signal.SIGKILL)
     assert code != 0
     assert "CUDA is not available here" in server.log() and "Traceback" not in server.log()
+
+
+def test_keep_alive_survives_an_early_error_and_bad_chunking_is_400(server, photos):
+    """A request refused before its body is read must not poison the kept-alive connection."""
+    connection = http.client.HTTPConnection("127.0.0.1", int(server.url.rsplit(":", 1)[1]), timeout=30)
+    headers = {"Content-Type": "application/octet-stream"}
+    for query, status in (("layers=nope", 400), ("layers=fc", 200), ("pool=median", 400), ("layers=fc", 200)):
+        connection.request("POST", f"/features?{query}", body=photos["rocket.jpg"], headers=headers)
+        response = connection.getresponse()
+        response.read()
+        assert response.status == status, query
+    connection.close()
+
+    def chunks():  # declared chunked, sent raw: not valid chunked encoding
+        yield photos["rocket.jpg"][:5000]
+
+    connection = http.client.HTTPConnection("127.0.0.1", int(server.url.rsplit(":", 1)[1]), timeout=30)
+    connection.request("POST", "/features", body=chunks(), headers={**headers, "Transfer-Encoding": "chunked"})
+    response = connection.getresponse()
+    assert response.status == 400
+    assert json.loads(response.read())["error"]["message"].startswith("the request body could not be read")
+    connection.close()
