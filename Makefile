@@ -22,8 +22,8 @@ test: install  ## the whole test suite, offline
 	$(BIN)/pytest
 
 lint: install  ## ruff, hadolint on the Dockerfile, kubernetes-validate on deploy/k8s
-	$(BIN)/ruff check service tests bench stress
-	$(BIN)/ruff format --check service tests bench stress
+	$(BIN)/ruff check service tests bench stress client
+	$(BIN)/ruff format --check service tests bench stress client
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/kubernetes-validate --strict --quiet $$(ls deploy/k8s/*.yaml | grep -v kustomization)
 

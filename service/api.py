@@ -29,7 +29,7 @@ api = Blueprint("api", __name__)
 
 
 DEFAULT_LAYERS = ("avgpool",)
-GET_ENDPOINTS = ("/shapes", "/info", "/health", "/ready", "/metrics", "/openapi.json", "/docs")
+GET_ENDPOINTS = ("/", "/shapes", "/info", "/labels", "/health", "/ready", "/metrics", "/openapi.json", "/docs")
 TIMING_HEADERS = ("X-Preprocess-Time", "X-Queue-Time", "X-Inference-Time", "X-Total-Time")
 ENCODINGS = ("json", "base64")
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
@@ -146,6 +146,13 @@ def metrics_endpoint() -> Response:
     return Response(body, mimetype=None, content_type=content_type)
 
 
+@api.get("/labels")
+def labels() -> Response:
+    """The class names of the fc output, when the weights have them (ImageNet); null otherwise."""
+    categories = _engine().weights.categories
+    return json_response({"labels": list(categories) if categories else None})
+
+
 @api.get("/openapi.json")
 def openapi() -> Response:
     settings = _engine().settings
@@ -161,6 +168,7 @@ def info() -> Response:
     return json_response(
         {
             **engine.describe(),
+            "labels": engine.weights.categories is not None,
             "version": __version__,
             "default_layers": list(DEFAULT_LAYERS),
             "limits": {

@@ -20,6 +20,7 @@ from .engine import Engine
 from .errors import StartupError
 from .model_repository import load_entry
 from .settings import Settings
+from .ui import ui
 from .weights import resolve_weights
 
 access_log = logging.getLogger("layertap.access")
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["layertap.settings"] = settings
     _install_request_hooks(app, settings)
     app.register_blueprint(api)
+    app.register_blueprint(ui)
     # Swagger UI from the package's own copy of its assets: nothing is fetched from the internet.
     app.register_blueprint(
         get_swaggerui_blueprint("/docs", "/openapi.json", config={"app_name": "layertap"}), url_prefix="/docs"

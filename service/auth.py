@@ -14,8 +14,8 @@ class Unauthorized(ServiceError):
 
 # Endpoints that stay open even with a key, so that probes and scrapers need no secret,
 # unless LAYERTAP_AUTH_ALL_ENDPOINTS is on.
-OPEN_ENDPOINTS = frozenset({"/health", "/ready", "/metrics", "/openapi.json"})
-OPEN_PREFIXES = ("/docs",)
+OPEN_ENDPOINTS = frozenset({"/", "/health", "/ready", "/metrics", "/openapi.json"})
+OPEN_PREFIXES = ("/docs", "/ui/")
 
 
 def check_bearer(authorization: str | None, api_key: str) -> None:

@@ -147,6 +147,38 @@ def build_spec(max_images: int, max_body_bytes: int, timing_headers: tuple[str, 
                     },
                 }
             },
+            "/labels": {
+                "get": {
+                    "summary": "Class names of the fc output (ImageNet weights), or null",
+                    "operationId": "labels",
+                    "responses": {
+                        "200": {
+                            "description": "Labels in fc order",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["labels"],
+                                        "properties": {
+                                            "labels": {"type": "array", "items": {"type": "string"}, "nullable": True}
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        "401": errors["401"],
+                    },
+                }
+            },
+            "/": {
+                "get": {
+                    "summary": "The debug page: pick layers, upload an image, see activation maps",
+                    "operationId": "page",
+                    "responses": {
+                        "200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}
+                    },
+                }
+            },
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics, summed over workers",

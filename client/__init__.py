@@ -1,0 +1,84 @@
+"""A Python client for layertap: features for images, with retries on overload, as numpy arrays.
+
+    from client import LayertapClient
+    vectors = LayertapClient("http://localhost:8080").features([b"...jpeg bytes..."], ["avgpool"], pool="avg")
+
+The command line (``layertap embed``) lives in ``client/cli.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import requests
+
+RETRY_STATUSES = (429, 503)
+
+
+class LayertapError(Exception):
+    """The service refused a request for a reason retrying cannot fix (a 4xx other than 429)."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass
+class LayertapClient:
+    url: str
+    api_key: str | None = None
+    timeout: float = 120
+    max_retries: int = 8
+    backoff_s: float = 0.25  # first wait; doubles each retry, up to 10 s, unless Retry-After says more
+
+    def __post_init__(self):
+        self.url = self.url.rstrip("/")
+        self._session = requests.Session()
+        if self.api_key:
+            self._session.headers["Authorization"] = f"Bearer {self.api_key}"
+
+    def features(
+        self, images: list[bytes], layers: list[str], pool: str = "none", normalize: bool = False
+    ) -> dict[str, np.ndarray]:
+        """One float32 array ``(len(images), ...)`` per layer; retries 429/503 and dropped connections."""
+        params = {"layers": ",".join(layers), "encoding": "base64", "pool": pool, "normalize": str(normalize).lower()}
+        files = [("image", (f"{i}", data, "application/octet-stream")) for i, data in enumerate(images)]
+        for attempt in range(self.max_retries + 1):
+            try:
+                response = self._session.post(f"{self.url}/features", params=params, files=files, timeout=self.timeout)
+            except (requests.ConnectionError, requests.Timeout):
+                if attempt == self.max_retries:
+                    raise
+                self._sleep(attempt, None)
+                continue
+            if response.status_code in RETRY_STATUSES and attempt < self.max_retries:
+                self._sleep(attempt, response.headers.get("Retry-After"))
+                continue
+            if response.status_code != 200:
+                error = _error(response)
+                raise LayertapError(
+                    response.status_code, error.get("code", "error"), error.get("message", response.text)
+                )
+            return {name: _decode(feature) for name, feature in response.json()["features"].items()}
+        raise AssertionError("unreachable")
+
+    def _sleep(self, attempt: int, retry_after: str | None) -> None:
+        wait = min(10.0, self.backoff_s * 2**attempt) * (0.5 + random.random())  # jitter: clients must not sync up
+        if retry_after and retry_after.replace(".", "", 1).isdigit():
+            wait = max(wait, float(retry_after))
+        time.sleep(wait)
+
+
+def _decode(feature: dict) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(feature["data"]), dtype="<f4").reshape(feature["shape"])
+
+
+def _error(response: requests.Response) -> dict:
+    try:
+        return response.json().get("error", {})
+    except ValueError:
+        return {"message": response.text[:300]}

@@ -1,0 +1,204 @@
+// layertap debug page: pick layers, upload an image, see each channel as a heatmap.
+// Everything comes from this service: /info, /shapes, /labels and /features (encoding=base64).
+"use strict";
+
+const MAX_CHANNELS = 64;
+const state = { file: null, layers: [], labels: null };
+const $ = (id) => document.getElementById(id);
+
+function authHeaders() {
+  const key = $("api-key").value.trim();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+async function getJSON(path) {
+  const response = await fetch(path, { headers: authHeaders() });
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.error ? body.error.message : response.statusText);
+  return body;
+}
+
+function setStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").className = isError ? "error" : "";
+}
+
+async function loadModel() {
+  try {
+    const info = await getJSON("/info");
+    $("model-line").textContent =
+      `${info.model} · weights ${info.weights} · ${info.device} ${info.dtype} · ${info.layers} layers`;
+    const shapes = await getJSON("/shapes");
+    state.layers = shapes.layers.filter((layer) => layer.shape);
+    fillLayerPicker("");
+    const body = $("shape-table").querySelector("tbody");
+    body.replaceChildren(...state.layers.map((layer) => row([layer.name, layer.type, `[${layer.shape.join(", ")}]`])));
+    if (info.labels) state.labels = (await getJSON("/labels")).labels;
+  } catch (error) {
+    setStatus(`cannot describe the model: ${error.message}`, true);
+  }
+}
+
+function row(cells) {
+  const tr = document.createElement("tr");
+  for (const text of cells) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    tr.appendChild(td);
+  }
+  return tr;
+}
+
+function fillLayerPicker(filter) {
+  const select = $("layer-select");
+  const chosen = new Set([...select.selectedOptions].map((o) => o.value));
+  if (!select.options.length) ["layer1", "layer4", "avgpool"].forEach((name) => chosen.add(name));
+  select.replaceChildren();
+  for (const layer of state.layers) {
+    if (filter && !layer.name.includes(filter)) continue;
+    const option = new Option(`${layer.name}  [${layer.shape.slice(1).join("×")}]`, layer.name);
+    option.selected = chosen.has(layer.name);
+    select.appendChild(option);
+  }
+}
+
+function chooseFile(file) {
+  if (!file) return;
+  state.file = file;
+  const preview = $("preview");
+  preview.src = URL.createObjectURL(file);
+  preview.hidden = false;
+  $("run").disabled = false;
+  setStatus(`${file.name} (${Math.round(file.size / 1024)} kB)`);
+}
+
+function decodeFloats(base64) {
+  const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+  return new Float32Array(bytes.buffer);
+}
+
+// A perceptually ordered dark-blue → yellow ramp (close to viridis), 5 stops.
+const RAMP = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
+function color(t) {
+  const x = Math.min(Math.max(t, 0), 1) * (RAMP.length - 1);
+  const i = Math.min(Math.floor(x), RAMP.length - 2);
+  const f = x - i;
+  return RAMP[i].map((c, k) => Math.round(c + f * (RAMP[i + 1][k] - c)));
+}
+
+function heatmap(values, offset, height, width) {
+  const canvas = document.createElement("canvas");
+  canvas.width = width;
+  canvas.height = height;
+  let lo = Infinity, hi = -Infinity;
+  for (let i = 0; i < height * width; i++) {
+    const v = values[offset + i];
+    if (v < lo) lo = v;
+    if (v > hi) hi = v;
+  }
+  const image = canvas.getContext("2d").createImageData(width, height);
+  const span = hi - lo || 1;
+  for (let i = 0; i < height * width; i++) {
+    const [r, g, b] = color((values[offset + i] - lo) / span);
+    image.data.set([r, g, b, 255], i * 4);
+  }
+  canvas.getContext("2d").putImageData(image, 0, 0);
+  return canvas;
+}
+
+function showLayer(name, feature) {
+  const values = decodeFloats(feature.data);
+  const shape = feature.shape;
+  const box = document.createElement("div");
+  box.className = "layer";
+  box.dataset.layer = name;
+  const title = document.createElement("h3");
+  title.innerHTML = `${name} <code>[${shape.join(", ")}]</code>`;
+  box.appendChild(title);
+  const grid = document.createElement("div");
+  grid.className = "grid";
+  if (shape.length === 4 && shape[2] * shape[3] > 1) {
+    const [, channels, height, width] = shape;
+    for (let c = 0; c < Math.min(channels, MAX_CHANNELS); c++) {
+      const canvas = heatmap(values, c * height * width, height, width);
+      canvas.title = `${name} channel ${c}`;
+      grid.appendChild(canvas);
+    }
+    if (channels > MAX_CHANNELS) {
+      const more = document.createElement("p");
+      more.textContent = `first ${MAX_CHANNELS} of ${channels} channels`;
+      box.appendChild(more);
+    }
+  } else {
+    // A vector (fc) or a pooled map (avgpool's 1×1 per channel): one strip, scaled across all values.
+    const length = values.length;
+    const canvas = heatmap(values, 0, 1, length);
+    canvas.className = "vector";
+    canvas.title = `${name}: ${length} values`;
+    grid.appendChild(canvas);
+  }
+  box.appendChild(grid);
+  $("maps").appendChild(box);
+}
+
+function showTop5(logits) {
+  const max = Math.max(...logits);
+  const exp = logits.map((v) => Math.exp(v - max));
+  const sum = exp.reduce((a, b) => a + b, 0);
+  const ranked = [...exp.keys()].sort((a, b) => exp[b] - exp[a]).slice(0, 5);
+  $("top5").replaceChildren(
+    ...ranked.map((index) => {
+      const li = document.createElement("li");
+      const p = exp[index] / sum;
+      li.textContent = `${state.labels[index]} — ${(100 * p).toFixed(1)}%`;
+      const bar = document.createElement("span");
+      bar.className = "bar";
+      bar.style.width = `${Math.max(2, 200 * p)}px`;
+      li.appendChild(bar);
+      return li;
+    }),
+  );
+  $("classes").hidden = false;
+}
+
+async function run() {
+  const chosen = [...$("layer-select").selectedOptions].map((o) => o.value);
+  if (!chosen.length) return setStatus("pick at least one layer", true);
+  const wanted = state.labels && !chosen.includes("fc") ? [...chosen, "fc"] : chosen;
+  $("run").disabled = true;
+  setStatus("computing…");
+  const started = performance.now();
+  try {
+    const query = new URLSearchParams({ layers: wanted.join(","), encoding: "base64" });
+    const response = await fetch(`/features?${query}`, {
+      method: "POST",
+      headers: { "Content-Type": state.file.type || "application/octet-stream", ...authHeaders() },
+      body: state.file,
+    });
+    const body = await response.json();
+    if (!response.ok) throw new Error(body.error ? body.error.message : response.statusText);
+    $("maps").replaceChildren();
+    for (const name of chosen) showLayer(name, body.features[name]);
+    if (state.labels) showTop5(Array.from(decodeFloats(body.features.fc.data)));
+    const ms = Math.round(performance.now() - started);
+    setStatus(`done in ${ms} ms (inference ${response.headers.get("X-Inference-Time")} ms)`);
+  } catch (error) {
+    setStatus(error.message, true);
+  } finally {
+    $("run").disabled = false;
+  }
+}
+
+$("file-input").addEventListener("change", (event) => chooseFile(event.target.files[0]));
+$("layer-filter").addEventListener("input", (event) => fillLayerPicker(event.target.value.trim()));
+$("run").addEventListener("click", run);
+$("api-key").addEventListener("change", loadModel);
+const zone = $("drop-zone");
+zone.addEventListener("dragover", (event) => { event.preventDefault(); zone.classList.add("over"); });
+zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+zone.addEventListener("drop", (event) => {
+  event.preventDefault();
+  zone.classList.remove("over");
+  chooseFile(event.dataTransfer.files[0]);
+});
+loadModel();

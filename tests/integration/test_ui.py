@@ -1,0 +1,109 @@
+"""The debug page end to end in headless Chromium (Playwright driving Debian's /usr/bin/chromium)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import torch
+
+from stress.server import start_server
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def imagenet_server(tmp_path_factory, state_dict):
+    """ImageNet weights from a pre-seeded torch cache, so the page has class labels to show."""
+    home = tmp_path_factory.mktemp("torch-home")
+    (home / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(state_dict, home / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
+    server = start_server(
+        tmp_path_factory.mktemp("ui-server"),
+        {"LAYERTAP_WEIGHTS": "imagenet", "LAYERTAP_ALLOW_DOWNLOAD": "false", "TORCH_HOME": str(home)},
+    )
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def test_page_shows_shapes_heatmaps_and_top5_from_local_assets_only(imagenet_server, photos, tmp_path):
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Chromium is not installed (apt-get install chromium); CI installs it")
+    playwright = pytest.importorskip("playwright.sync_api")
+    photo = tmp_path / "grace_hopper.jpg"
+    photo.write_bytes(photos["grace_hopper.jpg"])
+    outside: list[str] = []
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+
+        def only_loopback(route):
+            if urlsplit(route.request.url).hostname == "127.0.0.1":
+                route.continue_()
+            else:
+                outside.append(route.request.url)
+                route.abort()
+
+        page.route("**/*", only_loopback)
+        console_errors: list[str] = []
+        page.on("console", lambda message: message.type == "error" and console_errors.append(message.text))
+        page.goto(imagenet_server.url + "/")
+        page.wait_for_function("document.querySelectorAll('#layer-select option').length > 0")
+        assert page.locator("#shape-table tbody tr").count() == 75
+        assert "resnet18" in page.locator("#model-line").inner_text()
+        page.select_option("#layer-select", ["bn1", "layer1.0.relu_1", "layer4", "avgpool"])
+        page.set_input_files("#file-input", str(photo))
+        page.click("#run")
+        page.wait_for_selector("#top5 li", timeout=30_000)
+        boxes = page.locator(".layer")
+        assert [boxes.nth(i).get_attribute("data-layer") for i in range(boxes.count())] == [
+            "bn1",
+            "layer1.0.relu_1",
+            "layer4",
+            "avgpool",
+        ]
+        assert page.locator('.layer[data-layer="bn1"] canvas').count() == 64
+        assert page.locator('.layer[data-layer="layer4"] canvas').count() == 64  # first 64 of 512
+        assert "first 64 of 512" in page.locator('.layer[data-layer="layer4"]').inner_text()
+        assert "[1, 512, 7, 7]" in page.locator('.layer[data-layer="layer4"] h3').inner_text()
+        assert page.locator('.layer[data-layer="avgpool"] canvas.vector').count() == 1  # 512 values, one strip
+        assert page.locator("#top5 li").count() == 5
+        assert "%" in page.locator("#top5 li").first.inner_text()
+        assert "done in" in page.locator("#status").inner_text()
+        # a heatmap really has pixels of different colours
+        spread = page.evaluate(
+            """() => {
+                const c = document.querySelector('.layer[data-layer="bn1"] canvas');
+                const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                const colours = new Set();
+                for (let i = 0; i < d.length; i += 4) colours.add(d[i] + ',' + d[i + 1] + ',' + d[i + 2]);
+                return colours.size;
+            }"""
+        )
+        assert spread > 10
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "ui.png"), full_page=True)
+        # An error from the service is shown, not swallowed.
+        page.select_option("#layer-select", [])
+        page.click("#run")
+        assert "pick at least one layer" in page.locator("#status").inner_text()
+        browser.close()
+    assert outside == [], f"the page tried to reach the internet: {outside}"
+    assert console_errors == [], console_errors
