@@ -16,6 +16,7 @@ WORKDIR /app
 RUN python -m venv /opt/venv
 COPY pyproject.toml README.md ./
 COPY service ./service
+COPY client ./client
 COPY models ./models
 RUN pip install --extra-index-url "${TORCH_INDEX_URL}" -e .
 COPY weights ./weights

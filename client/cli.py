@@ -21,6 +21,10 @@ from tqdm import tqdm
 
 from . import LayertapClient, LayertapError
 
+# Refusals about one image, not about the request: those images are skipped and listed. Anything
+# else (an unknown layer, a bad option, a wrong key) would fail every image: stop instead.
+IMAGE_REFUSALS = {"invalid_image", "image_too_large", "payload_too_large", "too_many_images"}
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
 
 
@@ -89,7 +93,7 @@ def _embed_batch(root, batch, client, layers, pool, normalize):
     try:
         return batch, client.features(images, layers, pool=pool, normalize=normalize), []
     except LayertapError as exc:
-        if exc.status not in (400, 413):
+        if exc.code not in IMAGE_REFUSALS:
             raise
         if len(batch) == 1:
             return [], {}, [(batch[0], exc.message)]
@@ -108,7 +112,7 @@ def _embed_batch_of_one(path, data, client, layers, pool, normalize):
     try:
         return [path], client.features([data], layers, pool=pool, normalize=normalize), []
     except LayertapError as exc:
-        if exc.status not in (400, 413):
+        if exc.code not in IMAGE_REFUSALS:
             raise
         return [], {}, [(path, exc.message)]
 

@@ -11,17 +11,20 @@ import binascii
 import logging
 import time
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
 from flask import Blueprint, Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
-from . import metrics
-from .engine import Engine
+from . import __version__, metrics
 from .errors import BadRequest, PayloadTooLarge, ServiceError, TooManyImages, UnsupportedMediaType
 from .openapi import build_spec
 from .postprocess import POOLS, OutputOptions
+
+if TYPE_CHECKING:  # the HTTP layer talks to the engine, and never imports torch itself
+    from .engine import Engine
 
 log = logging.getLogger("layertap.api")
 
@@ -163,8 +166,6 @@ def openapi() -> Response:
 def info() -> Response:
     engine = _engine()
     settings = engine.settings
-    from . import __version__
-
     return json_response(
         {
             **engine.describe(),
@@ -289,6 +290,10 @@ def _malformed_body_is_400():
         yield
     except HTTPException:
         raise
+    except OSError as exc:
+        if exc.errno is not None:  # the server's own trouble (disk full spooling an upload), not the client's
+            raise
+        raise BadRequest(f"the request body could not be read: {type(exc).__name__}") from None
     except Exception as exc:  # noqa: BLE001 - gunicorn and werkzeug raise their own parse errors
         raise BadRequest(f"the request body could not be read: {type(exc).__name__}") from None
 

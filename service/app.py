@@ -24,6 +24,7 @@ from .ui import ui
 from .weights import resolve_weights
 
 access_log = logging.getLogger("layertap.access")
+KNOWN_METHODS = frozenset({"GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"})
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -77,7 +78,8 @@ def _install_request_hooks(app: Flask, settings: Settings) -> None:
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
         endpoint = request.url_rule.rule if request.url_rule else "unmatched"
         status = str(response.status_code)
-        metrics.REQUESTS.labels(endpoint, request.method, status).inc()
+        method = request.method if request.method in KNOWN_METHODS else "OTHER"  # clients pick methods
+        metrics.REQUESTS.labels(endpoint, method, status).inc()
         metrics.REQUEST_SECONDS.labels(endpoint, status).observe(elapsed)
         response.headers["X-Request-ID"] = g.get("request_id", "")
         _settle_request_body(response, settings.max_body_bytes)

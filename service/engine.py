@@ -138,6 +138,18 @@ class Engine:
         self._thread.join(timeout)
         self._thread = None
         self._state = "stopped"
+        self._fail_queued(NotReady("the service is shutting down", headers={"Retry-After": "1"}))
+
+    def _fail_queued(self, error: ServiceError) -> None:
+        """Answer every job still queued (arrived after the stop, or left by a dead model thread)."""
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is not _STOP and job.future.set_running_or_notify_cancel():
+                self._release(len(job.pixels))
+                job.future.set_exception(error)
 
     def drain(self) -> None:
         """Shutting down: readiness turns 503 so load balancers stop sending, but work is still served."""
@@ -197,14 +209,17 @@ class Engine:
             pixels = np.stack([self.preprocess(data) for data in images])
         except BaseException:
             self._release(len(images))
-            raise
-        finally:
             with self._lock:
                 self._decoding -= 1
+            raise
         job = _Job(pixels=pixels, layers=layers, deadline=deadline)
         job.timings.preprocess_ms = (time.perf_counter() - started) * 1000
         metrics.PREPROCESS_SECONDS.observe(job.timings.preprocess_ms / 1000)
         self._queue.put(job)
+        with self._lock:
+            # Only now: the batcher waits for more work while requests are decoding, and must
+            # not see "no one decoding" and an empty queue between the two steps.
+            self._decoding -= 1
         try:
             features = job.future.result(timeout=max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
@@ -292,14 +307,25 @@ class Engine:
             return
         if self._state == "loading":
             self._state = "ready"
-        while True:
-            job = self._queue.get()
-            if job is _STOP:
-                break
-            batch = self._gather(job)
-            self._run_batch(batch)
-            if _STOP in batch:
-                break
+        batch: list = []
+        try:
+            while True:
+                job = self._queue.get()
+                if job is _STOP:
+                    break
+                batch = self._gather(job)
+                self._run_batch(batch)
+                if _STOP in batch:
+                    break
+        except BaseException as exc:  # the loop itself broke: no request may wait on a dead thread
+            self._failure = f"model thread stopped: {type(exc).__name__}: {exc}"
+            self._state = "failed"
+            log.exception("model thread stopped")
+            error = InferenceFailed(f"the model thread stopped ({type(exc).__name__}); the service must restart")
+            for job in batch:
+                if job is not _STOP and not job.future.done():
+                    job.future.set_exception(error)
+            self._fail_queued(error)
 
     def _load(self) -> None:
         started = time.perf_counter()

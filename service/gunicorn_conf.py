@@ -28,7 +28,8 @@ _settings = Settings()
 # Set here, in the master, so that every worker inherits them before it imports torch.
 apply_openmp_defaults()
 # Each worker writes its metrics under this folder; /metrics sums them (service/metrics.py).
-os.environ.setdefault(MULTIPROCESS_ENV, tempfile.mkdtemp(prefix="layertap-metrics-"))
+if MULTIPROCESS_ENV not in os.environ:
+    os.environ[MULTIPROCESS_ENV] = tempfile.mkdtemp(prefix="layertap-metrics-")
 
 wsgi_app = "service.app:create_app()"
 bind = [f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"]

@@ -138,8 +138,10 @@ class ImagePreprocessor:
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Any mode → RGB. 16-bit grayscale is scaled to 8 bits (Pillow's convert would clip it)."""
     if image.mode in _SIXTEEN_BIT_MODES:
-        pixels = np.asarray(image).astype(np.int64)
-        image = Image.fromarray((np.clip(pixels, 0, 65535) >> 8).astype(np.uint8), "L")
+        pixels = np.asarray(image)
+        if pixels.dtype != np.uint16:  # mode "I" is int32: clip into 16 bits first
+            pixels = np.clip(pixels, 0, 65535).astype(np.uint16)
+        image = Image.fromarray((pixels >> 8).astype(np.uint8), "L")
     elif image.mode == "F":
         image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8), "L")
     if image.mode != "RGB":

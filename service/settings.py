@@ -101,6 +101,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
+        if self.max_queue_images < self.max_batch_size:
+            raise ValueError(
+                f"max_queue_images ({self.max_queue_images}) must be at least max_batch_size "
+                f"({self.max_batch_size}), or batches could never fill"
+            )
         if self.max_queue_images < self.max_images_per_request:
             raise ValueError(
                 f"max_queue_images ({self.max_queue_images}) must be at least max_images_per_request "

@@ -25,6 +25,8 @@ PHOTOS = ROOT.parent / "shared" / "images"
 
 
 def _photos() -> list[bytes]:
+    if not PHOTOS.is_dir():
+        sys.exit(f"no photo folder {PHOTOS} (the project expects ../shared/images beside the checkout)")
     files = sorted(p for p in PHOTOS.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not files:
         sys.exit(f"no photos in {PHOTOS}")

@@ -205,3 +205,25 @@ def test_half_precision_setting_runs_on_cpu_and_returns_float32(weights_file, ph
         assert cos > 0.99
     finally:
         half.close()
+
+
+def test_a_dead_model_thread_fails_requests_at_once_and_turns_health_red(weights_file, monkeypatch, photos):
+    app = create_app(Settings(weights=str(weights_file), device="cpu"))
+    engine = app.extensions["layertap.engine"]
+    assert engine.wait_ready(60)
+
+    def broken(self, batch):
+        raise MemoryError("simulated")
+
+    monkeypatch.setattr(Engine, "_run_batch", broken)
+    try:
+        started = time.monotonic()
+        with pytest.raises(InferenceFailed, match="model thread stopped"):
+            engine.extract([photos["rocket.jpg"]], ("fc",))
+        assert time.monotonic() - started < 5, "no waiting for the deadline"
+        client = app.test_client()
+        assert client.get("/health").status_code == 503
+        assert "MemoryError" in client.get("/health").json["reason"]
+        assert client.post("/features", data=photos["rocket.jpg"], content_type="image/jpeg").status_code == 503
+    finally:
+        engine.close()

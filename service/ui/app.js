@@ -113,7 +113,9 @@ function showLayer(name, feature) {
   box.className = "layer";
   box.dataset.layer = name;
   const title = document.createElement("h3");
-  title.innerHTML = `${name} <code>[${shape.join(", ")}]</code>`;
+  const code = document.createElement("code");
+  code.textContent = `[${shape.join(", ")}]`;
+  title.append(`${name} `, code);
   box.appendChild(title);
   const grid = document.createElement("div");
   grid.className = "grid";

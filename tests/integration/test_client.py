@@ -82,6 +82,7 @@ def test_overloaded_service_is_retried_until_everything_is_embedded(tmp_path, we
             "LAYERTAP_WEIGHTS": str(weights_file),
             "LAYERTAP_MAX_QUEUE_IMAGES": "2",
             "LAYERTAP_MAX_IMAGES_PER_REQUEST": "2",
+            "LAYERTAP_MAX_BATCH_SIZE": "2",
         },
     )
     try:
@@ -100,3 +101,11 @@ def test_overloaded_service_is_retried_until_everything_is_embedded(tmp_path, we
     assert summary["images"] == 16 and summary["errors"] == []
     refused = [line for line in metrics.splitlines() if line.startswith('layertap_errors_total{code="overloaded"}')]
     assert refused and float(refused[0].split()[-1]) > 0, "the test must actually have met 429s"
+
+
+def test_a_request_level_error_stops_embed_instead_of_skipping_every_image(server, folder, tmp_path, capsys):
+    out = tmp_path / "features.npz"
+    code = main(["embed", str(folder), "--url", server.url, "--out", str(out), "--layers", "layer5", "--quiet"])
+    assert code == 1
+    assert "unknown_layer" in capsys.readouterr().err
+    assert not out.exists()
