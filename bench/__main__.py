@@ -16,17 +16,15 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from service.settings import apply_openmp_defaults
 from stress.load import Request, closed_loop, percentile
-from stress.server import rss_mb, start_server
+from stress.server import PHOTOS, rss_mb, sample_photos, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
-PHOTOS = ROOT.parent / "shared" / "images"
 TORCHSERVE_IMG_S = 28.0  # TorchServe 0.12, batch 16, 16 clients, this machine class (issue #3)
 
 
@@ -43,15 +41,6 @@ class Cell:
     limit_img_s: float
     ratio: float
     ratio_channels_last: float
-
-
-def photos() -> list[bytes]:
-    if not PHOTOS.is_dir():
-        sys.exit(f"no photo folder {PHOTOS} (the project expects ../shared/images beside the checkout)")
-    files = sorted(p for p in PHOTOS.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    if not files:
-        sys.exit(f"no photos in {PHOTOS}")
-    return [p.read_bytes() for p in files]
 
 
 # ---- in-process limit -------------------------------------------------------------------------
@@ -144,7 +133,7 @@ def main() -> None:
     parser.add_argument("--extra", default="layer1:encoding=base64", help="extra cells as layer:query, comma-separated")
     parser.add_argument("--out", default=str(ROOT / "bench-results"), help="folder for the Markdown and JSON reports")
     args = parser.parse_args()
-    images = photos()
+    images = sample_photos()
     layers = args.layers.split(",")
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     cells_to_run = [(layer, f"layers={layer}") for layer in layers]

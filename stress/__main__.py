@@ -19,18 +19,7 @@ import requests
 
 from .corpus import corpus, send
 from .drills import kill_a_worker, overload, soak
-from .server import ROOT, Server, rss_mb, start_server
-
-PHOTOS = ROOT.parent / "shared" / "images"
-
-
-def _photos() -> list[bytes]:
-    if not PHOTOS.is_dir():
-        sys.exit(f"no photo folder {PHOTOS} (the project expects ../shared/images beside the checkout)")
-    files = sorted(p for p in PHOTOS.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    if not files:
-        sys.exit(f"no photos in {PHOTOS}")
-    return [p.read_bytes() for p in files]
+from .server import Server, rss_mb, sample_photos, start_server
 
 
 def _serve(log_dir: Path, **env: str) -> Server:
@@ -43,7 +32,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--short", action="store_true", help="the CI version: smaller and shorter")
     args = parser.parse_args()
-    photos = _photos()
+    photos = sample_photos()
     rows: list[tuple[str, str, str, str, bool]] = []  # drill, load held, inputs tried, lost, passed
     log_dir = Path(tempfile.mkdtemp(prefix="layertap-stress-"))
 
