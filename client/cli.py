@@ -10,6 +10,7 @@ the service refuses (corrupt, too large) are listed in ``errors`` (path and mess
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -52,6 +53,7 @@ def embed(
     paths = find_images(root)
     parts_dir = out.with_name(out.name + ".parts")
     parts_dir.mkdir(parents=True, exist_ok=True)
+    _check_options(parts_dir, {"layers": layers, "pool": pool, "normalize": normalize})
     done = _finished_paths(parts_dir)
     todo = [p for p in paths if p not in done]
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
@@ -115,6 +117,22 @@ def _embed_batch_of_one(path, data, client, layers, pool, normalize):
         if exc.code not in IMAGE_REFUSALS:
             raise
         return [], {}, [(path, exc.message)]
+
+
+def _check_options(parts_dir: Path, options: dict) -> None:
+    """Parts of an unfinished run must have been made with the same options, or their rows would not fit."""
+    manifest = parts_dir / "options.json"
+    if manifest.exists():
+        earlier = json.loads(manifest.read_text())
+        if earlier != options:
+            raise LayertapError(
+                0,
+                "options_changed",
+                f"{parts_dir} holds an unfinished run made with {earlier}; finish it with the same options, "
+                "or delete that folder to start over",
+            )
+    else:
+        manifest.write_text(json.dumps(options))
 
 
 def _write_part(path: Path, paths: list[str], arrays: dict[str, np.ndarray], errors: list[tuple[str, str]]) -> None:

@@ -232,6 +232,8 @@ def read_images(max_images: int) -> list[bytes]:
 
 
 def _multipart_images(max_images: int) -> list[bytes]:
+    if (request.content_length or 0) > current_app.extensions["layertap.settings"].max_body_bytes:
+        raise body_limit_error()  # Flask's own limit is one byte higher (see _read_body)
     with _malformed_body_is_400():
         parts = request.files.getlist("image")
     if not parts:

@@ -202,6 +202,16 @@ def test_limits_are_413(small_limits_app, photos):
     client = small_limits_app.test_client()
     assert_error(post_image(client, b"\0" * 200_001), 413, "payload_too_large", "200,000 bytes")
     assert_error(post_image(client, b"\0" * 200_000), 400, "invalid_image")  # at the limit: read, then judged
+    for total, status in ((200_001, 413), (200_000, 400)):  # the multipart limit is exact too
+        boundary = "layertap-test"
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        tail = f"\r\n--{boundary}--\r\n".encode()
+        body = head + b"\0" * (total - len(head) - len(tail)) + tail
+        response = client.post("/features", data=body, content_type=f"multipart/form-data; boundary={boundary}")
+        assert response.status_code == status, (total, response.json)
     big = encode(Image.new("RGB", (1000, 600)), "PNG")  # 600,000 px, small file
     assert_error(post_image(client, big, "fc", "image/png"), 413, "image_too_large", "500,000")
     tiny = encode(gradient_image(8, 8), "PNG")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import requests
 
-from client import LayertapClient
+from client import LayertapClient, LayertapError
 from client.cli import embed, main
 from stress.server import start_server
 
@@ -109,3 +109,11 @@ def test_a_request_level_error_stops_embed_instead_of_skipping_every_image(serve
     assert code == 1
     assert "unknown_layer" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_resuming_with_other_options_is_refused(server, folder, tmp_path):
+    out = tmp_path / "features.npz"
+    with pytest.raises(KeyboardInterrupt):
+        embed(folder, out, Interrupting(server.url, allowed=1), ["fc"], batch_size=1, concurrency=1, progress=False)
+    with pytest.raises(LayertapError, match="unfinished run made with"):
+        embed(folder, out, LayertapClient(server.url), ["avgpool"], batch_size=1, concurrency=1, progress=False)
