@@ -74,11 +74,18 @@ def embed(
                 break
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            # Save every batch that succeeded before raising for one that failed: nothing done is lost.
+            failures = [future.exception() for future in finished if future.exception() is not None]
             for future in finished:
-                ok_paths, arrays, errors = future.result()
-                _write_part(parts_dir / f"part-{next_part:06d}.npz", ok_paths, arrays, errors)
-                next_part += 1
-                bar.update(len(ok_paths) + len(errors))
+                if future.exception() is None:
+                    ok_paths, arrays, errors = future.result()
+                    _write_part(parts_dir / f"part-{next_part:06d}.npz", ok_paths, arrays, errors)
+                    next_part += 1
+                    bar.update(len(ok_paths) + len(errors))
+            if failures:
+                for future in pending:
+                    future.cancel()
+                raise failures[0]
             for batch in queue:
                 pending.add(pool_.submit(run, batch))
                 if len(pending) >= concurrency * 2:
