@@ -58,6 +58,7 @@ def in_process(images: list[bytes], layers: list[str], batch: int, seconds: floa
     from service.model import build_model, place
     from service.model_repository import load_entry
     from service.preprocess import ImagePreprocessor
+    from service.quantize import build_int8
     from service.settings import Settings
     from service.weights import resolve_weights
 
@@ -77,6 +78,8 @@ def in_process(images: list[bytes], layers: list[str], batch: int, seconds: floa
         ),
         "service": (LayerTap(place(folded, torch.device("cpu"), "float32", True)), True),
     }
+    int8 = build_int8(entry, resolve_weights("random", entry), preprocess, None, ROOT / "bench-results" / "int8-cache")
+    int8_tap = LayerTap(int8.model)
 
     def run(variant: str, layer: str, n: int) -> float:
         """Seconds for one batch of n images, decode to captured output."""
@@ -90,7 +93,21 @@ def in_process(images: list[bytes], layers: list[str], batch: int, seconds: floa
             tap.capture(x, frozenset({layer}))
         return time.perf_counter() - started
 
+    def run_int8(n: int) -> float:
+        started = time.perf_counter()
+        pixels = np.stack([preprocess(images[i % len(images)]) for i in range(n)])
+        x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div_(255).sub_(mean).div_(std).contiguous()
+        with torch.inference_mode():
+            int8_tap.capture(x, frozenset({int8.served["avgpool"]}))
+        return time.perf_counter() - started
+
     results: dict = {"batch": batch, "variants": {name: {} for name in variants}}
+    run_int8(batch)
+    done, spent = 0, 0.0
+    while spent < seconds:
+        spent += run_int8(batch)
+        done += batch
+    results["int8_avgpool"] = done / spent
     for layer in layers:
         for variant in variants:
             run(variant, layer, batch)  # warm-up
@@ -183,6 +200,38 @@ def main() -> None:
         peak = sum(rss_mb(pid, "VmHWM") for pid in pids)
     finally:
         server.stop()
+    print("starting the int8 service ...", flush=True)
+    env_int8 = {
+        **env,
+        "LAYERTAP_PRECISION": "int8",
+        "LAYERTAP_INT8_CACHE_DIR": str(ROOT / "bench-results" / "int8-cache"),
+    }
+    server = start_server(Path(args.out), env_int8)
+    server.wait_ready(180)
+    try:
+        drive(server.url, images, "layers=avgpool", 4, 2)
+        for concurrency in concurrencies:
+            latencies, errors = drive(server.url, images, "layers=avgpool", concurrency, args.seconds)
+            img_s = len(latencies) / args.seconds
+            limit_int8 = limit["int8_avgpool"]
+            cells.append(
+                Cell(
+                    layers="avgpool",
+                    query="layers=avgpool (int8)",
+                    concurrency=concurrency,
+                    requests=len(latencies),
+                    errors=errors,
+                    img_s=img_s,
+                    p50_ms=percentile(latencies, 0.5) * 1000,
+                    p99_ms=percentile(latencies, 0.99) * 1000,
+                    limit_img_s=limit_int8,
+                    ratio=img_s / limit_int8,
+                    ratio_channels_last=img_s / limit["variants"]["channels_last"]["avgpool"],
+                )
+            )
+            print(f"  int8 avgpool c={concurrency:<3d} {img_s:7.1f} img/s", flush=True)
+    finally:
+        server.stop()
     report(limit, cells, idle, peak, Path(args.out))
 
 
@@ -242,6 +291,13 @@ def report(limit: dict, cells: list[Cell], idle: float, peak: float, out: Path) 
                     f"`{query}` ÷ avgpool throughput at {top} clients: "
                     f"×{by[(query, top)].img_s / cell.img_s:.2f} (target ≥ 2.5)"
                 )
+    if ("layers=avgpool (int8)", top) in by and ("layers=avgpool", top) in by:
+        int8_cell, float_cell = by[("layers=avgpool (int8)", top)], by[("layers=avgpool", top)]
+        checks.append(
+            f"int8 avgpool, {top} clients: ×{int8_cell.img_s / float_cell.img_s:.2f} of the float32 service "
+            f"(target ≥ 2), ×{int8_cell.img_s / TORCHSERVE_IMG_S:.2f} of TorchServe (target ≥ 3); "
+            f"in process int8 {limit['int8_avgpool']:.0f} img/s"
+        )
     service = limit["variants"]["service"]
     if "layer1" in service and "avgpool" in service:
         checks.append(

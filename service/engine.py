@@ -40,9 +40,11 @@ from .errors import (
     BadRequest,
     DeadlineExceeded,
     InferenceFailed,
+    LayerUnavailable,
     NotReady,
     Overloaded,
     ServiceError,
+    StartupError,
     UnknownLayer,
 )
 from .folding import fold_batch_norms
@@ -50,6 +52,7 @@ from .model import DTYPES, build_model, place, resolve_device
 from .model_repository import ModelEntry
 from .postprocess import OutputOptions
 from .preprocess import ImagePreprocessor
+from .quantize import Int8Model, build_int8
 from .settings import Settings
 from .weights import Weights
 
@@ -111,6 +114,10 @@ class Engine:
         self.layers: list[LayerCall] = [
             c for c in self._trace_shapes(1, entry.preprocessing.crop, entry.preprocessing.crop) if c.shape is not None
         ]
+        self._int8: Int8Model | None = None
+        if settings.precision == "int8":
+            self._int8 = self._build_int8()
+            self.layers = [c for c in self.layers if c.name in self._int8.served]
         self._layer_names = {c.name for c in self.layers}
         self._queue: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
@@ -182,6 +189,8 @@ class Engine:
     def validate_layers(self, layers: tuple[str, ...]) -> None:
         """UnknownLayer, with a suggestion and a pointer to /shapes, for any name that is not a layer."""
         for name in layers:
+            if self._int8 is not None and name in self._int8.unavailable:
+                raise LayerUnavailable(f"layer {name!r} does not exist in int8 mode: {self._int8.unavailable[name]}")
             if name not in self._layer_names:
                 close = difflib.get_close_matches(name, self._layer_names, n=3, cutoff=0.6)
                 hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
@@ -270,7 +279,7 @@ class Engine:
             if not 1 <= value <= high:
                 raise BadRequest(f"{label} must be an integer from 1 to {high}, not {value}")
         try:
-            return self._trace_shapes(batch, height, width)
+            return tuple(c for c in self._trace_shapes(batch, height, width) if c.name in self._layer_names)
         except RuntimeError as exc:
             raise BadRequest(f"the model cannot take a {height}×{width} input: {str(exc).splitlines()[0]}") from None
 
@@ -281,7 +290,8 @@ class Engine:
             "weights": self.weights.label,
             "device": str(self.device),
             "dtype": self.dtype,
-            "channels_last": self.settings.channels_last,
+            "precision": self.settings.precision,
+            "channels_last": self.settings.channels_last and self._int8 is None,
             "fold_batch_norm": self.settings.fold_batch_norm and getattr(self, "_fast_tap", None) is not None,
             "torch_threads": self.settings.effective_torch_threads(),
             "preprocessing": self.entry.preprocessing.describe(),
@@ -333,14 +343,17 @@ class Engine:
         crop = self.entry.preprocessing.crop
         self._fast_tap: LayerTap | None = None
         self._needs_original: frozenset[str] = frozenset()
-        if self.settings.fold_batch_norm:
+        if self.settings.fold_batch_norm and self._int8 is None:  # int8 fuses batch norms itself
             sample = torch.randn(2, 3, crop, crop, generator=torch.Generator().manual_seed(0))
             folding = fold_batch_norms(self._model, sample)
             if folding is not None:
                 folded, changed = folding
                 self._fast_tap = LayerTap(place(folded, self.device, self.dtype, self.settings.channels_last))
                 self._needs_original = frozenset(c.name for c in self.layers if c.module in changed)
-        self._model = place(self._model, self.device, self.dtype, self.settings.channels_last)
+        if self._int8 is not None:
+            self._model = self._int8.model
+        else:
+            self._model = place(self._model, self.device, self.dtype, self.settings.channels_last)
         self._tap = LayerTap(self._model)
         shape = (1, 3, crop, crop)
         self._mean = torch.tensor(self.entry.preprocessing.mean, device=self.device).view(1, 3, 1, 1)
@@ -431,10 +444,15 @@ class Engine:
         parts: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
         step = self.settings.max_batch_size
         tap = self._tap if self._fast_tap is None or wanted & self._needs_original else self._fast_tap
+        # int8 modules carry some float names under another module's name (service/quantize.py)
+        calls = {name: self._int8.served[name] if self._int8 else name for name in wanted}
         with torch.inference_mode():
             for start in range(0, len(pixels), step):
-                captured = tap.capture(self._to_input(pixels[start : start + step]), wanted)
-                for name, tensor in captured.items():
+                captured = tap.capture(self._to_input(pixels[start : start + step]), frozenset(calls.values()))
+                for name, call in calls.items():
+                    tensor = captured[call]
+                    if tensor.is_quantized:
+                        tensor = tensor.dequantize()
                     parts[name].append(tensor.to(device="cpu", dtype=torch.float32).numpy())
         return {name: chunks[0] if len(chunks) == 1 else np.concatenate(chunks) for name, chunks in parts.items()}
 
@@ -445,9 +463,29 @@ class Engine:
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         # NHWC viewed as NCHW is already channels_last in memory: no copy needed for that layout.
         batch = batch.permute(0, 3, 1, 2).float().div_(255).sub_(self._mean).div_(self._std)
-        if not self.settings.channels_last:
+        if not self.settings.channels_last or self._int8 is not None:
             batch = batch.contiguous()
         return batch.to(DTYPES[self.dtype])
+
+    def _build_int8(self) -> Int8Model:
+        if self.device.type != "cpu":
+            raise StartupError("LAYERTAP_PRECISION=int8 runs on the CPU only; set LAYERTAP_DEVICE=cpu")
+        try:
+            int8 = build_int8(
+                self.entry, self.weights, self.preprocess, self.settings.calibration_dir, self.settings.int8_cache_dir
+            )
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+        # Keep only the names whose module really runs (a FloatFunctional such as add_relu never fires).
+        crop = self.entry.preprocessing.crop
+        tap = LayerTap(int8.model)
+        try:
+            with torch.inference_mode():
+                fired = {c.name for c in tap.trace(torch.zeros(1, 3, crop, crop))}
+        finally:
+            tap.remove()
+        served = {name: call for name, call in int8.served.items() if call in fired}
+        return Int8Model(model=int8.model, served=served, unavailable=int8.unavailable)
 
     # ---- shapes, on a weightless twin of the model -----------------------------------------
     def _build_shape_model(self) -> tuple[torch.nn.Module, LayerTap]:

@@ -29,6 +29,12 @@ class UnknownLayer(BadRequest):
     code = "unknown_layer"
 
 
+class LayerUnavailable(BadRequest):
+    """A layer of the float model that does not exist in this precision (fused away in int8)."""
+
+    code = "layer_unavailable"
+
+
 class InvalidImage(BadRequest):
     code = "invalid_image"
 

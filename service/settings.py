@@ -50,6 +50,16 @@ class Settings(BaseSettings):
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="Compute dtype of the model; half precision is meant for CUDA."
     )
+    precision: Literal["float32", "int8"] = Field(
+        "float32", description="`int8`: post-training static quantization on CPU (see the README's int8 table)."
+    )
+    calibration_dir: Path | None = Field(
+        None, description="Folder of images to calibrate int8 on; default: the set in `models/calibration/`."
+    )
+    int8_cache_dir: Path = Field(
+        Path.home() / ".cache" / "layertap",
+        description="Where calibrated int8 models are cached (keyed by weights, calibration and torch).",
+    )
     channels_last: bool = Field(
         True, description="Run convolutions in the channels_last memory format (faster on CPU and GPU)."
     )
@@ -127,6 +137,8 @@ def settings_table() -> str:
         default = field.default
         if name == "model_repository":
             default = "models/ (beside service/)"
+        elif name == "int8_cache_dir":
+            default = "~/.cache/layertap"
         annotation = _type_label(field.annotation)
         rows.append(f"| `LAYERTAP_{name.upper()}` | {annotation} | `{default}` | {field.description} |")
     return "\n".join(rows)
@@ -138,6 +150,8 @@ def _type_label(annotation) -> str:
         return " \\| ".join(str(choice) for choice in annotation.__args__)
     if SecretStr in getattr(annotation, "__args__", ()):
         return "secret"
+    if Path in getattr(annotation, "__args__", ()):
+        return "Path"
     return annotation.__name__
 
 

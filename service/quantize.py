@@ -1,0 +1,176 @@
+"""int8 on CPU: post-training static quantization that keeps the module tree, with honest layer names.
+
+torchvision's quantizable ResNet is fused (conv+bn+relu → one quantized op), calibrated on real
+photos and converted with PyTorch's x86 backend. Hooks still fire on every module, containers
+included. Fusion changes what some names mean, so layertap never serves a fused module under
+its own name:
+
+- a fused group (``conv1, bn1, relu``) has one output, that of its *last* member; the leader's
+  output is served under that member's name (``relu``), which is the value float serves there;
+- the other members (``conv1``, ``bn1``) do not exist in int8 mode: asking for them is a 400 that
+  says what they were fused into;
+- a block's second ReLU runs inside ``add_relu`` (no module call), so ``layerN.M.relu_1`` is a 400
+  pointing at ``layerN.M``, which holds the same value.
+
+Calibration is deterministic; the quantized weights are cached on disk, keyed by the weights,
+the calibration images and the torch version, so a restart does not calibrate again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image, ImageEnhance
+from torch import nn
+from torch.ao.nn.intrinsic import _FusedModule
+
+from .model_repository import ModelEntry
+from .preprocess import ImagePreprocessor
+from .weights import Weights
+
+log = logging.getLogger("layertap.quantize")
+
+CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "models" / "calibration"
+_INTERNAL = ("quant", "dequant")
+
+
+@dataclass(frozen=True)
+class Int8Model:
+    model: nn.Module
+    served: dict[str, str]  # float layer name → int8 call name that carries its value
+    unavailable: dict[str, str]  # float layer name → why not, and what to ask for instead
+
+
+def build_int8(
+    entry: ModelEntry, weights: Weights, preprocess: ImagePreprocessor, calibration_dir: Path | None, cache_dir: Path
+) -> Int8Model:
+    """Fuse, calibrate (or load from the cache) and convert ``entry``'s model; map its layer names."""
+    torch.backends.quantized.engine = "x86"
+    try:
+        builder = getattr(torchvision.models.quantization, entry.architecture)
+    except AttributeError:
+        raise ValueError(
+            f"{entry.architecture} has no quantizable torchvision version; use precision float32"
+        ) from None
+    calibration = calibration_images(calibration_dir or CALIBRATION_DIR, preprocess)
+    model = builder(weights=None, quantize=False)
+    if weights.state_dict is not None:
+        model.load_state_dict(weights.state_dict)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(weights.seed)
+            model = builder(weights=None, quantize=False)
+    model.eval()
+    model.fuse_model(is_qat=False)
+    groups = _fused_groups(model)
+    model.qconfig = torch.ao.quantization.get_default_qconfig("x86")
+    torch.ao.quantization.prepare(model, inplace=True)
+    key = _cache_key(entry, weights, calibration)
+    cached = cache_dir / f"{entry.name}-int8-{key}.pt"
+    if cached.is_file():
+        torch.ao.quantization.convert(model, inplace=True)
+        model.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))
+        log.info("int8 model loaded from %s", cached)
+    else:
+        with torch.inference_mode():
+            for start in range(0, len(calibration), 16):
+                model(_to_input(calibration[start : start + 16], entry))
+        torch.ao.quantization.convert(model, inplace=True)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        temporary = cached.with_suffix(".tmp")
+        torch.save(model.state_dict(), temporary)
+        temporary.replace(cached)
+        log.info("int8 model calibrated on %d images, cached in %s", len(calibration), cached)
+    served, unavailable = _name_map(groups, model)
+    return Int8Model(model=model, served=served, unavailable=unavailable)
+
+
+def calibration_images(folder: Path, preprocess: ImagePreprocessor) -> np.ndarray:
+    """Preprocessed uint8 pixels of every image in ``folder`` and 7 fixed variations of each."""
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+    if not files:
+        raise ValueError(f"no calibration images in {folder}")
+    pixels = []
+    for path in files:
+        image = Image.open(path).convert("RGB")
+        for variant in _variations(image):
+            buffer = io.BytesIO()
+            variant.save(buffer, "PNG")
+            pixels.append(preprocess(buffer.getvalue()))
+    return np.stack(pixels)
+
+
+def _variations(image: Image.Image):
+    width, height = image.size
+    yield image
+    yield image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    for fx, fy in ((0.0, 0.0), (0.25, 0.25), (0.25, 0.0)):  # zoomed crops
+        yield image.crop((int(fx * width), int(fy * height), int((fx + 0.75) * width), int((fy + 0.75) * height)))
+    yield ImageEnhance.Brightness(image).enhance(0.6)
+    yield ImageEnhance.Contrast(image).enhance(1.4)
+
+
+def _to_input(pixels: np.ndarray, entry: ModelEntry) -> torch.Tensor:
+    mean = torch.tensor(entry.preprocessing.mean).view(1, 3, 1, 1)
+    std = torch.tensor(entry.preprocessing.std).view(1, 3, 1, 1)
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255).sub(mean).div(std).contiguous()
+
+
+def _cache_key(entry: ModelEntry, weights: Weights, calibration: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    digest.update(f"{entry.name}|{entry.architecture}|{weights.label}|{torch.__version__}".encode())
+    digest.update(calibration.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _fused_groups(model: nn.Module) -> dict[str, list[str]]:
+    """leader → the members fused into it (the Identity modules that follow it), in order."""
+    groups: dict[str, list[str]] = {}
+    leader = None
+    inside_fused = ()
+    for name, module in model.named_modules():
+        if not name or "activation_post_process" in name or name.startswith(inside_fused):
+            continue
+        if isinstance(module, _FusedModule):
+            inside_fused = (name + ".",)  # a fused op is one unit: its own children are not layers
+        elif list(module.children()):
+            continue
+        if isinstance(module, nn.Identity) and leader is not None:
+            groups[leader].append(name)
+        else:
+            leader = name
+            groups[leader] = []
+    return {leader: members for leader, members in groups.items() if members}
+
+
+def _name_map(groups: dict[str, list[str]], model: nn.Module) -> tuple[dict[str, str], dict[str, str]]:
+    served: dict[str, str] = {}
+    unavailable: dict[str, str] = {}
+    fused_members = {member for members in groups.values() for member in members}
+    for name, _module in model.named_modules():
+        hidden = name.split(".")[-1] in _INTERNAL or "activation_post_process" in name or "_packed_params" in name
+        if not name or name in fused_members or hidden:
+            continue
+        members = groups.get(name)
+        if members:
+            last = members[-1]
+            served[last] = name
+            for gone in (name, *members[:-1]):
+                unavailable[gone] = (
+                    f"{', '.join((name, *members))} are fused into one int8 op; its output is served as {last!r}"
+                )
+        else:
+            served[name] = name
+    # A BasicBlock's second ReLU runs inside add_relu, not as a module call.
+    for name in list(served):
+        if name.endswith(".relu") and name.rsplit(".", 2)[-2].isdigit():
+            block = name.rsplit(".", 1)[0]
+            unavailable[f"{name}_1"] = f"in int8 the block's final ReLU is inside add_relu; {block!r} holds that value"
+    return served, unavailable
