@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,11 +84,14 @@ def build_int8(
             for start in range(0, len(calibration), 16):
                 model(_to_input(calibration[start : start + 16], entry))
         torch.ao.quantization.convert(model, inplace=True)
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        temporary = cached.with_suffix(".tmp")
-        torch.save(model.state_dict(), temporary)
-        temporary.replace(cached)
-        log.info("int8 model calibrated on %d images, cached in %s", len(calibration), cached)
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            temporary = cached.with_suffix(f".{os.getpid()}.tmp")  # workers calibrating at once do not collide
+            torch.save(model.state_dict(), temporary)
+            temporary.replace(cached)
+            log.info("int8 model calibrated on %d images, cached in %s", len(calibration), cached)
+        except OSError as exc:  # a read-only filesystem: serve anyway, calibrate again next start
+            log.warning("int8 model calibrated on %d images; not cached (%s)", len(calibration), exc)
     served, unavailable = _name_map(groups, model)
     return Int8Model(model=model, served=served, unavailable=unavailable)
 

@@ -112,3 +112,16 @@ def test_int8_refuses_a_gpu(weights_file, monkeypatch):
     monkeypatch.setattr(engine_module, "resolve_device", lambda spec: torch.device("cuda"))
     with pytest.raises(StartupError, match="runs on the CPU only"):
         create_app(Settings(weights=str(weights_file), device="cuda", precision="int8"))
+
+
+def test_an_unwritable_cache_does_not_stop_int8(int8, tmp_path, state_dict):
+    from service.model_repository import load_entry
+    from service.quantize import build_int8
+    from service.settings import DEFAULT_MODEL_REPOSITORY
+    from service.weights import resolve_weights
+
+    entry = load_entry(DEFAULT_MODEL_REPOSITORY, "resnet18")
+    blocker = tmp_path / "file-not-folder"
+    blocker.write_text("a file where the cache folder should be")
+    built = build_int8(entry, resolve_weights("random", entry), int8.preprocess, None, blocker / "cache")
+    assert built.served["avgpool"] == "avgpool"
