@@ -54,7 +54,7 @@ def test_readme_table_is_the_settings_list():
     block = re.search(r"<!-- settings-table:start -->\n(.*?)\n<!-- settings-table:end -->", text, re.S)
     assert block, "README lacks the settings table markers"
     assert block.group(1).strip() == settings_table(), "regenerate: python -m service.settings --write-readme"
-    documented = set(re.findall(r"`(LAYERTAP_[A-Z_]+)`", block.group(1)))
+    documented = set(re.findall(r"`(LAYERTAP_[A-Z0-9_]+)`", block.group(1)))
     assert documented == {f"LAYERTAP_{name.upper()}" for name in Settings.model_fields}
 
 
