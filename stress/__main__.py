@@ -77,6 +77,11 @@ def main() -> int:
         )
         print(f"overload: {result}", flush=True)
 
+    finally:
+        server.stop()
+
+    server = _serve(log_dir)  # a fresh worker: the soak measures its own growth, not overload's leftovers
+    try:
         count = 1000 if args.short else 5000
         result = soak(server, photos, count=count)
         passed = (

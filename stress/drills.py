@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import statistics
 import threading
 import time
 from dataclasses import dataclass, field
@@ -112,13 +113,26 @@ def soak(server: Server, photos: list[bytes], count: int = 5000, clients: int = 
     def make(i: int) -> Request:
         return Request("POST", f"/features?{queries[i % len(queries)]}", photos[(i // 7) % len(photos)], RAW)
 
-    closed_loop(server.url, make, clients=clients, count=max(500, count // 10))  # warm-up: allocator steady state
+    # Warm-up: every batch size and layer mix the soak will see, so that allocator and kernel
+    # caches reach their steady state before the baseline is taken.
+    closed_loop(server.url, make, clients=clients, count=max(1500, count // 5))
     worker = server.workers()[0]
     info = http.get(f"{server.url}/info", timeout=10).json()
-    rss_warm = rss_mb(worker)
+    # RSS is sampled all along: a leak grows steadily, while the allocator moves RSS up and down
+    # by tens of MB from one moment to the next. Growth = median of the last quarter of the
+    # samples minus median of the first quarter.
+    samples: list[float] = []
+    outcomes: list[Outcome] = []
     started = time.monotonic()
-    outcomes = closed_loop(server.url, make, clients=clients, count=count)
+    load = threading.Thread(target=lambda: outcomes.extend(closed_loop(server.url, make, clients=clients, count=count)))
+    load.start()
+    while load.is_alive():
+        samples.append(rss_mb(worker))
+        time.sleep(0.2)
+    load.join()
     elapsed = time.monotonic() - started
+    quarter = max(1, len(samples) // 4)
+    print(f"soak RSS samples (MB): {[round(x) for x in samples[:: max(1, len(samples) // 12)]]}", flush=True)
     time.sleep(0.5)  # let the last request threads go idle
     info_after = http.get(f"{server.url}/info", timeout=10).json()
     statuses: dict[int, int] = {}
@@ -131,8 +145,8 @@ def soak(server: Server, photos: list[bytes], count: int = 5000, clients: int = 
     return SoakResult(
         requests=len(outcomes),
         failures=failures,
-        rss_after_warmup_mb=rss_warm,
-        rss_end_mb=rss_mb(worker),
+        rss_after_warmup_mb=statistics.median(samples[:quarter]),
+        rss_end_mb=statistics.median(samples[-quarter:]),
         hooks_before=info["hooks"],
         hooks_after=info_after["hooks"],
         threads_before=info["threads"],

@@ -36,8 +36,13 @@ def test_overload_sheds_fast_keeps_throughput_and_recovers(stress_server, photo_
     assert result.recovery_status == 200 and result.recovery_s < 1, result
 
 
-def test_soak_keeps_memory_hooks_and_threads_flat(stress_server, photo_list):
-    result = soak(stress_server, photo_list, count=1000)
+def test_soak_keeps_memory_hooks_and_threads_flat(tmp_path, weights_file, photo_list):
+    server = start_server(tmp_path, {"LAYERTAP_WEIGHTS": str(weights_file)})  # its own worker, fresh
+    try:
+        server.wait_ready()
+        result = soak(server, photo_list, count=1000)
+    finally:
+        server.stop()
     assert not result.failures, result
     assert result.rss_growth_mb < 50, result
     assert result.hooks_after == result.hooks_before
