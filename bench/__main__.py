@@ -25,6 +25,7 @@ from stress.load import Request, closed_loop, percentile
 from stress.server import PHOTOS, rss_mb, sample_photos, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
+INT8_CACHE = ROOT / "bench-results" / "int8-cache"
 TORCHSERVE_IMG_S = 28.0  # TorchServe 0.12, batch 16, 16 clients, this machine class (issue #3)
 
 
@@ -78,7 +79,7 @@ def in_process(images: list[bytes], layers: list[str], batch: int, seconds: floa
         ),
         "service": (LayerTap(place(folded, torch.device("cpu"), "float32", True)), True),
     }
-    int8 = build_int8(entry, resolve_weights("random", entry), preprocess, None, ROOT / "bench-results" / "int8-cache")
+    int8 = build_int8(entry, resolve_weights("random", entry), preprocess, None, INT8_CACHE)
     int8_tap = LayerTap(int8.model)
 
     def run(variant: str, layer: str, n: int) -> float:
@@ -141,6 +142,41 @@ def drive(url: str, images: list[bytes], query: str, concurrency: int, seconds: 
     return [o.seconds for o in outcomes if o.status == 200], sum(o.status != 200 for o in outcomes)
 
 
+def measure(
+    url: str,
+    images: list[bytes],
+    layer: str,
+    query: str,
+    label: str,
+    concurrency: int,
+    seconds: float,
+    limit_img_s: float,
+    channels_last_img_s: float,
+) -> Cell:
+    """One table cell: drive `query` at `concurrency` for `seconds`, against its in-process limits."""
+    latencies, errors = drive(url, images, query, concurrency, seconds)
+    img_s = len(latencies) / seconds
+    cell = Cell(
+        layers=layer,
+        query=label,
+        concurrency=concurrency,
+        requests=len(latencies),
+        errors=errors,
+        img_s=img_s,
+        p50_ms=percentile(latencies, 0.5) * 1000,
+        p99_ms=percentile(latencies, 0.99) * 1000,
+        limit_img_s=limit_img_s,
+        ratio=img_s / limit_img_s,
+        ratio_channels_last=img_s / channels_last_img_s,
+    )
+    print(
+        f"  {label:32s} c={concurrency:<3d} {img_s:7.1f} img/s  p50 {cell.p50_ms:7.1f} ms  "
+        f"p99 {cell.p99_ms:7.1f} ms  errors {errors}  ×{cell.ratio:.2f} of in-process",
+        flush=True,
+    )
+    return cell
+
+
 # ---- report ---------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -176,27 +212,10 @@ def main() -> None:
         cells: list[Cell] = []
         for layer, query in cells_to_run:
             for concurrency in concurrencies:
-                latencies, errors = drive(server.url, images, query, concurrency, args.seconds)
-                img_s = len(latencies) / args.seconds
-                cell = Cell(
-                    layers=layer,
-                    query=query,
-                    concurrency=concurrency,
-                    requests=len(latencies),
-                    errors=errors,
-                    img_s=img_s,
-                    p50_ms=percentile(latencies, 0.5) * 1000,
-                    p99_ms=percentile(latencies, 0.99) * 1000,
-                    limit_img_s=limit["variants"]["service"][layer],
-                    ratio=img_s / limit["variants"]["service"][layer],
-                    ratio_channels_last=img_s / limit["variants"]["channels_last"][layer],
-                )
-                cells.append(cell)
-                print(
-                    f"  {query:32s} c={concurrency:<3d} {img_s:7.1f} img/s  p50 {cell.p50_ms:7.1f} ms  "
-                    f"p99 {cell.p99_ms:7.1f} ms  errors {errors}  ×{cell.ratio:.2f} of in-process",
-                    flush=True,
-                )
+                cells.append(
+                    measure(server.url, images, layer, query, query, concurrency, args.seconds,
+                            limit["variants"]["service"][layer], limit["variants"]["channels_last"][layer])
+                )  # fmt: skip
         peak = sum(rss_mb(pid, "VmHWM") for pid in pids)
     finally:
         server.stop()
@@ -204,32 +223,17 @@ def main() -> None:
     env_int8 = {
         **env,
         "LAYERTAP_PRECISION": "int8",
-        "LAYERTAP_INT8_CACHE_DIR": str(ROOT / "bench-results" / "int8-cache"),
+        "LAYERTAP_INT8_CACHE_DIR": str(INT8_CACHE),
     }
     server = start_server(Path(args.out), env_int8)
     server.wait_ready(180)
     try:
         drive(server.url, images, "layers=avgpool", 4, 2)
         for concurrency in concurrencies:
-            latencies, errors = drive(server.url, images, "layers=avgpool", concurrency, args.seconds)
-            img_s = len(latencies) / args.seconds
-            limit_int8 = limit["int8_avgpool"]
             cells.append(
-                Cell(
-                    layers="avgpool",
-                    query="layers=avgpool (int8)",
-                    concurrency=concurrency,
-                    requests=len(latencies),
-                    errors=errors,
-                    img_s=img_s,
-                    p50_ms=percentile(latencies, 0.5) * 1000,
-                    p99_ms=percentile(latencies, 0.99) * 1000,
-                    limit_img_s=limit_int8,
-                    ratio=img_s / limit_int8,
-                    ratio_channels_last=img_s / limit["variants"]["channels_last"]["avgpool"],
-                )
-            )
-            print(f"  int8 avgpool c={concurrency:<3d} {img_s:7.1f} img/s", flush=True)
+                measure(server.url, images, "avgpool", "layers=avgpool", "layers=avgpool (int8)", concurrency,
+                        args.seconds, limit["int8_avgpool"], limit["variants"]["channels_last"]["avgpool"])
+            )  # fmt: skip
     finally:
         server.stop()
     report(limit, cells, idle, peak, Path(args.out))

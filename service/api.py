@@ -224,11 +224,15 @@ def read_images(max_images: int) -> list[bytes]:
         )
     if not images:
         raise BadRequest("the request holds no image")
-    if len(images) > max_images:
-        raise TooManyImages(
-            f"{len(images)} images in one request; the limit is {max_images} (LAYERTAP_MAX_IMAGES_PER_REQUEST)"
-        )
     return images
+
+
+def _check_image_count(count: int, max_images: int) -> None:
+    """A raw body is one image; multipart and JSON bodies are counted here, before their images are read."""
+    if count > max_images:
+        raise TooManyImages(
+            f"{count} images in one request; the limit is {max_images} (LAYERTAP_MAX_IMAGES_PER_REQUEST)"
+        )
 
 
 def _multipart_images(max_images: int) -> list[bytes]:
@@ -240,10 +244,7 @@ def _multipart_images(max_images: int) -> list[bytes]:
         names = sorted(set(request.files) | set(request.form))
         found = f" (found: {', '.join(names[:10])})" if names else ""
         raise BadRequest(f"a multipart body needs one or more file parts named 'image'{found}")
-    if len(parts) > max_images:
-        raise TooManyImages(
-            f"{len(parts)} images in one request; the limit is {max_images} (LAYERTAP_MAX_IMAGES_PER_REQUEST)"
-        )
+    _check_image_count(len(parts), max_images)  # before reading the parts
     return [part.read() for part in parts]
 
 
@@ -255,10 +256,7 @@ def _json_images(max_images: int) -> list[bytes]:
     encoded = body.get("images") if isinstance(body, dict) else None
     if not isinstance(encoded, list) or not all(isinstance(item, str) for item in encoded):
         raise BadRequest('a JSON body must be {"images": ["<base64>", ...]}')
-    if len(encoded) > max_images:
-        raise TooManyImages(
-            f"{len(encoded)} images in one request; the limit is {max_images} (LAYERTAP_MAX_IMAGES_PER_REQUEST)"
-        )
+    _check_image_count(len(encoded), max_images)  # before decoding the base64
     images = []
     for index, text in enumerate(encoded):
         if text.startswith("data:") and "," in text:  # a data: URL, as browsers produce

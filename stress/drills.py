@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import requests as http
 
-from .load import Client, Outcome, Request, closed_loop, open_loop, percentile
+from .load import Outcome, Request, closed_loop, open_loop, percentile
 from .server import Server, rss_mb
 
 RAW = {"Content-Type": "application/octet-stream"}
@@ -174,22 +174,13 @@ def kill_a_worker(server: Server, photos: list[bytes], seconds: float = 12, clie
         raise ValueError("the fault drill needs a server with LAYERTAP_WORKERS ≥ 2")
     victim = workers[0]
     stop_at = time.monotonic() + seconds
-    timeline: list[tuple[float, Outcome]] = []
-    lock = threading.Lock()
-    make = photo_requests(photos)
-
-    def client() -> None:
-        connection, mine, index = Client(server.url, 30), [], 0
-        while time.monotonic() < stop_at:
-            mine.append((time.monotonic(), connection.send(make(index))))
-            index += 1
-        connection.close()
-        with lock:
-            timeline.extend(mine)
-
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
-    for thread in threads:
-        thread.start()
+    outcomes: list[Outcome] = []
+    load = threading.Thread(
+        target=lambda: outcomes.extend(
+            closed_loop(server.url, photo_requests(photos), clients=clients, seconds=seconds, timeout=30)
+        )
+    )
+    load.start()
     time.sleep(seconds / 4)
     killed_at = time.monotonic()
     os.kill(victim, signal.SIGKILL)
@@ -202,15 +193,14 @@ def kill_a_worker(server: Server, photos: list[bytes], seconds: float = 12, clie
         if replaced_by and replaced_after is None and f'"pid":{replaced_by}' in server.log():
             replaced_after = time.monotonic() - killed_at  # its model is warm: it accepts from now on
         time.sleep(0.2)
-    for thread in threads:
-        thread.join()
+    load.join()
     return FaultResult(
         killed_pid=victim,
         replaced_by=replaced_by,
         replacement_seconds=replaced_after,
-        requests=len(timeline),
-        failed_near_kill=sum(1 for start, o in timeline if start < killed_at + 1 and o.status != 200),
-        failed_later=sum(1 for start, o in timeline if start >= killed_at + 1 and o.status != 200),
-        not_ready_answers=sum(1 for _, o in timeline if o.status == 503),
+        requests=len(outcomes),
+        failed_near_kill=sum(1 for o in outcomes if o.sent_at < killed_at + 1 and o.status != 200),
+        failed_later=sum(1 for o in outcomes if o.sent_at >= killed_at + 1 and o.status != 200),
+        not_ready_answers=sum(1 for o in outcomes if o.status == 503),
         ready_probes=probes,
     )

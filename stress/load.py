@@ -30,6 +30,7 @@ class Outcome:
     seconds: float
     error: str = ""
     retry_after: str | None = None
+    sent_at: float = 0.0  # time.monotonic() when the request was sent
 
 
 class Client:
@@ -41,7 +42,7 @@ class Client:
         self._connection: http.client.HTTPConnection | None = None
 
     def send(self, request: Request) -> Outcome:
-        started = time.perf_counter()
+        sent_at, started = time.monotonic(), time.perf_counter()
         try:
             if self._connection is None:
                 self._connection = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
@@ -50,12 +51,11 @@ class Client:
             response.read()
             if response.getheader("Connection", "").lower() == "close":
                 self.close()
-            return Outcome(
-                response.status, time.perf_counter() - started, retry_after=response.getheader("Retry-After")
-            )
+            elapsed = time.perf_counter() - started
+            return Outcome(response.status, elapsed, retry_after=response.getheader("Retry-After"), sent_at=sent_at)
         except (OSError, http.client.HTTPException) as exc:
             self.close()
-            return Outcome(0, time.perf_counter() - started, error=type(exc).__name__)
+            return Outcome(0, time.perf_counter() - started, error=type(exc).__name__, sent_at=sent_at)
 
     def close(self) -> None:
         if self._connection is not None:
