@@ -19,14 +19,19 @@ GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "python:service.gunicorn_con
 PHOTOS = ROOT.parent / "shared" / "images"
 
 
-def sample_photos() -> list[bytes]:
+def photo_files() -> list[Path]:
     """The real photos in ``../shared/images`` (JPEG and PNG), or exit with a message saying where they go."""
     if not PHOTOS.is_dir():
         sys.exit(f"no photo folder {PHOTOS} (the project expects ../shared/images beside the checkout)")
     files = sorted(p for p in PHOTOS.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not files:
         sys.exit(f"no photos in {PHOTOS}")
-    return [p.read_bytes() for p in files]
+    return files
+
+
+def sample_photos() -> list[bytes]:
+    """The bytes of :func:`photo_files`."""
+    return [p.read_bytes() for p in photo_files()]
 
 
 def free_port() -> int:
