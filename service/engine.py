@@ -101,7 +101,7 @@ class Engine:
         self.entry = entry
         self.weights = weights
         self.preprocess = ImagePreprocessor(
-            entry.preprocessing, settings.max_pixels, settings.jpeg_draft, settings.max_aspect_ratio
+            entry.preprocessing, settings.max_pixels, settings.preprocessing, settings.max_aspect_ratio
         )
         self.device = resolve_device(settings.device)
         self.dtype = settings.dtype
@@ -294,7 +294,7 @@ class Engine:
             "channels_last": self.settings.channels_last and self._int8 is None,
             "fold_batch_norm": self.settings.fold_batch_norm and getattr(self, "_fast_tap", None) is not None,
             "torch_threads": self.settings.effective_torch_threads(),
-            "preprocessing": self.entry.preprocessing.describe(),
+            "preprocessing": {**self.entry.preprocessing.describe(), "mode": self.settings.preprocessing},
             "layers": len(self.layers),
             "hooks": self._tap.hook_count + (self._fast_tap.hook_count if self._fast_tap else 0)
             if self.ready or self._state == "draining"

@@ -8,7 +8,6 @@ then forks workers that each build their own model in ``create_app()``.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
@@ -17,7 +16,8 @@ import sys
 import tempfile
 
 from service.logs import gunicorn_logconfig
-from service.settings import Settings, apply_openmp_defaults
+from service.runtime import apply_openmp_defaults, tune_malloc
+from service.settings import Settings
 
 # Not imported from service.metrics: prometheus_client must not be imported in the master before
 # this variable is set, or forked workers would inherit its single-process mode.
@@ -68,12 +68,7 @@ def on_starting(server) -> None:
 
 def post_fork(server, worker) -> None:  # noqa: ARG001 - gunicorn's hook signature
     """Per-worker memory tuning, before the worker imports torch."""
-    # glibc gives each of the many request threads its own malloc arena; freed image buffers then
-    # stay scattered across them. Two arenas keep RSS ~80 MB lower and flat under a soak.
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
-    except (OSError, AttributeError):  # not glibc
-        pass
+    tune_malloc()  # see service/runtime.py
     # On the CPU, keep torch from loading Triton, a GPU kernel compiler (~80 MB).
     if _settings.device == "cpu" or (_settings.device == "auto" and not os.path.exists("/dev/nvidiactl")):
         sys.modules.setdefault("triton", None)  # `import triton` now fails, and torch carries on without it

@@ -17,16 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_MODEL_REPOSITORY = Path(__file__).resolve().parent.parent / "models"
 
 
-# Request threads decode images while torch computes. libgomp's default spin after each parallel
-# region (300,000 spins) burns the cores they need; no spin at all (OMP_WAIT_POLICY=PASSIVE)
-# costs single-image latency (+5 ms). A short spin keeps both (benchmarked on 2 cores).
-OPENMP_DEFAULTS = {"GOMP_SPINCOUNT": "20000"}
-
-
-def apply_openmp_defaults() -> None:
-    """Put OPENMP_DEFAULTS into the environment unless already set; only effective before torch is imported."""
-    for name, value in OPENMP_DEFAULTS.items():
-        os.environ.setdefault(name, value)
+# Variables of earlier releases: silently ignoring one would change behaviour without a word.
+RENAMED_VARIABLES = {"LAYERTAP_JPEG_DRAFT": "LAYERTAP_PREPROCESSING=fast (true) or exact (false)"}
 
 
 class Settings(BaseSettings):
@@ -63,9 +55,9 @@ class Settings(BaseSettings):
     channels_last: bool = Field(
         True, description="Run convolutions in the channels_last memory format (faster on CPU and GPU)."
     )
-    jpeg_draft: bool = Field(
-        True,
-        description="Decode large JPEGs at a reduced DCT scale (still ≥ the resize target); false is bit-exact.",
+    preprocessing: Literal["fast", "exact"] = Field(
+        "fast",
+        description="`fast`: JPEG draft decoding and torch's uint8 resize; `exact`: bit-exact with torchvision's.",
     )
     fold_batch_norm: bool = Field(
         True,
@@ -108,6 +100,14 @@ class Settings(BaseSettings):
         if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
             return value
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {value!r}")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_renamed_variables(cls, data):
+        for old, new in RENAMED_VARIABLES.items():
+            if old in os.environ:
+                raise ValueError(f"{old} was renamed: use {new}")
+        return data
 
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:

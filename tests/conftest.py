@@ -62,7 +62,7 @@ def reference_model(state_dict) -> torch.nn.Module:
 def settings(weights_file) -> Settings:
     # Bit-exact preprocessing, so that golden tests can compare with torchvision's own transforms;
     # tests/test_draft.py covers the default JPEG draft decoding against the same reference.
-    return Settings(weights=str(weights_file), device="cpu", max_batch_delay_ms=5, jpeg_draft=False)
+    return Settings(weights=str(weights_file), device="cpu", max_batch_delay_ms=5, preprocessing="exact")
 
 
 @pytest.fixture(scope="session")

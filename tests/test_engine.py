@@ -193,7 +193,7 @@ def test_bad_output_options_are_400(client, photos, query):
 
 def test_half_precision_setting_runs_on_cpu_and_returns_float32(weights_file, photos, engine):
     """The GPU options must not break a CPU-only machine: bfloat16 runs (slowly) and outputs float32."""
-    app = create_app(Settings(weights=str(weights_file), device="cpu", dtype="bfloat16", jpeg_draft=False))
+    app = create_app(Settings(weights=str(weights_file), device="cpu", dtype="bfloat16", preprocessing="exact"))
     half = app.extensions["layertap.engine"]
     try:
         assert half.wait_ready(60), half.failure

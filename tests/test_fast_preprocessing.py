@@ -1,32 +1,36 @@
-"""JPEG draft decoding (the default): faster, and within the accuracy budget of the reference pipeline.
+"""`fast` preprocessing (the service's default): faster, and within the accuracy budget of `exact`.
 
 Budget (issue #3): cosine ≥ 0.9995 on avgpool and fc, ≥ 0.995 on early layers, measured here on
 the sample photos and on enlarged copies of them (where draft decoding actually scales down),
-with the seeded test weights.
+with the seeded test weights. `exact` itself is tested bit for bit in test_preprocess.py.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import threading
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from service import preprocess as preprocess_module
 from service.capture import LayerTap
-from service.preprocess import ImagePreprocessor
+from service.model_repository import Preprocessing
+from service.preprocess import TORCH_RESIZE_KERNEL, ImagePreprocessor
 from tests.reference import cosine, normalize
 from tests.test_preprocess import IMAGENET
 
 LAYERS = frozenset({"layer1", "layer2", "avgpool", "fc"})
+needs_torch_kernel = pytest.mark.skipif(not TORCH_RESIZE_KERNEL, reason="torch's uint8 resize kernel needs AVX2")
 
 
 @pytest.fixture(scope="module")
 def photo_set(photos) -> dict[str, bytes]:
-    out = {}
+    out = dict(photos)
     for name in ("grace_hopper.jpg", "rocket.jpg"):
-        out[name] = photos[name]
         source = Image.open(io.BytesIO(photos[name])).convert("RGB")
         for factor in (2, 4):
             large = source.resize((source.width * factor, source.height * factor), Image.Resampling.BICUBIC)
@@ -36,13 +40,19 @@ def photo_set(photos) -> dict[str, bytes]:
     return out
 
 
-def test_draft_decoding_stays_within_the_accuracy_budget(photo_set, reference_model):
-    exact = ImagePreprocessor(IMAGENET, max_pixels=40_000_000, jpeg_draft=False)
-    draft = ImagePreprocessor(IMAGENET, max_pixels=40_000_000, jpeg_draft=True)
+def fast() -> ImagePreprocessor:
+    return ImagePreprocessor(IMAGENET, max_pixels=40_000_000, mode="fast")
+
+
+def exact() -> ImagePreprocessor:
+    return ImagePreprocessor(IMAGENET, max_pixels=40_000_000, mode="exact")
+
+
+def test_fast_preprocessing_stays_within_the_accuracy_budget(photo_set, reference_model):
     tap = LayerTap(reference_model)
     try:
         for name, data in photo_set.items():
-            x = normalize(np.stack([exact(data), draft(data)]))
+            x = normalize(np.stack([exact()(data), fast()(data)]))
             with torch.inference_mode():
                 out = tap.capture(x, LAYERS)
             for layer in ("avgpool", "fc"):
@@ -54,7 +64,6 @@ def test_draft_decoding_stays_within_the_accuracy_budget(photo_set, reference_mo
 
 
 def test_draft_decodes_large_jpegs_at_reduced_scale(photo_set, monkeypatch):
-    draft = ImagePreprocessor(IMAGENET, max_pixels=40_000_000, jpeg_draft=True)
     decoded_sizes = []
     original = ImagePreprocessor._decode
 
@@ -64,16 +73,24 @@ def test_draft_decodes_large_jpegs_at_reduced_scale(photo_set, monkeypatch):
         return result
 
     monkeypatch.setattr(ImagePreprocessor, "_decode", spy)
-    draft(photo_set["grace_hopper.jpg×4"])  # 2048 × 2400 on disk
+    fast()(photo_set["grace_hopper.jpg×4"])  # 2048 × 2400 on disk
     assert decoded_sizes == [(256, 300)]  # 1/8 scale: the smallest that still covers 256 on the short side
-    draft(photo_set["rocket.jpg"])  # 640 × 427: halving would go below 256, so no reduction
+    fast()(photo_set["rocket.jpg"])  # 640 × 427: halving would go below 256, so no reduction
     assert decoded_sizes[-1] == (640, 427)
+    exact()(photo_set["grace_hopper.jpg×4"])
+    assert decoded_sizes[-1] == (2048, 2400)
 
 
-def test_draft_leaves_png_and_exif_rotation_alone(photos):
-    draft = ImagePreprocessor(IMAGENET, max_pixels=40_000_000, jpeg_draft=True)
-    exact = ImagePreprocessor(IMAGENET, max_pixels=40_000_000, jpeg_draft=False)
-    np.testing.assert_array_equal(draft(photos["chelsea.png"]), exact(photos["chelsea.png"]))
+@needs_torch_kernel
+def test_torch_resize_is_within_one_level_of_pillow(photos):
+    """The only difference on PNGs and JPEGs too small to draft: the resize kernel, ≤ 1 level on < 1% of pixels."""
+    for name in ("chelsea.png", "coffee.png", "rocket.jpg"):
+        difference = np.abs(fast()(photos[name]).astype(int) - exact()(photos[name]).astype(int))
+        assert difference.max() == 1, name  # 0 would mean the torch kernel did not run
+        assert (difference > 0).mean() < 0.01, name
+
+
+def test_fast_mode_respects_exif_rotation(photos):
     # A large portrait JPEG stored sideways with an EXIF rotation: drafting must respect the stored shape.
     upright = Image.open(io.BytesIO(photos["grace_hopper.jpg"])).convert("RGB").resize((1024, 1200))
     exif = Image.Exif()
@@ -81,4 +98,58 @@ def test_draft_leaves_png_and_exif_rotation_alone(photos):
     buffer = io.BytesIO()
     upright.transpose(Image.Transpose.ROTATE_90).save(buffer, "JPEG", quality=95, exif=exif.tobytes())
     data = buffer.getvalue()
-    assert cosine(draft(data).astype(np.float32), exact(data).astype(np.float32)) > 0.999
+    assert cosine(fast()(data).astype(np.float32), exact()(data).astype(np.float32)) > 0.999
+
+
+@pytest.mark.parametrize("size", [(224, 224), (256, 256), (300, 256), (3, 900)])
+def test_fast_mode_shapes_match_exact(size):
+    """Already at the target size (no resampling at all), tiny, and elongated (Pillow's box path)."""
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (*size[::-1], 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    ours, reference = fast()(buffer.getvalue()), exact()(buffer.getvalue())
+    assert ours.shape == reference.shape == (224, 224, 3)
+    assert ours.flags.c_contiguous and ours.dtype == np.uint8
+    if size == (256, 256):
+        np.testing.assert_array_equal(ours, reference)  # same size: a crop, no resampling
+
+
+def test_without_the_avx2_kernel_fast_mode_resizes_with_pillow(photos, monkeypatch):
+    monkeypatch.setattr(preprocess_module, "TORCH_RESIZE_KERNEL", False)
+    np.testing.assert_array_equal(fast()(photos["chelsea.png"]), exact()(photos["chelsea.png"]))
+
+
+def test_nearest_interpolation_resizes_with_pillow(photos):
+    nearest = Preprocessing(resize=256, crop=224, interpolation="nearest", mean=IMAGENET.mean, std=IMAGENET.std)
+    ours = ImagePreprocessor(nearest, 40_000_000, mode="fast")(photos["chelsea.png"])
+    np.testing.assert_array_equal(ours, ImagePreprocessor(nearest, 40_000_000, mode="exact")(photos["chelsea.png"]))
+
+
+def test_unknown_mode_is_a_value_error_with_the_choices():
+    with pytest.raises(ValueError, match="'exact' is bit-exact"):
+        ImagePreprocessor(IMAGENET, 40_000_000, mode="quick")
+
+
+@needs_torch_kernel
+def test_request_threads_start_no_openmp_threads(photos):
+    """Preprocessing runs in many request threads at once: a torch op that started an OpenMP
+    team in each of them would multiply the process's threads (and oversubscribe the cores)."""
+    torch.set_num_threads(2)
+    preprocess = fast()
+    preprocess(photos["coffee.png"])  # any lazy initialisation in this thread first
+
+    def worker():
+        for data in photos.values():
+            preprocess(data)
+        barrier.wait()  # keep every thread alive while the threads are counted
+
+    before = len(os.listdir("/proc/self/task"))
+    barrier = threading.Barrier(9)
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    during = len(os.listdir("/proc/self/task"))
+    for thread in threads:
+        thread.join()
+    assert during <= before + 8, f"{during - before} threads for 8 request threads"

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::Deprecat
 def int8_app(weights_file, tmp_path_factory):
     cache = tmp_path_factory.mktemp("int8-cache")
     app = create_app(
-        Settings(weights=str(weights_file), device="cpu", precision="int8", int8_cache_dir=cache, jpeg_draft=False)
+        Settings(weights=str(weights_file), device="cpu", precision="int8", int8_cache_dir=cache, preprocessing="exact")
     )
     engine = app.extensions["layertap.engine"]
     assert engine.wait_ready(120), engine.failure

@@ -42,6 +42,12 @@ def test_unknown_keyword_is_refused():
         Settings(wieghts="random")
 
 
+def test_a_renamed_variable_is_refused_with_its_new_name(monkeypatch):
+    monkeypatch.setenv("LAYERTAP_JPEG_DRAFT", "false")
+    with pytest.raises(ValidationError, match="LAYERTAP_JPEG_DRAFT was renamed: use LAYERTAP_PREPROCESSING="):
+        Settings()
+
+
 def test_torch_threads_divide_the_cores(monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 8)
     assert Settings(workers=2).effective_torch_threads() == 4
