@@ -1,4 +1,4 @@
-"""Process tuning (service/runtime.py): every malloc option is one glibc accepts, OpenMP defaults never override."""
+"""Process tuning (service/runtime.py): glibc accepts the malloc options, OpenMP defaults never override."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from service.runtime import OPENMP_DEFAULTS, apply_openmp_defaults
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_glibc_accepts_every_malloc_option():
     # In a child process: the options are process-wide and this one runs the rest of the tests.
-    # glibc refuses (returns 0 for) an mmap threshold above its maximum, which would silently undo the tuning.
+    # glibc answers 0 to an option it refuses, which would silently undo the tuning.
     code = "from service.runtime import tune_malloc; print(tune_malloc())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "True"
