@@ -54,6 +54,10 @@ Image.init()  # register every plugin, so that `formats=` can name them all
 
 # A truncated file must be refused, never silently completed with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Pillow warns about what users upload (bomb-sized headers, odd EXIF, malformed MPO); this module
+# turns what matters into errors, and the rest is no concern of the operator's logs. A filter
+# installed once, because warnings.catch_warnings() in request threads races on the global list.
+warnings.filterwarnings("ignore", module=r"PIL\.")
 
 
 class ImagePreprocessor:
@@ -84,9 +88,7 @@ class ImagePreprocessor:
         if not data:
             raise InvalidImage("the image is empty (0 bytes)")
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                image = Image.open(io.BytesIO(data), formats=FORMATS)
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
         except Image.DecompressionBombError as exc:
             raise ImageTooLarge(f"image refused before decoding: {exc}") from None
         except UnidentifiedImageError:
@@ -112,9 +114,7 @@ class ImagePreprocessor:
 
     def _decode(self, image: Image.Image) -> Image.Image:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                image.load()  # first frame of animated GIF/WebP/TIFF
+            image.load()  # first frame of animated GIF/WebP/TIFF
         except Exception as exc:  # noqa: BLE001 - truncated or corrupt data, whatever the decoder says
             raise InvalidImage(f"the image data is truncated or corrupt: {exc}") from None
         try:
