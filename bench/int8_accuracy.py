@@ -46,7 +46,7 @@ class Comparison:
 
 
 def variants(photo: bytes) -> list[bytes]:
-    """The photo, mirrored, and its central 70% (a zoom), as lossless PNGs of the decoded pixels."""
+    """The photo as sent, then mirrored and its central 70% (a zoom) as lossless PNGs of its decoded pixels."""
     image = ImageOps.exif_transpose(Image.open(io.BytesIO(photo))).convert("RGB")
     width, height = image.size
     zoom = image.crop((int(width * 0.15), int(height * 0.15), int(width * 0.85), int(height * 0.85)))

@@ -294,7 +294,11 @@ class Engine:
             "channels_last": self.settings.channels_last and self._int8 is None,
             "fold_batch_norm": self.settings.fold_batch_norm and getattr(self, "_fast_tap", None) is not None,
             "torch_threads": self.settings.effective_torch_threads(),
-            "preprocessing": {**self.entry.preprocessing.describe(), "mode": self.settings.preprocessing},
+            "preprocessing": {
+                **self.entry.preprocessing.describe(),
+                "mode": self.settings.preprocessing,
+                "resize_kernel": self.preprocess.resize_kernel,
+            },
             "layers": len(self.layers),
             "hooks": self._tap.hook_count + (self._fast_tap.hook_count if self._fast_tap else 0)
             if self.ready or self._state == "draining"

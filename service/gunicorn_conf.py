@@ -68,7 +68,8 @@ def on_starting(server) -> None:
 
 def post_fork(server, worker) -> None:  # noqa: ARG001 - gunicorn's hook signature
     """Per-worker memory tuning, before the worker imports torch."""
-    tune_malloc()  # see service/runtime.py
+    applied = tune_malloc()  # see service/runtime.py
+    worker.log.debug("malloc options applied: %s", applied or "none (not glibc)")
     # On the CPU, keep torch from loading Triton, a GPU kernel compiler (~80 MB).
     if _settings.device == "cpu" or (_settings.device == "auto" and not os.path.exists("/dev/nvidiactl")):
         sys.modules.setdefault("triton", None)  # `import triton` now fails, and torch carries on without it

@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     )
     preprocessing: Literal["fast", "exact"] = Field(
         "fast",
-        description="`fast`: JPEG draft decoding and torch's uint8 resize; `exact`: bit-exact with torchvision's.",
+        description="`fast`: JPEG draft decoding, torch's uint8 resize (needs AVX2); `exact`: torchvision's pipeline.",
     )
     fold_batch_norm: bool = Field(
         True,
@@ -104,8 +104,9 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _refuse_renamed_variables(cls, data):
+        present = {name.upper() for name in os.environ}  # pydantic-settings reads names in any case
         for old, new in RENAMED_VARIABLES.items():
-            if old in os.environ:
+            if old in present:
                 raise ValueError(f"{old} was renamed: use {new}")
         return data
 

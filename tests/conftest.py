@@ -61,7 +61,7 @@ def reference_model(state_dict) -> torch.nn.Module:
 @pytest.fixture(scope="session")
 def settings(weights_file) -> Settings:
     # Bit-exact preprocessing, so that golden tests can compare with torchvision's own transforms;
-    # tests/test_draft.py covers the default JPEG draft decoding against the same reference.
+    # tests/test_fast_preprocessing.py covers the default, `fast`, against the same reference.
     return Settings(weights=str(weights_file), device="cpu", max_batch_delay_ms=5, preprocessing="exact")
 
 

@@ -282,6 +282,7 @@ def test_health_ready_info(client, engine):
     assert info["device"] == "cpu" and info["dtype"] == "float32"
     assert info["preprocessing"]["crop"] == 224 and info["preprocessing"]["resize"] == 256
     assert info["preprocessing"]["mode"] == "exact"  # the tests' settings; the service's default is fast
+    assert info["preprocessing"]["resize_kernel"] == "pillow"
     assert info["limits"]["max_pixels"] == 40_000_000
     assert info["version"]
 

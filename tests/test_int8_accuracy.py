@@ -11,7 +11,7 @@ from PIL import Image
 
 from bench.int8_accuracy import compare, report, variants
 from service.model_repository import load_entry
-from service.settings import Settings
+from service.settings import DEFAULT_MODEL_REPOSITORY
 from service.weights import imagenet_cache_path
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::Deprecat
 
 def real_imagenet_checkpoint() -> bool:
     """True when torchvision's checkpoint is in the torch cache and its sha256 matches the prefix in its name."""
-    path = imagenet_cache_path(load_entry(Settings().model_repository, "resnet18"))
+    path = imagenet_cache_path(load_entry(DEFAULT_MODEL_REPOSITORY, "resnet18"))
     if not path.is_file():
         return False
     prefix = path.stem.rsplit("-", 1)[-1]
@@ -45,8 +45,10 @@ def test_report_on_seeded_weights(weights_file, photos, tmp_path):
     assert "top-1 agreement" in text and all(f"| image {i} |" in text for i in range(12))
 
 
-@pytest.mark.skipif(not real_imagenet_checkpoint(), reason="ImageNet weights are not in the torch cache")
 def test_int8_top1_agrees_with_float32_on_imagenet_weights(photos, tmp_path):
+    """Thresholds not yet checked against real weights (none could be downloaded where this was written)."""
+    if not real_imagenet_checkpoint():
+        pytest.skip("ImageNet weights are not in the torch cache (python -m service.weights download)")
     images = [image for photo in photos.values() for image in variants(photo)]
     result = compare("imagenet", images, tmp_path)
     originals = slice(0, None, 3)

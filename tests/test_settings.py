@@ -42,8 +42,9 @@ def test_unknown_keyword_is_refused():
         Settings(wieghts="random")
 
 
-def test_a_renamed_variable_is_refused_with_its_new_name(monkeypatch):
-    monkeypatch.setenv("LAYERTAP_JPEG_DRAFT", "false")
+@pytest.mark.parametrize("name", ["LAYERTAP_JPEG_DRAFT", "layertap_jpeg_draft"])
+def test_a_renamed_variable_is_refused_with_its_new_name(monkeypatch, name):
+    monkeypatch.setenv(name, "false")
     with pytest.raises(ValidationError, match="LAYERTAP_JPEG_DRAFT was renamed: use LAYERTAP_PREPROCESSING="):
         Settings()
 
