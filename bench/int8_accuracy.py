@@ -60,12 +60,12 @@ def variants(photo: bytes) -> list[bytes]:
 
 def compare(weights_spec: str, images: list[bytes], int8_cache: Path = INT8_CACHE) -> Comparison:
     """Run both precisions of the service's engine over ``images``; every layer int8 serves."""
+    base = Settings(weights=weights_spec, device="cpu", int8_cache_dir=int8_cache)
+    entry = load_entry(base.model_repository, base.model)
+    weights = resolve_weights(base.weights, entry, allow_download=False, seed=base.seed)  # read once, used twice
     engines = {}
     for precision in ("float32", "int8"):
-        settings = Settings(weights=weights_spec, device="cpu", precision=precision, int8_cache_dir=int8_cache)
-        entry = load_entry(settings.model_repository, settings.model)
-        weights = resolve_weights(settings.weights, entry, allow_download=False, seed=settings.seed)
-        engines[precision] = Engine(settings, entry, weights)
+        engines[precision] = Engine(base.model_copy(update={"precision": precision}), entry, weights)
         engines[precision].start()
         if not engines[precision].wait_ready(300):
             raise RuntimeError(f"{precision} engine did not load: {engines[precision].failure}")
