@@ -37,6 +37,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import ImageTooLarge, InvalidImage
 from .model_repository import Preprocessing
+from .settings import PREPROCESSING_MODES
 
 # Decoders layertap accepts (Pillow's JPEG decoder also opens the MPO files of phone cameras).
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
@@ -55,7 +56,6 @@ TORCH_RESIZE_KERNEL = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX51
 # The torch path copies the decoded image into numpy (3 bytes a pixel); above this (a large PNG or
 # TIFF: JPEGs are drafted down first) Pillow resizes in place instead, to keep memory flat.
 _TORCH_RESIZE_MAX_PIXELS = 4_000_000
-MODES = ("fast", "exact")
 
 Image.init()  # register every plugin, so that `formats=` can name them all
 
@@ -73,8 +73,10 @@ class ImagePreprocessor:
     """Callable: encoded image bytes → ``(crop, crop, 3)`` uint8 array, or a 4xx :class:`ServiceError`."""
 
     def __init__(self, spec: Preprocessing, max_pixels: int, mode: str = "exact", max_aspect_ratio: float = 1000):
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, not {mode!r}: 'exact' is bit-exact with torchvision")
+        if mode not in PREPROCESSING_MODES:
+            raise ValueError(
+                f"mode must be one of {PREPROCESSING_MODES}, not {mode!r}: 'exact' is bit-exact with torchvision"
+            )
         self.spec = spec
         self.max_pixels = max_pixels
         self.max_aspect_ratio = max_aspect_ratio

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_REPOSITORY = Path(__file__).resolve().parent.parent / "models"
 
+
+# The values of LAYERTAP_PREPROCESSING, which service/preprocess.py accepts too.
+PreprocessingMode = Literal["fast", "exact"]
+PREPROCESSING_MODES: tuple[str, ...] = get_args(PreprocessingMode)
 
 # Variables of earlier releases: silently ignoring one would change behaviour without a word.
 RENAMED_VARIABLES = {"LAYERTAP_JPEG_DRAFT": "LAYERTAP_PREPROCESSING=fast (true) or exact (false)"}
@@ -55,7 +59,7 @@ class Settings(BaseSettings):
     channels_last: bool = Field(
         True, description="Run convolutions in the channels_last memory format (faster on CPU and GPU)."
     )
-    preprocessing: Literal["fast", "exact"] = Field(
+    preprocessing: PreprocessingMode = Field(
         "fast",
         description="`fast`: JPEG draft decoding, torch's uint8 resize (needs AVX2); `exact`: torchvision's pipeline.",
     )
