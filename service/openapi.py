@@ -117,26 +117,8 @@ def build_spec(max_images: int, max_body_bytes: int, timing_headers: tuple[str, 
                     },
                 }
             },
-            "/health": {
-                "get": {
-                    "summary": "Liveness",
-                    "operationId": "health",
-                    "responses": {
-                        "200": {"description": "The process serves", "content": _json_ref("Status")},
-                        "503": {"description": "The model thread has failed", "content": _json_ref("Status")},
-                    },
-                }
-            },
-            "/ready": {
-                "get": {
-                    "summary": "Readiness",
-                    "operationId": "ready",
-                    "responses": {
-                        "200": {"description": "Model loaded and warm", "content": _json_ref("Status")},
-                        "503": {"description": "Loading, draining or failed", "content": _json_ref("Status")},
-                    },
-                }
-            },
+            "/health": _probe("Liveness", "health", up="The process serves", down="The model thread has failed"),
+            "/ready": _probe("Readiness", "ready", up="Model loaded and warm", down="Loading, draining or failed"),
             "/info": {
                 "get": {
                     "summary": "Model, weights, device, preprocessing, versions and limits",
@@ -305,6 +287,20 @@ def build_spec(max_images: int, max_body_bytes: int, timing_headers: tuple[str, 
                 },
             },
         },
+    }
+
+
+def _probe(summary: str, operation_id: str, up: str, down: str) -> dict:
+    """A probe endpoint: GET, a Status body with 200 when ``up`` and 503 when ``down``."""
+    return {
+        "get": {
+            "summary": summary,
+            "operationId": operation_id,
+            "responses": {
+                "200": {"description": up, "content": _json_ref("Status")},
+                "503": {"description": down, "content": _json_ref("Status")},
+            },
+        }
     }
 
 
