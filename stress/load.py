@@ -11,7 +11,7 @@ import itertools
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -63,6 +63,38 @@ class Client:
             self._connection = None
 
 
+class _Senders:
+    """Client threads that each own one connection, send ``requests(i)`` for the indices they are
+    given, and add their outcomes to one list when done."""
+
+    def __init__(self, url: str, requests: Callable[[int], Request], timeout: float):
+        self.url, self.requests, self.timeout = url, requests, timeout
+        self.outcomes: list[Outcome] = []
+        self.lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def start(self, count: int, indices: Callable[[], Iterable[int]], after_send: Callable[[], None] = lambda: None):
+        """``count`` threads, each sending for every index of its own ``indices()`` iterable."""
+        for _ in range(count):
+            thread = threading.Thread(target=self._send, args=(indices(), after_send), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def join(self) -> list[Outcome]:
+        for thread in self._threads:
+            thread.join()
+        return self.outcomes
+
+    def _send(self, indices: Iterable[int], after_send: Callable[[], None]) -> None:
+        client, mine = Client(self.url, self.timeout), []
+        for index in indices:
+            mine.append(client.send(self.requests(index)))
+            after_send()
+        client.close()
+        with self.lock:
+            self.outcomes.extend(mine)
+
+
 def closed_loop(
     url: str,
     requests: Callable[[int], Request],
@@ -76,26 +108,17 @@ def closed_loop(
         raise ValueError("closed_loop needs seconds or count")
     stop_at = time.monotonic() + seconds if seconds is not None else float("inf")
     counter = itertools.count()
-    outcomes: list[Outcome] = []
-    lock = threading.Lock()
 
-    def run() -> None:
-        client, mine = Client(url, timeout), []
+    def indices():
         while time.monotonic() < stop_at:
             index = next(counter)
             if count is not None and index >= count:
-                break
-            mine.append(client.send(requests(index)))
-        client.close()
-        with lock:
-            outcomes.extend(mine)
+                return
+            yield index
 
-    threads = [threading.Thread(target=run, daemon=True) for _ in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return outcomes
+    senders = _Senders(url, requests, timeout)
+    senders.start(clients, indices)
+    return senders.join()
 
 
 def open_loop(
@@ -112,26 +135,15 @@ def open_loop(
     were already waiting (the generator's own limit, reported rather than hidden).
     """
     tickets: queue.Queue = queue.Queue()
-    outcomes: list[Outcome] = []
     lock = threading.Lock()
     in_flight = [0]
 
-    def run() -> None:
-        client, mine = Client(url, timeout), []
-        while True:
-            index = tickets.get()
-            if index is None:
-                break
-            mine.append(client.send(requests(index)))
-            with lock:
-                in_flight[0] -= 1
-        client.close()
+    def answered() -> None:
         with lock:
-            outcomes.extend(mine)
+            in_flight[0] -= 1
 
-    threads = [threading.Thread(target=run, daemon=True) for _ in range(max_in_flight)]
-    for thread in threads:
-        thread.start()
+    senders = _Senders(url, requests, timeout)
+    senders.start(max_in_flight, lambda: iter(tickets.get, None), answered)
     skipped, sent = 0, 0
     started = time.monotonic()
     total = int(rate * seconds)
@@ -147,11 +159,9 @@ def open_loop(
             in_flight[0] += 1
         tickets.put(index)
         sent += 1
-    for _ in threads:
+    for _ in range(max_in_flight):
         tickets.put(None)
-    for thread in threads:
-        thread.join()
-    return outcomes, skipped
+    return senders.join(), skipped
 
 
 def percentile(values: list[float], q: float) -> float:
