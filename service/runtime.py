@@ -8,11 +8,12 @@ Two defaults of the C libraries below Python cost this service throughput on CPU
 - glibc hands allocations above its mmap threshold (128 KiB, rising to at most 32 MiB) to fresh
   ``mmap`` calls and trims freed heap memory beyond 2× that back to the OS. Every float32 batch
   then page-faults its activations in again (the stem's output alone is 51 MB at batch 16). A
-  fixed 256 MiB threshold and a 128 MiB trim threshold keep that memory in the heap: float32
-  forward at batch 16 in a thread goes from 86 to 124 img/s (with 32 MiB: 113); in the service
-  the worker's page faults drop from ~1,300 to ~25 per image and its CPU per image by 8-10%
-  (measured on 2 cores; int8 activations are 4× smaller and were not page-faulting). The cost:
-  RSS stays near its working-set peak instead of breathing.
+  fixed 256 MiB threshold keeps that memory in the heap: float32 forward at batch 16 in a
+  thread goes from 86-96 to 108 img/s. A 128 MiB trim threshold gave 121 img/s, but let RSS
+  swing by ±60 MB from one moment to the next (a leak check cannot see through that); 32 MiB
+  keeps the swing within ~20 MB (soak drills, 6 runs each). In the service the worker's page
+  faults drop from ~1,300 to ~25 per image (measured on 2 cores; int8 activations are 4×
+  smaller and were not page-faulting).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ MALLOC_OPTIONS = {
     # Each of the many request threads would get its own arena, and freed image buffers stay
     # scattered across them; two arenas keep RSS ~80 MB lower and flat under a soak.
     "M_ARENA_MAX": (_M_ARENA_MAX, (2,)),
-    "M_TRIM_THRESHOLD": (_M_TRIM_THRESHOLD, (128 << 20,)),
+    "M_TRIM_THRESHOLD": (_M_TRIM_THRESHOLD, (32 << 20,)),
     # The first one glibc accepts: some releases refuse thresholds above 32 MiB.
     "M_MMAP_THRESHOLD": (_M_MMAP_THRESHOLD, (256 << 20, 32 << 20)),
 }

@@ -18,7 +18,7 @@ def test_glibc_accepts_the_documented_malloc_options():
     # glibc answers 0 to a value it refuses; the README and runtime.py document the first choices.
     code = "from service.runtime import tune_malloc; print(sorted(tune_malloc().items()))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == str([("M_ARENA_MAX", 2), ("M_MMAP_THRESHOLD", 256 << 20), ("M_TRIM_THRESHOLD", 128 << 20)])
+    assert out.strip() == str([("M_ARENA_MAX", 2), ("M_MMAP_THRESHOLD", 256 << 20), ("M_TRIM_THRESHOLD", 32 << 20)])
 
 
 def test_openmp_defaults_leave_a_users_value_alone(monkeypatch):
