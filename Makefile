@@ -6,20 +6,24 @@ STAMP  := $(VENV)/.installed-stamp
 
 IMAGE  ?= layertap
 
-.PHONY: install run test lint bench stress stress-short docker-build docker-run clean
+.PHONY: install run test container-test lint bench stress stress-short docker-build docker-run clean
 
-install: $(STAMP)  ## create or refresh .venv (a no-op when pyproject.toml has not changed)
+install: $(STAMP)  ## create or refresh .venv (a no-op when neither pyproject.toml has changed)
 
-$(STAMP): pyproject.toml
+# The server with its test tools, and the client (its own distribution, client/) for `layertap embed`.
+$(STAMP): pyproject.toml client/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]' -e ./client
 	touch $(STAMP)
 
 run: install  ## serve on LAYERTAP_HOST:LAYERTAP_PORT (default 0.0.0.0:8080) until SIGTERM or Ctrl-C
 	exec $(BIN)/gunicorn -c python:service.gunicorn_conf
 
-test: install  ## the whole test suite, offline
+test: install  ## the whole test suite, offline (the container test is separate: it builds a 6 GB image)
 	$(BIN)/pytest
+
+container-test: install  ## build the image with docker or podman, run it, check it from outside, remove it
+	$(BIN)/pytest -m container tests/container
 
 lint: install  ## ruff, hadolint on the Dockerfile, kubernetes-validate on deploy/k8s
 	$(BIN)/ruff check service tests bench stress client

@@ -3,7 +3,7 @@
 1. In-process limit: decode + preprocess + batched forward (channels_last, and NCHW for the
    record), no HTTP, with the service's own modules, for each layer.
 2. The real service (gunicorn, its config file) on a loopback port, driven with the photos in
-   ``../shared/images`` by N keep-alive clients for a fixed time per cell.
+   ``models/photos/`` by N keep-alive clients for a fixed time per cell.
 3. A table of img/s, p50/p99 latency, errors and the ratio to the in-process limit; RSS of the
    service at idle and at peak. Printed, and written to ``bench-results/`` as Markdown and JSON.
 
@@ -21,8 +21,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from service.runtime import apply_openmp_defaults, tune_malloc
+from service.settings import SAMPLE_PHOTOS
 from stress.load import Request, closed_loop, percentile
-from stress.server import PHOTOS, rss_mb, sample_photos, start_server
+from stress.server import rss_mb, sample_photos, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 INT8_CACHE = ROOT / "bench-results" / "int8-cache"
@@ -249,7 +250,7 @@ def report(limit: dict, cells: list[Cell], idle: float, peak: float, out: Path) 
         f"# layertap benchmark, {time.strftime('%Y-%m-%d %H:%M:%S')}",
         "",
         f"Machine: {os.cpu_count()} cores; torch threads per worker = cores ÷ workers. "
-        f"Photos: {PHOTOS}. Weights: random (speed does not depend on them).",
+        f"Photos: {SAMPLE_PHOTOS}. Weights: random (speed does not depend on them).",
         "",
         "## In-process pipeline (decode + preprocess + forward at batch 16, no HTTP), img/s",
         "",

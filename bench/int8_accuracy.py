@@ -4,7 +4,7 @@
     LAYERTAP_WEIGHTS=random .venv/bin/python -m bench.int8_accuracy
 
 Both models are the service's own engines (same preprocessing, calibration and cache), fed the
-photos of ``../shared/images`` and, to see more than four predictions, each photo mirrored and
+sample photos of ``models/photos/`` and, to see more than four predictions, each photo mirrored and
 zoomed in. Top-1 agreement only means something with trained weights: ``imagenet`` needs the
 torch cache (``python -m service.weights download`` where there is network). The README's int8
 table comes from this report.
@@ -24,9 +24,9 @@ from PIL import Image, ImageOps
 
 from service.engine import Engine
 from service.model_repository import load_entry
-from service.settings import Settings
+from service.settings import SAMPLE_PHOTOS, Settings
 from service.weights import resolve_weights
-from stress.server import PHOTOS, photo_files
+from stress.server import photo_files
 
 from .__main__ import INT8_CACHE, ROOT
 
@@ -96,7 +96,7 @@ def report(result: Comparison, names: list[str]) -> str:
     lines = [
         f"# int8 vs float32, {time.strftime('%Y-%m-%d %H:%M:%S')}",
         "",
-        f"Weights: `{result.weights}`. Images: {result.images} ({PHOTOS}, each also mirrored and zoomed).",
+        f"Weights: `{result.weights}`. Images: {result.images} ({SAMPLE_PHOTOS}, each also mirrored and zoomed).",
         "",
         f"- cosine, worst image: avgpool {result.cosine_min['avgpool']:.4f}, fc {result.cosine_min['fc']:.4f}, "
         f"worst layer `{worst}` {result.cosine_min[worst]:.4f}",

@@ -14,7 +14,18 @@ from typing import Literal, get_args
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_MODEL_REPOSITORY = Path(__file__).resolve().parent.parent / "models"
+
+def _bundled(folder: str) -> Path:
+    """A folder that ships with the server: inside the package once installed (the wheel maps the
+    repository's ``models/`` to ``service/models/``, see pyproject.toml), beside it in a checkout."""
+    package = Path(__file__).resolve().parent
+    installed = package / folder
+    return installed if installed.is_dir() else package.parent / folder
+
+
+DEFAULT_MODEL_REPOSITORY = _bundled("models")
+# The sample photos (models/photos/README.md): the int8 calibration set, and what tests, bench and stress send.
+SAMPLE_PHOTOS = DEFAULT_MODEL_REPOSITORY / "photos"
 
 
 # The values of LAYERTAP_PREPROCESSING, which service/preprocess.py accepts too.
@@ -50,7 +61,7 @@ class Settings(BaseSettings):
         "float32", description="`int8`: post-training static quantization on CPU (see the README's int8 table)."
     )
     calibration_dir: Path | None = Field(
-        None, description="Folder of images to calibrate int8 on; default: the set in `models/calibration/`."
+        None, description="Folder of images to calibrate int8 on; default: the sample photos in `models/photos/`."
     )
     int8_cache_dir: Path = Field(
         Path.home() / ".cache" / "layertap",

@@ -13,20 +13,15 @@ from pathlib import Path
 
 import requests
 
+from service.settings import SAMPLE_PHOTOS
+
 ROOT = Path(__file__).resolve().parents[1]
 GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "python:service.gunicorn_conf"]
 
-PHOTOS = ROOT.parent / "shared" / "images"
-
 
 def photo_files() -> list[Path]:
-    """The real photos in ``../shared/images`` (JPEG and PNG), or exit with a message saying where they go."""
-    if not PHOTOS.is_dir():
-        sys.exit(f"no photo folder {PHOTOS} (the project expects ../shared/images beside the checkout)")
-    files = sorted(p for p in PHOTOS.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    if not files:
-        sys.exit(f"no photos in {PHOTOS}")
-    return files
+    """The repository's sample photos (``models/photos/``, JPEG and PNG), in name order."""
+    return sorted(p for p in SAMPLE_PHOTOS.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
 
 
 def sample_photos() -> list[bytes]:
@@ -78,8 +73,12 @@ class Server:
         return self.process.returncode
 
 
-def start_server(log_dir: Path, env: dict[str, str], command: list[str] | None = None) -> Server:
-    """Start the service on 127.0.0.1 and a free port, its output in ``log_dir``; call wait_ready() next."""
+def start_server(log_dir: Path, env: dict[str, str], command: list[str] | None = None, cwd: Path = ROOT) -> Server:
+    """Start the service on 127.0.0.1 and a free port, its output in ``log_dir``; call wait_ready() next.
+
+    ``command`` defaults to this interpreter's gunicorn with the service's config, run in ``cwd``
+    (the repository's root, as ``make run`` does).
+    """
     port = free_port()
     full_env = {
         **os.environ,
@@ -93,7 +92,7 @@ def start_server(log_dir: Path, env: dict[str, str], command: list[str] | None =
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             command or GUNICORN,
-            cwd=ROOT,
+            cwd=cwd,
             env=full_env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -7,9 +7,9 @@ import shutil
 import numpy as np
 import pytest
 import requests
+from layertap_client import LayertapClient, LayertapError
+from layertap_client.cli import embed, main
 
-from client import LayertapClient, LayertapError
-from client.cli import embed, main
 from stress.server import start_server
 
 pytestmark = pytest.mark.integration

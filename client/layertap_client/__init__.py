@@ -1,9 +1,10 @@
 """A Python client for layertap: features for images, with retries on overload, as numpy arrays.
 
-    from client import LayertapClient
+    from layertap_client import LayertapClient
     vectors = LayertapClient("http://localhost:8080").features([b"...jpeg bytes..."], ["avgpool"], pool="avg")
 
-The command line (``layertap embed``) lives in ``client/cli.py``.
+The command line (``layertap embed``) lives in ``cli.py``. This package is its own distribution
+(``client/pyproject.toml``): it needs requests, numpy and tqdm, never torch.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import requests
+
+__version__ = "0.1.0"
 
 RETRY_STATUSES = (429, 503)
 
