@@ -14,7 +14,6 @@ import torchvision
 from PIL import Image
 
 from service.app import create_app
-from service.preprocess import ImagePreprocessor
 from service.settings import Settings
 from tests.conftest import encode, gradient_image
 from tests.reference import reference_outputs
@@ -368,7 +367,3 @@ def test_requests_do_not_leave_state_behind(client, engine, photos):
     assert tap.hook_count == hooks
     assert tap._pass is None
     assert all(not p.requires_grad for p in engine._model.parameters())
-
-
-def test_preprocessor_is_the_engines(engine):
-    assert isinstance(engine.preprocess, ImagePreprocessor)

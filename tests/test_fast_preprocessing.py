@@ -24,7 +24,7 @@ from tests.reference import cosine, normalize
 from tests.test_preprocess import IMAGENET
 
 LAYERS = frozenset({"layer1", "layer2", "avgpool", "fc"})
-needs_torch_kernel = pytest.mark.skipif(not TORCH_RESIZE_KERNEL, reason="torch's uint8 resize kernel needs AVX2")
+needs_torch_kernel = pytest.mark.skipif(not TORCH_RESIZE_KERNEL, reason="needs AVX2: torch's uint8 resize kernel")
 
 
 @pytest.fixture(scope="module")

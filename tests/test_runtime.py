@@ -12,7 +12,7 @@ import pytest
 from service.runtime import OPENMP_DEFAULTS, apply_openmp_defaults
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="needs glibc: mallopt is glibc's")
 def test_glibc_accepts_the_documented_malloc_options():
     # In a child process: the options are process-wide and this one runs the rest of the tests.
     # glibc answers 0 to a value it refuses; the README and runtime.py document the first choices.

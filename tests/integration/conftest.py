@@ -1,25 +1,54 @@
-"""The module-scoped real server used by most integration tests (see stress/server.py for the launcher)."""
+"""Real servers shared by the integration tests: one per configuration, started once per session.
+
+Starting gunicorn and loading a model costs seconds, so a configuration that several tests can
+use is started once and shared (tests that need a server of their own say why next to it):
+
+- ``server``: the default service with small limits (body, pixels, images) that tests can reach;
+- ``imagenet_server``: ``LAYERTAP_WEIGHTS=imagenet`` from a pre-seeded torch cache (labels on);
+- ``two_workers``: two workers of one torch thread each (metrics across workers, a killed worker).
+
+The launcher is stress/server.py, shared with ``make bench`` and ``make stress``.
+"""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from stress.server import start_server
 
+SMALL_LIMITS = {
+    "LAYERTAP_MAX_BODY_BYTES": "1000000",
+    "LAYERTAP_MAX_PIXELS": "4000000",
+    "LAYERTAP_MAX_IMAGES_PER_REQUEST": "8",
+}
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, weights_file):
-    server = start_server(
-        tmp_path_factory.mktemp("server"),
-        {
-            "LAYERTAP_WEIGHTS": str(weights_file),
-            "LAYERTAP_MAX_BODY_BYTES": "1000000",
-            "LAYERTAP_MAX_PIXELS": "4000000",
-            "LAYERTAP_MAX_IMAGES_PER_REQUEST": "8",
-        },
-    )
+
+def _serve(log_dir, env: dict[str, str]):
+    server = start_server(log_dir, env)
     try:
         server.wait_ready()
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, weights_file):
+    yield from _serve(tmp_path_factory.mktemp("server"), {"LAYERTAP_WEIGHTS": str(weights_file), **SMALL_LIMITS})
+
+
+@pytest.fixture(scope="session")
+def imagenet_server(tmp_path_factory, state_dict):
+    """ImageNet weights from a pre-seeded torch cache: the real loading path, and class labels to show."""
+    home = tmp_path_factory.mktemp("torch-home")
+    (home / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(state_dict, home / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
+    env = {"LAYERTAP_WEIGHTS": "imagenet", "LAYERTAP_ALLOW_DOWNLOAD": "false", "TORCH_HOME": str(home)}
+    yield from _serve(tmp_path_factory.mktemp("imagenet-server"), env)
+
+
+@pytest.fixture(scope="session")
+def two_workers(tmp_path_factory, weights_file):
+    env = {"LAYERTAP_WEIGHTS": str(weights_file), "LAYERTAP_WORKERS": "2", "LAYERTAP_TORCH_THREADS": "1"}
+    yield from _serve(tmp_path_factory.mktemp("two-workers"), env)

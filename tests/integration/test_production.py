@@ -1,4 +1,4 @@
-"""Production behaviour of the real server: graceful shutdown, multi-worker metrics, JSON logs, auth."""
+"""Production behaviour of the real server: graceful shutdown, multi-worker metrics, `make run` with logs and auth."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_sigterm_turns_readiness_off_and_loses_no_request(tmp_path, weights_file, photos):
+    """Its own server: the test stops it."""
     server = start_server(
         tmp_path,
         {"LAYERTAP_WEIGHTS": str(weights_file), "LAYERTAP_MAX_BATCH_SIZE": "4", "LAYERTAP_MAX_QUEUE_IMAGES": "64"},
@@ -43,6 +44,7 @@ def test_sigterm_turns_readiness_off_and_loses_no_request(tmp_path, weights_file
     started.wait(10)
     time.sleep(0.5)  # all six are in flight: the first batches take seconds on two cores
     server.process.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
     time.sleep(0.3)
     # A client still connected sees the pod as no longer ready (kept-alive connections linger 2 s).
     readiness = keep_alive.get(f"{server.url}/ready", timeout=5)
@@ -51,42 +53,51 @@ def test_sigterm_turns_readiness_off_and_loses_no_request(tmp_path, weights_file
         thread.join(60)
     assert results == [200] * 6, results
     assert server.process.wait(40) == 0
+    assert time.monotonic() - signalled < 30, "stopped within gunicorn's graceful timeout"
     log = server.log()
     assert "draining" in log and "Shutting down: Master" in log
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{server.url}/health", timeout=2)
 
 
-def test_metrics_add_up_across_workers(tmp_path, weights_file, photos):
+def counts(server) -> dict[str, float]:
+    """/features requests answered 200, and images through the model, as /metrics reports them."""
+    text = requests.get(f"{server.url}/metrics", timeout=10).text
+    found = {"requests": 0.0, "images": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "layertap_requests_total" and sample.labels == {
+                "endpoint": "/features",
+                "method": "POST",
+                "status": "200",
+            }:
+                found["requests"] = sample.value
+            elif sample.name == "layertap_images_total":
+                found["images"] = sample.value
+    return found
+
+
+def test_metrics_add_up_across_workers(two_workers, photos):
+    assert len(two_workers.workers()) == 2
+    before = counts(two_workers)
+    for _ in range(12):
+        response = requests.post(
+            f"{two_workers.url}/features", data=photos["chelsea.png"], headers={"Content-Type": "image/png"}, timeout=30
+        )
+        assert response.status_code == 200
+    for _ in range(6):  # whichever worker answers the scrape, the totals are the same
+        after = counts(two_workers)
+        assert after["requests"] - before["requests"] == 12
+        assert after["images"] - before["images"] == 12
+
+
+def test_make_run_logs_json_with_request_ids_applies_the_key_and_stops_on_ctrl_c(tmp_path, weights_file, photos):
+    """Its own server, started the way the README starts it; the test stops it with Ctrl-C."""
     server = start_server(
-        tmp_path, {"LAYERTAP_WEIGHTS": str(weights_file), "LAYERTAP_WORKERS": "2", "LAYERTAP_TORCH_THREADS": "1"}
+        tmp_path,
+        {"LAYERTAP_WEIGHTS": str(weights_file), "LAYERTAP_API_KEY": "k-123"},
+        command=["make", "--silent", "--no-print-directory", "run"],
     )
-    try:
-        server.wait_ready()  # a worker accepts connections only once its model is warm
-        for _ in range(12):
-            response = requests.post(
-                f"{server.url}/features", data=photos["chelsea.png"], headers={"Content-Type": "image/png"}, timeout=30
-            )
-            assert response.status_code == 200
-        for _ in range(6):  # whichever worker answers the scrape, the totals are the same
-            text = requests.get(f"{server.url}/metrics", timeout=10).text
-            counts = {
-                (s.name, s.labels.get("status")): s.value
-                for family in text_string_to_metric_families(text)
-                for s in family.samples
-                if s.name in ("layertap_requests_total", "layertap_images_total")
-                and s.labels.get("endpoint", "/features") == "/features"
-            }
-            assert counts[("layertap_requests_total", "200")] == 12
-            assert counts[("layertap_images_total", None)] == 12
-        messages = [json.loads(line)["message"] for line in server.log().splitlines() if line.startswith("{")]
-        assert sum(m.startswith("Booting worker") for m in messages) == 2
-    finally:
-        server.stop()
-
-
-def test_logs_are_json_with_request_ids_and_auth_applies(tmp_path, weights_file, photos):
-    server = start_server(tmp_path, {"LAYERTAP_WEIGHTS": str(weights_file), "LAYERTAP_API_KEY": "k-123"})
     try:
         server.wait_ready()
         url = f"{server.url}/features"
@@ -97,10 +108,9 @@ def test_logs_are_json_with_request_ids_and_auth_applies(tmp_path, weights_file,
         assert allowed.status_code == 200 and allowed.headers["X-Request-ID"] == "it-req-1"
         assert requests.get(f"{server.url}/health", timeout=5).status_code == 200
     finally:
-        server.stop()
-    lines = [line for line in server.log().splitlines() if line.strip()]
-    entries = [json.loads(line) for line in lines]  # every line is JSON, gunicorn's included
+        server.stop(signal.SIGINT)  # what a terminal sends to the foreground process group
+    entries = [json.loads(line) for line in server.log().splitlines() if line.strip()]  # gunicorn's lines too
     access = [e for e in entries if e["logger"] == "layertap.access"]
     assert any(e.get("request_id") == "it-req-1" and e["status"] == 200 for e in access)
     assert any(e["status"] == 401 for e in access)
-    assert any(e["logger"] == "gunicorn.error" for e in entries)
+    assert any(e["logger"] == "gunicorn.error" and e["message"] == "Shutting down: Master" for e in entries)

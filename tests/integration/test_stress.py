@@ -15,18 +15,8 @@ def photo_list(photos) -> list[bytes]:
     return list(photos.values())
 
 
-@pytest.fixture(scope="module")
-def stress_server(tmp_path_factory, weights_file):
-    server = start_server(tmp_path_factory.mktemp("stress"), {"LAYERTAP_WEIGHTS": str(weights_file)})
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
-
-
-def test_overload_sheds_fast_keeps_throughput_and_recovers(stress_server, photo_list):
-    result = overload(stress_server, photo_list, factor=3, seconds=6)
+def test_overload_sheds_fast_keeps_throughput_and_recovers(server, photo_list):
+    result = overload(server, photo_list, factor=3, seconds=6)
     assert result.lost == 0, result  # every request got a 200, 429 or 503: no timeout, no other status
     assert result.shed > 0, "three times capacity must be refused in part"
     # `make stress` holds this to 0.9 over longer windows; six seconds on a shared two-core machine,
@@ -37,7 +27,9 @@ def test_overload_sheds_fast_keeps_throughput_and_recovers(stress_server, photo_
 
 
 def test_soak_keeps_memory_hooks_and_threads_flat(tmp_path, weights_file, photo_list):
-    server = start_server(tmp_path, {"LAYERTAP_WEIGHTS": str(weights_file)})  # its own worker, fresh
+    # Its own server: RSS growth is read against a fresh worker's, which earlier tests' traffic
+    # on a shared one (allocator state, other batch shapes) would blur.
+    server = start_server(tmp_path, {"LAYERTAP_WEIGHTS": str(weights_file)})
     try:
         server.wait_ready()
         result = soak(server, photo_list, count=1000)
@@ -49,15 +41,8 @@ def test_soak_keeps_memory_hooks_and_threads_flat(tmp_path, weights_file, photo_
     assert result.threads_after <= result.threads_before + 2, result
 
 
-def test_a_killed_worker_is_replaced_and_others_are_unaffected(tmp_path, weights_file, photo_list):
-    server = start_server(
-        tmp_path, {"LAYERTAP_WEIGHTS": str(weights_file), "LAYERTAP_WORKERS": "2", "LAYERTAP_TORCH_THREADS": "1"}
-    )
-    try:
-        server.wait_ready()
-        result = kill_a_worker(server, photo_list, seconds=10, clients=4)
-    finally:
-        server.stop()
+def test_a_killed_worker_is_replaced_and_others_are_unaffected(two_workers, photo_list):
+    result = kill_a_worker(two_workers, photo_list, seconds=10, clients=4)
     assert result.replaced_by is not None and result.replacement_seconds is not None, result
     assert result.failed_later == 0, result  # once the kill is past, nothing fails
     assert result.failed_near_kill <= 4, result  # at most what was in flight on the killed worker

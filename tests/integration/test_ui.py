@@ -7,9 +7,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-import torch
-
-from stress.server import start_server
+from playwright import sync_api as playwright
 
 pytestmark = pytest.mark.integration
 
@@ -26,27 +24,9 @@ FLAGS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def imagenet_server(tmp_path_factory, state_dict):
-    """ImageNet weights from a pre-seeded torch cache, so the page has class labels to show."""
-    home = tmp_path_factory.mktemp("torch-home")
-    (home / "hub" / "checkpoints").mkdir(parents=True)
-    torch.save(state_dict, home / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
-    server = start_server(
-        tmp_path_factory.mktemp("ui-server"),
-        {"LAYERTAP_WEIGHTS": "imagenet", "LAYERTAP_ALLOW_DOWNLOAD": "false", "TORCH_HOME": str(home)},
-    )
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
-
-
 def test_page_shows_shapes_heatmaps_and_top5_from_local_assets_only(imagenet_server, photos, tmp_path):
     if not Path(CHROMIUM).exists():
-        pytest.skip("Chromium is not installed (apt-get install chromium); CI installs it")
-    playwright = pytest.importorskip("playwright.sync_api")
+        pytest.skip("needs Chromium (apt-get install chromium; .ci/run installs it)")
     photo = tmp_path / "grace_hopper.jpg"
     photo.write_bytes(photos["grace_hopper.jpg"])
     outside: list[str] = []
