@@ -1,34 +1,58 @@
 # syntax=docker/dockerfile:1
-# layertap image, CPU by default. The package is installed as in the README (pip install -e .).
+# layertap image, CPU by default: the server installed as a package (not editable), the client beside it.
 #   docker build -t layertap .
 #   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 -t layertap:cuda .
 #   docker build --build-arg WEIGHTS=weights/my-resnet18.pt -t layertap:mine .   (see weights/README.md)
+# `make container-test` builds it, runs it and checks it from outside (tests/container/).
 ARG PYTHON_IMAGE=python:3.11-slim
 
-FROM ${PYTHON_IMAGE} AS build
+# The dependencies alone, from the two pyproject.toml files: a change to the code reuses this stage,
+# and the runtime's copy of it, instead of reinstalling and recopying torch.
+FROM ${PYTHON_IMAGE} AS deps
 # The torch wheel index: CPU-only wheels by default (no CUDA libraries: a much smaller image).
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-# `imagenet` downloads torchvision's weights now, into the image; or a state-dict path under weights/.
-ARG WEIGHTS=imagenet
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH \
-    TORCH_HOME=/opt/torch LAYERTAP_WEIGHTS=${WEIGHTS} LAYERTAP_DEVICE=cpu
-WORKDIR /app
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
-COPY pyproject.toml README.md ./
+WORKDIR /src
+COPY pyproject.toml ./
+COPY client/pyproject.toml ./client/
+RUN python -c "import sys, tomllib; [print(d) for f in sys.argv[1:] for d in tomllib.load(open(f, 'rb'))['project']['dependencies']]" \
+        pyproject.toml client/pyproject.toml > /tmp/requirements.txt \
+    && pip install --extra-index-url "${TORCH_INDEX_URL}" -r /tmp/requirements.txt
+
+# The server and the client as wheels (the server's carries the model repository, models/, as
+# service/models/), installed here to check the weights with the installed package, as the service will run.
+FROM deps AS build
+COPY README.md ./
 COPY service ./service
-COPY client ./client
 COPY models ./models
-RUN pip install --extra-index-url "${TORCH_INDEX_URL}" -e .
+COPY client ./client
+RUN pip wheel --no-deps --wheel-dir /wheels . ./client && pip install --no-deps /wheels/*.whl
+# Weights last, so that other weights reuse every layer above. `imagenet` downloads torchvision's
+# weights now, into $TORCH_HOME; a state-dict path under weights/ is copied to the same relative
+# path under /app, the runtime's working directory (outside /src, whose service/ would shadow the package).
+ARG WEIGHTS=imagenet
+ENV TORCH_HOME=/opt/torch LAYERTAP_WEIGHTS=${WEIGHTS} LAYERTAP_DEVICE=cpu
 COPY weights ./weights
-# The same command works outside Docker; for imagenet it downloads into $TORCH_HOME.
-RUN mkdir -p /opt/torch && python -m service.weights check
+WORKDIR /app
+RUN mkdir -p /opt/torch \
+    && case "${WEIGHTS}" in \
+        imagenet|random) ;; \
+        *) mkdir -p "$(dirname "${WEIGHTS}")" && cp "/src/${WEIGHTS}" "${WEIGHTS}" ;; \
+    esac \
+    && python -m service.weights check
 
 FROM ${PYTHON_IMAGE}
 ARG WEIGHTS=imagenet
 ENV VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH TORCH_HOME=/opt/torch PYTHONUNBUFFERED=1 \
     LAYERTAP_WEIGHTS=${WEIGHTS} LAYERTAP_ALLOW_DOWNLOAD=false LAYERTAP_PORT=8080
-RUN useradd --system --uid 10001 --no-create-home layertap
-COPY --from=build /opt/venv /opt/venv
+RUN groupadd --gid 10001 layertap \
+    && useradd --no-log-init --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin layertap
+# Only what runs: the virtual environment (dependencies, then the two wheels), the torch cache, the weights file.
+COPY --from=deps /opt/venv /opt/venv
+COPY --from=build /wheels /tmp/wheels
+RUN pip install --no-cache-dir --disable-pip-version-check --no-deps --no-index /tmp/wheels/*.whl \
+    && rm -r /tmp/wheels && pip check
 COPY --from=build /opt/torch /opt/torch
 COPY --from=build /app /app
 WORKDIR /app

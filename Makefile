@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 IMAGE  ?= layertap
 
-.PHONY: install run test container-test lint bench stress stress-short docker-build docker-run clean
+.PHONY: install run test container-test container-clean lint bench stress stress-short docker-build docker-run clean
 
 install: $(STAMP)  ## create or refresh .venv (a no-op when neither pyproject.toml has changed)
 
@@ -24,6 +24,9 @@ test: install  ## the whole test suite, offline (the container test is separate:
 
 container-test: install  ## build the image with docker or podman, run it, check it from outside, remove it
 	$(BIN)/pytest -m container tests/container
+
+container-clean: install  ## remove what an interrupted container-test left (labelled layertap.container-test)
+	$(BIN)/python -m tests.container.harness clean
 
 lint: install  ## ruff, hadolint on the Dockerfile, kubernetes-validate on deploy/k8s
 	$(BIN)/ruff check service tests bench stress client

@@ -54,12 +54,14 @@ def test_deployments_probe_the_real_endpoints_as_non_root():
                 assert variable[len("LAYERTAP_") :].lower() in Settings.model_fields, variable
 
 
-def test_dockerfile_installs_as_the_readme_says_and_is_linted():
+def test_dockerfile_is_linted_and_keeps_its_contract():
+    """`make container-test` builds and runs the image; this is the part that needs no engine."""
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "pip install --extra-index-url" in dockerfile and "-e ." in dockerfile
+    assert "-e ." not in dockerfile, "the image installs the wheel, not the source tree"
     assert "python -m service.weights check" in dockerfile
     assert 'CMD ["gunicorn", "-c", "python:service.gunicorn_conf"]' in dockerfile
     assert "HEALTHCHECK" in dockerfile and "/health" in dockerfile
+    assert re.search(r"^USER \d+$", dockerfile, re.M), "a numeric non-root user, as the manifests require"
     hadolint = Path(sys.executable).with_name("hadolint")
     result = subprocess.run([str(hadolint), str(ROOT / "Dockerfile")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
