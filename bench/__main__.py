@@ -66,7 +66,7 @@ def in_process(images: list[bytes], layers: list[str], batch: int, seconds: floa
 
     settings = Settings(weights="random")
     torch.set_num_threads(settings.effective_torch_threads())
-    entry = load_entry(settings.model_repository, settings.model)
+    entry = load_entry(settings.model_repository, settings.model_names[0])
     preprocess = ImagePreprocessor(entry.preprocessing, settings.max_pixels, settings.preprocessing)
     mean = torch.tensor(entry.preprocessing.mean).view(1, 3, 1, 1)
     std = torch.tensor(entry.preprocessing.std).view(1, 3, 1, 1)

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.int8_accuracy                      # LAYERTAP_WEIGHTS, default imagenet
     LAYERTAP_WEIGHTS=random .venv/bin/python -m bench.int8_accuracy
 
-Both models are the service's own engines (same preprocessing, calibration and cache), fed the
+Both models are the service's own runners (same preprocessing, calibration and cache), fed the
 sample photos of ``models/photos/`` and, to see more than four predictions, each photo mirrored and
 zoomed in. Top-1 agreement only means something with trained weights: ``imagenet`` needs the
 torch cache (``python -m service.weights download`` where there is network). The README's int8
@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from service.engine import Engine
+from service.dataplane import DataPlane
 from service.model_repository import load_entry
+from service.runner import ModelRunner
 from service.settings import SAMPLE_PHOTOS, Settings
 from service.weights import resolve_weights
 from stress.server import photo_files
@@ -59,34 +60,35 @@ def variants(photo: bytes) -> list[bytes]:
 
 
 def compare(weights_spec: str, images: list[bytes], int8_cache: Path = INT8_CACHE) -> Comparison:
-    """Run both precisions of the service's engine over ``images``; every layer int8 serves."""
+    """Run both precisions of the service's model runner over ``images``; every layer int8 serves."""
     base = Settings(weights=weights_spec, device="cpu", int8_cache_dir=int8_cache)
-    entry = load_entry(base.model_repository, base.model)
+    entry = load_entry(base.model_repository, base.model_names[0])
     weights = resolve_weights(base.weights, entry, allow_download=False, seed=base.seed)  # read once, used twice
-    engines = {}
+    planes = {}
     for precision in ("float32", "int8"):
-        engines[precision] = Engine(base.model_copy(update={"precision": precision}), entry, weights)
-        engines[precision].start()
-        if not engines[precision].wait_ready(300):
-            raise RuntimeError(f"{precision} engine did not load: {engines[precision].failure}")
+        settings = base.model_copy(update={"precision": precision})
+        planes[precision] = DataPlane(settings, [ModelRunner(settings, entry, weights)])
+        planes[precision].start()
+        if not planes[precision].wait_ready(300):
+            raise RuntimeError(f"{precision} model did not load: {planes[precision].failure}")
     try:
-        layers = tuple(layer.name for layer in engines["int8"].layers)
-        outputs = {p: e.extract(images, layers).features for p, e in engines.items()}
+        layers = tuple(layer.name for layer in planes["int8"].runner(None).layers)
+        outputs = {p: plane.extract(images, layers).features for p, plane in planes.items()}
     finally:
-        for engine in engines.values():
-            engine.close()
+        for plane in planes.values():
+            plane.close()
     cosine_min = {}
     for name in layers:
         q = outputs["int8"][name].reshape(len(images), -1).astype(np.float64)
         f = outputs["float32"][name].reshape(len(images), -1).astype(np.float64)
         cosine_min[name] = float(((q * f).sum(1) / (np.linalg.norm(q, axis=1) * np.linalg.norm(f, axis=1))).min())
     return Comparison(
-        weights=engines["float32"].weights.label,
+        weights=weights.label,
         images=len(images),
         cosine_min=cosine_min,
         top1_float=outputs["float32"]["fc"].argmax(1).tolist(),
         top1_int8=outputs["int8"]["fc"].argmax(1).tolist(),
-        categories=engines["float32"].weights.categories,
+        categories=weights.categories,
     )
 
 

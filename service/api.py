@@ -1,16 +1,17 @@
-"""The HTTP layer: parse and validate requests, call the engine, serialize with orjson.
+"""The layertap REST API: parse and validate requests, call the data plane, render with orjson.
 
-Nothing here touches torch. Every failure is a :class:`ServiceError` (or a werkzeug HTTP
-error) rendered by :func:`register_error_handlers` as ``{"error": {"code", "message"}}``.
+Nothing here touches torch. The data plane raises domain errors (``service/errors.py``); this
+front-end alone decides their HTTP status (``STATUSES``), their ``Retry-After`` header and the
+hints that name its URLs, and renders them, like werkzeug's own errors, as
+``{"error": {"code", "message", "request_id"}}``.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import logging
+import threading
 import time
-from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,28 +20,60 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from . import __version__, metrics
-from .errors import BadRequest, PayloadTooLarge, ServiceError, TooManyImages, UnsupportedMediaType
+from .auth import Unauthorized
+from .errors import (
+    DeadlineExceeded,
+    InternalError,
+    InvalidRequest,
+    NotReady,
+    Overloaded,
+    ServiceError,
+    TooLarge,
+    Unavailable,
+    UnknownLayer,
+    UnknownModel,
+    UnsupportedMediaType,
+)
 from .openapi import build_spec
 from .postprocess import POOLS, OutputOptions
+from .uploads import body_limit_error, read_images
 
-if TYPE_CHECKING:  # the HTTP layer talks to the engine, and never imports torch itself
-    from .engine import Engine
+if TYPE_CHECKING:  # the HTTP layer talks to the data plane, and never imports torch itself
+    from .dataplane import DataPlane
 
 log = logging.getLogger("layertap.api")
 
 api = Blueprint("api", __name__)
 
 
-DEFAULT_LAYERS = ("avgpool",)
 GET_ENDPOINTS = ("/", "/shapes", "/info", "/labels", "/health", "/ready", "/metrics", "/openapi.json", "/docs")
 TIMING_HEADERS = ("X-Preprocess-Time", "X-Queue-Time", "X-Inference-Time", "X-Total-Time")
 ENCODINGS = ("json", "base64")
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-RAW_TYPES = ("application/octet-stream", "")
 
 
-def _engine() -> Engine:
-    return current_app.extensions["layertap.engine"]
+# Domain error → HTTP status, most specific first.
+STATUSES: tuple[tuple[type[Exception], int], ...] = (
+    (Unauthorized, 401),
+    (UnknownModel, 404),
+    (UnsupportedMediaType, 415),
+    (TooLarge, 413),
+    (InvalidRequest, 400),
+    (Overloaded, 429),
+    (Unavailable, 503),
+    (InternalError, 500),
+)
+# What to add to a domain error's message in this protocol's words.
+HINTS: dict[type[Exception], str] = {
+    UnknownLayer: "GET /shapes lists them all",
+    NotReady: "retry when GET /ready answers 200",
+    DeadlineExceeded: "LAYERTAP_REQUEST_TIMEOUT_S",
+    Overloaded: "LAYERTAP_MAX_QUEUE_IMAGES",
+}
+
+
+def _plane() -> DataPlane:
+    return current_app.extensions["layertap.dataplane"]
 
 
 def json_response(body: dict, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -55,18 +88,19 @@ def json_response(body: dict, status: int = 200, headers: dict[str, str] | None 
 # ---- endpoints ---------------------------------------------------------------------------
 @api.post("/features")
 def features() -> Response:
-    engine = _engine()
-    layers = parse_layers(request.args.get("layers"), max_layers=len(engine.layers))
+    plane = _plane()
+    model = request.args.get("model")
+    layers = parse_layers(request.args.get("layers"), max_layers=len(plane.runner(model).layers))
     options = OutputOptions(pool=_choice_arg("pool", POOLS), normalize=_bool_arg("normalize"))
     encoding = _choice_arg("encoding", ENCODINGS)
-    engine.validate_layers(layers)  # before reading the body: a typo costs no upload decode
-    engine.check_capacity()  # and under overload, neither does a refusal
-    images = read_images(engine.settings.max_images_per_request)
-    result = engine.extract(images, layers, options)
+    plane.check(model, layers, options)  # before reading the body: a typo costs no upload decode
+    plane.check_capacity(model)  # and under overload, neither does a refusal
+    images = read_images(plane.settings.max_images_per_request)
+    result = plane.extract(images, layers, options, model)
     encode = _base64_feature if encoding == "base64" else _json_feature
     body = {
-        "model": engine.entry.name,
-        "weights": engine.weights.label,
+        "model": result.model,
+        "weights": result.weights,
         "features": {name: encode(array) for name, array in result.features.items()},
     }
     response = json_response(body)
@@ -101,15 +135,15 @@ def _base64_feature(array: np.ndarray) -> dict:
 
 @api.get("/shapes")
 def shapes() -> Response:
-    engine = _engine()
-    crop = engine.entry.preprocessing.crop
+    plane = _plane()
+    crop = plane.runner(request.args.get("model")).entry.preprocessing.crop
     height = _int_arg("height", crop)
     width = _int_arg("width", crop)
     batch = _int_arg("batch", 1)
-    calls = engine.shapes(height, width, batch)
+    runner, calls = plane.shapes(request.args.get("model"), batch, height, width)
     return json_response(
         {
-            "model": engine.entry.name,
+            "model": runner.name,
             "input": {"batch": batch, "channels": 3, "height": height, "width": width},
             "layers": [
                 {
@@ -119,6 +153,7 @@ def shapes() -> Response:
                     "call": call.call_index,
                     "calls": call.calls,
                     "shape": list(call.shape) if call.shape is not None else None,
+                    "layout": runner.entry.layout_of(call.module),
                 }
                 for call in calls
             ],
@@ -128,17 +163,18 @@ def shapes() -> Response:
 
 @api.get("/health")
 def health() -> Response:
-    engine = _engine()
-    if engine.state == "failed":
-        return json_response({"status": "failed", "reason": engine.failure}, status=503)
+    plane = _plane()
+    if plane.state == "failed":
+        return json_response({"status": "failed", "reason": plane.failure}, status=503)
     return json_response({"status": "ok"})
 
 
 @api.get("/ready")
 def ready() -> Response:
-    engine = _engine()
-    body = {"status": "ready" if engine.ready else engine.state}
-    if engine.ready:
+    """200 once every model is warm; the body gives each model's state."""
+    plane = _plane()
+    body = {"status": plane.state, "models": {name: runner.state for name, runner in plane.runners.items()}}
+    if plane.ready:
         return json_response(body)
     return json_response(body, status=503, headers={"Retry-After": "1"})
 
@@ -151,27 +187,30 @@ def metrics_endpoint() -> Response:
 
 @api.get("/labels")
 def labels() -> Response:
-    """The class names of the fc output, when the weights have them (ImageNet); null otherwise."""
-    categories = _engine().weights.categories
-    return json_response({"labels": list(categories) if categories else None})
+    """The class names of the model's classifier outputs, when its weights have them (ImageNet); else null."""
+    runner = _plane().runner(request.args.get("model"))
+    categories = runner.weights.categories
+    return json_response(
+        {"model": runner.name, "classifier": runner.classifier, "labels": categories and list(categories)}
+    )
 
 
 @api.get("/openapi.json")
 def openapi() -> Response:
-    settings = _engine().settings
-    return json_response(build_spec(settings.max_images_per_request, settings.max_body_bytes, TIMING_HEADERS))
+    plane = _plane()
+    return json_response(build_spec(plane, TIMING_HEADERS))
 
 
 @api.get("/info")
 def info() -> Response:
-    engine = _engine()
-    settings = engine.settings
+    plane = _plane()
+    settings = plane.settings
     return json_response(
         {
-            **engine.describe(),
-            "labels": engine.weights.categories is not None,
+            **plane.describe(request.args.get("model")),
             "version": __version__,
-            "default_layers": list(DEFAULT_LAYERS),
+            "threads": threading.active_count(),
+            "torch_threads": settings.effective_torch_threads(),
             "limits": {
                 "max_body_bytes": settings.max_body_bytes,
                 "max_pixels": settings.max_pixels,
@@ -186,129 +225,36 @@ def info() -> Response:
 
 
 # ---- request parsing -----------------------------------------------------------------------
-def parse_layers(raw: str | None, max_layers: int) -> tuple[str, ...]:
-    """``layers=a,b`` → ("a", "b"); omitted → avgpool. Empty, duplicated or too many names are a 400."""
+def parse_layers(raw: str | None, max_layers: int) -> tuple[str, ...] | None:
+    """``layers=a,b`` → ("a", "b"); omitted → None (the model's default layer). Empty, duplicated or too many: 400."""
     if raw is None:
-        return DEFAULT_LAYERS
+        return None
     names = [part.strip() for part in raw.split(",")]
     if not any(names):
-        raise BadRequest("the layers parameter is empty; name one or more layers, e.g. layers=layer4,avgpool")
+        raise InvalidRequest("the layers parameter is empty; name one or more layers, e.g. layers=layer4,avgpool")
     if "" in names:
-        raise BadRequest(f"the layers parameter {raw[:200]!r} has an empty name (stray comma?)")
+        raise InvalidRequest(f"the layers parameter {raw[:200]!r} has an empty name (stray comma?)")
     if len(names) > max_layers:
-        raise BadRequest(f"{len(names)} layers requested; the model has {max_layers}")
+        raise InvalidRequest(f"{len(names)} layers requested; the model has {max_layers}")
     seen: set[str] = set()
     for name in names:
         if name in seen:
-            raise BadRequest(f"layer {name[:200]!r} is requested twice")
+            raise InvalidRequest(f"layer {name[:200]!r} is requested twice")
         seen.add(name)
     return tuple(names)
-
-
-def read_images(max_images: int) -> list[bytes]:
-    """The request's images, in order, from a raw body, multipart ``image`` parts, or JSON base64."""
-    mimetype = request.mimetype
-    if mimetype.startswith("image/") or mimetype in RAW_TYPES:
-        images = [_read_body()]
-        if not images[0]:
-            raise BadRequest("the request body is empty; send the image bytes as the body")
-    elif mimetype == "multipart/form-data":
-        images = _multipart_images(max_images)
-    elif mimetype == "application/json":
-        images = _json_images(max_images)
-    else:
-        raise UnsupportedMediaType(
-            f"content type {mimetype!r} is not supported; send the image as the raw body (image/* or "
-            "application/octet-stream), as multipart/form-data parts named 'image', or as JSON "
-            '{"images": ["<base64>", ...]}'
-        )
-    if not images:
-        raise BadRequest("the request holds no image")
-    return images
-
-
-def _check_image_count(count: int, max_images: int) -> None:
-    """A raw body is one image; multipart and JSON bodies are counted here, before their images are read."""
-    if count > max_images:
-        raise TooManyImages(
-            f"{count} images in one request; the limit is {max_images} (LAYERTAP_MAX_IMAGES_PER_REQUEST)"
-        )
-
-
-def _multipart_images(max_images: int) -> list[bytes]:
-    if (request.content_length or 0) > current_app.extensions["layertap.settings"].max_body_bytes:
-        raise body_limit_error()  # Flask's own limit is one byte higher (see _read_body)
-    with _malformed_body_is_400():
-        parts = request.files.getlist("image")
-    if not parts:
-        names = sorted(set(request.files) | set(request.form))
-        found = f" (found: {', '.join(names[:10])})" if names else ""
-        raise BadRequest(f"a multipart body needs one or more file parts named 'image'{found}")
-    _check_image_count(len(parts), max_images)  # before reading the parts
-    return [part.read() for part in parts]
-
-
-def _json_images(max_images: int) -> list[bytes]:
-    try:
-        body = orjson.loads(_read_body())
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"the JSON body does not parse: {exc}") from None
-    encoded = body.get("images") if isinstance(body, dict) else None
-    if not isinstance(encoded, list) or not all(isinstance(item, str) for item in encoded):
-        raise BadRequest('a JSON body must be {"images": ["<base64>", ...]}')
-    _check_image_count(len(encoded), max_images)  # before decoding the base64
-    images = []
-    for index, text in enumerate(encoded):
-        if text.startswith("data:") and "," in text:  # a data: URL, as browsers produce
-            text = text.split(",", 1)[1]
-        try:
-            images.append(base64.b64decode(text, validate=True))
-        except (binascii.Error, ValueError):
-            raise BadRequest(f"images[{index}] is not valid base64") from None
-    return images
-
-
-def body_limit_error() -> PayloadTooLarge:
-    limit = current_app.extensions["layertap.settings"].max_body_bytes
-    return PayloadTooLarge(f"the request body is over {limit:,} bytes (LAYERTAP_MAX_BODY_BYTES)")
-
-
-def _read_body() -> bytes:
-    """The whole body, or 413. Flask's limit is set one byte higher (see create_app): werkzeug stops a
-    chunked body at the limit without complaint, so one byte past it is how an oversized one shows."""
-    with _malformed_body_is_400():
-        data = request.get_data(cache=False)
-    if len(data) > current_app.extensions["layertap.settings"].max_body_bytes:
-        raise body_limit_error()
-    return data
-
-
-@contextmanager
-def _malformed_body_is_400():
-    """A body the server cannot read (bad chunked encoding, a client gone mid-upload) is the client's fault."""
-    try:
-        yield
-    except HTTPException:
-        raise
-    except OSError as exc:
-        if exc.errno is not None:  # the server's own trouble (disk full spooling an upload), not the client's
-            raise
-        raise BadRequest(f"the request body could not be read: {type(exc).__name__}") from None
-    except Exception as exc:  # noqa: BLE001 - gunicorn and werkzeug raise their own parse errors
-        raise BadRequest(f"the request body could not be read: {type(exc).__name__}") from None
 
 
 def _choice_arg(name: str, choices: tuple[str, ...]) -> str:
     value = request.args.get(name, choices[0])
     if value not in choices:
-        raise BadRequest(f"{name} must be one of {', '.join(choices)}, not {value[:50]!r}")
+        raise InvalidRequest(f"{name} must be one of {', '.join(choices)}, not {value[:50]!r}")
     return value
 
 
 def _bool_arg(name: str) -> bool:
     value = request.args.get(name, "false").lower()
     if value not in BOOLEANS:
-        raise BadRequest(f"{name} must be true or false, not {value[:50]!r}")
+        raise InvalidRequest(f"{name} must be true or false, not {value[:50]!r}")
     return BOOLEANS[value]
 
 
@@ -319,7 +265,7 @@ def _int_arg(name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise BadRequest(f"{name} must be an integer, not {raw[:50]!r}") from None
+        raise InvalidRequest(f"{name} must be an integer, not {raw[:50]!r}") from None
 
 
 # ---- errors --------------------------------------------------------------------------------
@@ -332,12 +278,25 @@ def error_response(code: str, message: str, status: int, headers: dict[str, str]
     return json_response(error_body(code, message), status=status, headers=headers)
 
 
+def render_service_error(exc: ServiceError) -> Response:
+    """A domain error in this protocol: its status, its hint, Retry-After and the bearer challenge."""
+    status = next((code for kind, code in STATUSES if isinstance(exc, kind)), 500)
+    message = exc.message
+    hint = next((text for kind, text in HINTS.items() if isinstance(exc, kind)), None)
+    if hint:
+        message = f"{message} ({hint})"
+    headers = {}
+    if exc.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = 'Bearer realm="layertap"'
+    if status >= 500:
+        log.error("%s: %s", exc.code, exc.message)
+    return error_response(exc.code, message, status, headers)
+
+
 def register_error_handlers(app: Flask) -> None:
-    @app.errorhandler(ServiceError)
-    def _service_error(exc: ServiceError) -> Response:
-        if exc.status >= 500:
-            log.error("%s: %s", exc.code, exc.message)
-        return error_response(exc.code, exc.message, exc.status, exc.headers)
+    app.register_error_handler(ServiceError, render_service_error)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

@@ -1,14 +1,16 @@
-"""The application factory: ``create_app(settings)`` builds one Flask app around one engine.
+"""The application factory: ``create_app(settings)`` builds one Flask app around one data plane.
 
 Nothing is built at import time. gunicorn calls ``service.app:create_app()`` in each worker,
-after fork, so every worker process owns its own model and model thread; tests call it with
+after fork, so every worker process owns its own models and model threads; tests call it with
 their own :class:`Settings`.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import time
+import weakref
 
 from flask import Flask, Response, g, request
 from flask_swagger_ui import get_swaggerui_blueprint
@@ -16,38 +18,30 @@ from flask_swagger_ui import get_swaggerui_blueprint
 from . import logs, metrics
 from .api import api, register_error_handlers
 from .auth import OPEN_ENDPOINTS, OPEN_PREFIXES, check_bearer
-from .engine import Engine
-from .errors import StartupError
-from .model_repository import load_entry
+from .dataplane import DataPlane
 from .settings import Settings
 from .ui import ui
-from .weights import resolve_weights
 
 access_log = logging.getLogger("layertap.access")
 KNOWN_METHODS = frozenset({"GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"})
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    """Build the app and start loading its model; ``/ready`` turns 200 once a warm-up pass has run.
+    """Build the app and start loading its models; ``/ready`` turns 200 once each has run a warm-up pass.
 
-    Raises :class:`~service.errors.StartupError` (with a message that says what to change) when the
-    model entry or the weights cannot be had.
+    Raises :class:`~service.errors.StartupError` (with a message that says what to change) when a
+    model entry or its weights cannot be had.
     """
     settings = settings or Settings()
     logs.configure(settings.log_level, settings.log_format)
-    try:
-        entry = load_entry(settings.model_repository, settings.model)
-    except ValueError as exc:
-        raise StartupError(str(exc)) from None
-    weights = resolve_weights(settings.weights, entry, allow_download=settings.allow_download, seed=settings.seed)
-    engine = Engine(settings, entry, weights)
+    plane = DataPlane.from_settings(settings)
 
     app = Flask("layertap", static_folder=None)
-    # One byte over the limit, so that a chunked body past it is seen (api._read_body) rather than cut.
+    # One byte over the limit, so that a chunked body past it is seen (uploads._read_body) rather than cut.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     # Multipart parts without a file name are form fields: let them be as large as a body.
     app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_body_bytes
-    app.extensions["layertap.engine"] = engine
+    app.extensions["layertap.dataplane"] = plane
     app.extensions["layertap.settings"] = settings
     _install_request_hooks(app, settings)
     app.register_blueprint(api)
@@ -57,7 +51,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         get_swaggerui_blueprint("/docs", "/openapi.json", config={"app_name": "layertap"}), url_prefix="/docs"
     )
     register_error_handlers(app)
-    engine.start()
+    plane.start()
+    # Stop the model threads before the interpreter tears torch down under them.
+    atexit.register(_close_at_exit, weakref.ref(plane))
     return app
 
 
@@ -117,3 +113,9 @@ def _settle_request_body(response: Response, max_body_bytes: int) -> None:
             pass
     except Exception:  # noqa: BLE001 - over the limit, or the client went away: do not reuse
         response.headers["Connection"] = "close"
+
+
+def _close_at_exit(plane_ref: weakref.ref) -> None:
+    plane = plane_ref()
+    if plane is not None:
+        plane.close(timeout=5)

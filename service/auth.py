@@ -8,7 +8,8 @@ from .errors import ServiceError
 
 
 class Unauthorized(ServiceError):
-    status = 401
+    """No valid bearer token; the HTTP layer answers 401 with a challenge."""
+
     code = "unauthorized"
 
 
@@ -20,9 +21,8 @@ OPEN_PREFIXES = ("/docs", "/ui/")
 
 def check_bearer(authorization: str | None, api_key: str) -> None:
     """Raise Unauthorized unless ``authorization`` is ``Bearer <api_key>``."""
-    challenge = {"WWW-Authenticate": 'Bearer realm="layertap"'}
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token:
-        raise Unauthorized("this endpoint needs an 'Authorization: Bearer <key>' header", headers=challenge)
+        raise Unauthorized("this endpoint needs an 'Authorization: Bearer <key>' header")
     if not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-        raise Unauthorized("the API key is not valid", headers=challenge)
+        raise Unauthorized("the API key is not valid")

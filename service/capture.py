@@ -10,6 +10,10 @@ Naming follows torchvision FX: a module called more than once per forward pass e
 call, the first under its own name and the k-th (k ≥ 1) as ``<name>_<k>``; in a ResNet
 ``BasicBlock`` the shared ``relu`` runs twice, as ``layer1.0.relu`` and ``layer1.0.relu_1``.
 
+A module that returns a tuple (attention returns ``(output, weights)``) is served as its first
+tensor, the module's output proper; attention weights, which torchvision's ViT does not even
+compute (``need_weights=False``), are not a layer.
+
 The hooks are registered once, on every named module, when the tap is built. Each forward pass
 says which calls it wants; the pass is abandoned as soon as the last of them has been captured,
 so asking for ``layer1`` never runs ``layer2`` .. ``fc``. A tap (like its model) belongs to one
@@ -42,6 +46,13 @@ class LayerCall:
     shape: tuple[int, ...] | None
 
 
+def first_tensor(output):
+    """A module's output proper: the output itself, or the first element of a tuple such as attention's."""
+    if isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return output
+
+
 class _AllCaptured(Exception):
     """Raised from a hook to abandon the forward pass once nothing more is wanted."""
 
@@ -58,7 +69,7 @@ class LayerTap:
     """Hooks on every named module of ``model``; :meth:`capture` and :meth:`trace` run forward passes."""
 
     def __init__(self, model: nn.Module):
-        self._model = model
+        self.model = model
         self._pass: _Pass | None = None
         self._handles = [
             module.register_forward_hook(functools.partial(self._on_output, name))
@@ -105,7 +116,7 @@ class LayerTap:
     def _run(self, inputs: torch.Tensor, state: _Pass) -> None:
         self._pass = state
         try:
-            self._model(inputs)
+            self.model(inputs)
         except _AllCaptured:
             pass
         finally:
@@ -118,6 +129,7 @@ class LayerTap:
         index = state.calls.get(module_name, 0)
         state.calls[module_name] = index + 1
         name = call_name(module_name, index)
+        output = first_tensor(output)
         if state.trace is not None:
             shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
             state.trace.append((name, module_name, type(module).__name__, index, shape))

@@ -1,79 +1,88 @@
-"""Domain errors: each carries the HTTP status and a stable machine-readable code.
+"""Domain errors: what went wrong, in words for the client and a stable machine-readable code.
 
-The engine and the preprocessing raise these; one Flask handler renders them as
-``{"error": {"code": ..., "message": ...}}``. Nothing below the HTTP layer knows about
-Flask, and no client fault ever surfaces as a 5xx.
+The data plane, the runners and the preprocessing raise these; they know nothing of HTTP. Each
+front-end renders them in its protocol: the layertap API as ``{"error": {"code", "message"}}``
+with a status from its own table (``service/api.py``), where ``retry_after_s`` becomes a
+``Retry-After`` header. No client fault is ever an :class:`InternalError`.
 """
 
 from __future__ import annotations
 
 
 class ServiceError(Exception):
-    """Base class: an error with an HTTP status, a code and a message meant for the client."""
+    """Base class: a message meant for the client, a stable ``code``, and when a retry may succeed."""
 
-    status = 500
     code = "internal_error"
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None):
+    def __init__(self, message: str, *, retry_after_s: float | None = None):
         super().__init__(message)
         self.message = message
-        self.headers = headers or {}
+        self.retry_after_s = retry_after_s
 
 
-class BadRequest(ServiceError):
-    status = 400
+class InvalidRequest(ServiceError):
+    """The request cannot be served as asked; retrying it unchanged will fail again."""
+
     code = "bad_request"
 
 
-class UnknownLayer(BadRequest):
+class UnknownModel(InvalidRequest):
+    code = "unknown_model"
+
+
+class UnknownLayer(InvalidRequest):
     code = "unknown_layer"
 
 
-class LayerUnavailable(BadRequest):
+class LayerUnavailable(InvalidRequest):
     """A layer of the float model that does not exist in this precision (fused away in int8)."""
 
     code = "layer_unavailable"
 
 
-class InvalidImage(BadRequest):
+class InvalidImage(InvalidRequest):
     code = "invalid_image"
 
 
-class PayloadTooLarge(ServiceError):
-    status = 413
-    code = "payload_too_large"
-
-
-class ImageTooLarge(PayloadTooLarge):
-    code = "image_too_large"
-
-
-class TooManyImages(PayloadTooLarge):
-    code = "too_many_images"
-
-
-class UnsupportedMediaType(ServiceError):
-    status = 415
+class UnsupportedMediaType(InvalidRequest):
     code = "unsupported_media_type"
 
 
-class Overloaded(ServiceError):
-    status = 429
+class TooLarge(InvalidRequest):
+    """Over a size limit: the body, an image's pixels, the number of images."""
+
+    code = "payload_too_large"
+
+
+class ImageTooLarge(TooLarge):
+    code = "image_too_large"
+
+
+class TooManyImages(TooLarge):
+    code = "too_many_images"
+
+
+class Unavailable(ServiceError):
+    """The service cannot take this work now; ``retry_after_s`` says when to try again."""
+
+
+class Overloaded(Unavailable):
     code = "overloaded"
 
 
-class NotReady(ServiceError):
-    status = 503
+class NotReady(Unavailable):
     code = "not_ready"
 
 
-class DeadlineExceeded(ServiceError):
-    status = 503
+class DeadlineExceeded(Unavailable):
     code = "deadline_exceeded"
 
 
-class InferenceFailed(ServiceError):
-    status = 500
+class InternalError(ServiceError):
+    """The service's own fault: logged, never caused by what the client sent."""
+
+
+class InferenceFailed(InternalError):
     code = "inference_failed"
 
 

@@ -4,11 +4,13 @@ In eval mode a BatchNorm2d is a per-channel affine map, so ``bn(conv(x))`` equal
 convolution with rescaled weights and a bias: one memory pass less per pair, about 20% of a
 ResNet18 forward on CPU. The folded twin computes every other module's output (blocks, stages,
 ReLUs, pools, ``fc``) equal to the original within float rounding, but it no longer has the
-conv's own output or a separate BN call. So the engine serves a batch from the twin only when
+conv's own output or a separate BN call. So the runner serves a batch from the twin only when
 none of its requested layers is a folded conv or BN, and from the original otherwise.
 
 Pairs are found by running the model once and watching data flow (a BN whose input *is* a
-conv's output tensor), not by guessing from names; the twin is then checked against the
+conv's output tensor, the same object, held alive for the whole pass so that no later tensor
+can reuse its address), not by guessing from names or module order: DenseNet normalizes
+*before* it convolves, and nothing there is folded. The twin is then checked against the
 original on every layer it will serve, and discarded if any differs.
 """
 
@@ -29,19 +31,22 @@ log = logging.getLogger("layertap.folding")
 def find_conv_bn_pairs(model: nn.Module, sample: torch.Tensor) -> list[tuple[str, str]]:
     """(conv name, BN name) for each BN fed directly by a conv's output, each module called once."""
     names = {module: name for name, module in model.named_modules()}
-    producers: dict[int, str] = {}
+    # id → (conv name, its output): the output is kept alive, so an id is never reused in the pass.
+    producers: dict[int, tuple[str, torch.Tensor]] = {}
     calls: dict[str, int] = {}
     pairs: list[tuple[str, str]] = []
 
     def on_conv(module, _inputs, output):
         calls[names[module]] = calls.get(names[module], 0) + 1
-        producers[id(output)] = names[module]
+        producers[id(output)] = (names[module], output)
 
     def on_bn(module, inputs):
         calls[names[module]] = calls.get(names[module], 0) + 1
-        conv = producers.get(id(inputs[0]))
-        if conv is not None:
-            pairs.append((conv, names[module]))
+        producer = producers.get(id(inputs[0]))
+        if producer is not None and producer[1] is inputs[0]:
+            conv = model.get_submodule(producer[0])
+            if conv.out_channels == module.num_features:
+                pairs.append((producer[0], names[module]))
 
     handles = []
     for module in model.modules():

@@ -82,16 +82,16 @@ def post_worker_init(worker) -> None:
     the shared socket, so its siblings answer instead of it returning 503s. A model that fails to
     load stops the worker as a boot failure, which stops gunicorn with the reason in the log.
     """
-    engine = worker.wsgi.extensions["layertap.engine"]
-    while not engine.wait_ready(1.0):
-        if engine.state == "failed":
-            worker.log.error("model failed to load: %s", engine.failure)
+    plane = worker.wsgi.extensions["layertap.dataplane"]
+    while not plane.wait_ready(1.0):
+        if plane.state == "failed":
+            worker.log.error("model failed to load: %s", plane.failure)
             sys.exit(3)  # gunicorn's WORKER_BOOT_ERROR: the master halts instead of respawning forever
         worker.notify()  # still alive: loading a large model may outlast gunicorn's worker timeout
     stop_gracefully = worker.handle_exit
 
     def on_sigterm(signum, frame):
-        engine.drain()
+        plane.drain()
         stop_gracefully(signum, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)

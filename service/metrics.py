@@ -26,15 +26,23 @@ REQUEST_SECONDS = Histogram(
     buckets=_LATENCY_BUCKETS,
 )
 ERRORS = Counter("layertap_errors_total", "Error responses, by error code.", ["code"])
-IMAGES = Counter("layertap_images_total", "Images that went through the model.")
-BATCH_IMAGES = Histogram("layertap_batch_images", "Images per forward pass.", buckets=(1, 2, 4, 8, 16, 32, 64))
-QUEUE_IMAGES = Gauge("layertap_queue_images", "Images waiting for the model.", multiprocess_mode="livesum")
-PREPROCESS_SECONDS = Histogram(
-    "layertap_preprocess_seconds", "Decoding and preprocessing time per request.", buckets=_LATENCY_BUCKETS
+# Per model: each model of LAYERTAP_MODELS has its own queue and thread (bounded label values).
+IMAGES = Counter("layertap_images_total", "Images that went through a model.", ["model"])
+BATCH_IMAGES = Histogram(
+    "layertap_batch_images", "Images per forward pass.", ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
 )
-INFERENCE_SECONDS = Histogram("layertap_inference_seconds", "Duration of forward passes.", buckets=_LATENCY_BUCKETS)
+QUEUE_IMAGES = Gauge("layertap_queue_images", "Images waiting for a model.", ["model"], multiprocess_mode="livesum")
+PREPROCESS_SECONDS = Histogram(
+    "layertap_preprocess_seconds", "Decoding and preprocessing time per request.", ["model"], buckets=_LATENCY_BUCKETS
+)
+INFERENCE_SECONDS = Histogram(
+    "layertap_inference_seconds", "Duration of forward passes.", ["model"], buckets=_LATENCY_BUCKETS
+)
 MODEL_LOAD_SECONDS = Gauge(
-    "layertap_model_load_seconds", "Time to load the model and run the warm-up pass.", multiprocess_mode="max"
+    "layertap_model_load_seconds",
+    "Time to load a model and run its warm-up pass.",
+    ["model"],
+    multiprocess_mode="max",
 )
 
 

@@ -1,6 +1,6 @@
 """Build the torch module a model entry describes and place it on its device.
 
-Only the engine's model thread calls :func:`place`; building happens once per worker, after
+Only a runner's model thread calls :func:`place`; building happens once per worker, after
 gunicorn has forked (building in the master would start torch's thread pools before fork).
 """
 

@@ -6,11 +6,15 @@ can describe the model without importing it (torch is only imported after fork).
 
 from __future__ import annotations
 
+import fnmatch
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+# How a layer's output is laid out after the batch dimension: channels then space (most CNNs),
+# space then channels (Swin's stages), or a sequence of tokens (ViT's encoder). Pooling needs it.
+LAYOUTS = ("nchw", "nhwc", "tokens")
 
 
 @dataclass(frozen=True)
@@ -36,10 +40,28 @@ class Preprocessing:
 
 @dataclass(frozen=True)
 class ModelEntry:
+    """One servable model: a torchvision builder, its weights, preprocessing and per-model defaults."""
+
     name: str
     architecture: str
     weights: str
     preprocessing: Preprocessing
+    # The embedding the family is used for, served when no layer is named, and the layer whose outputs
+    # are the class scores (labels, top-5). None: inferred from the model (see ModelRunner).
+    default_layer: str | None = None
+    classifier: str | None = None
+    layouts: tuple[tuple[str, str], ...] = ()  # (module name pattern, layout) where not "nchw"
+
+    def layout_of(self, module: str) -> str:
+        """The layout of a module's output: the last pattern of ``layouts`` that matches it or a module
+        containing it (``fnmatch``: ``*`` matches any run of characters, dots included), else nchw."""
+        parts = module.split(".")
+        scopes = [".".join(parts[: i + 1]) for i in range(len(parts))]
+        layout = "nchw"
+        for pattern, value in self.layouts:
+            if any(fnmatch.fnmatchcase(scope, pattern) for scope in scopes):
+                layout = value
+        return layout
 
 
 def load_entry(repository: Path, name: str) -> ModelEntry:
@@ -60,10 +82,19 @@ def load_entry(repository: Path, name: str) -> ModelEntry:
             std=tuple(float(v) for v in pre["std"]),
         )
         entry = ModelEntry(
-            name=name, architecture=str(raw["architecture"]), weights=str(raw["weights"]), preprocessing=preprocessing
+            name=name,
+            architecture=str(raw["architecture"]),
+            weights=str(raw["weights"]),
+            preprocessing=preprocessing,
+            default_layer=raw.get("default_layer"),
+            classifier=raw.get("classifier"),
+            layouts=tuple((str(prefix), str(layout)) for prefix, layout in raw.get("layout", {}).items()),
         )
     except KeyError as missing:
         raise ValueError(f"model entry {path} lacks the field {missing}") from None
+    for prefix, layout in entry.layouts:
+        if layout not in LAYOUTS:
+            raise ValueError(f"{path}: layout of {prefix!r} must be one of {LAYOUTS}, not {layout!r}")
     if preprocessing.interpolation not in INTERPOLATIONS:
         raise ValueError(f"{path}: interpolation must be one of {INTERPOLATIONS}")
     if len(preprocessing.mean) != 3 or len(preprocessing.std) != 3:

@@ -7,7 +7,15 @@ document, checking every response against it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from . import __version__
+from .model_repository import LAYOUTS
+from .postprocess import POOLS
+from .shapes import MAX_BATCH, MAX_SIDE
+
+if TYPE_CHECKING:
+    from .dataplane import DataPlane
 
 _SHAPE = {"type": "array", "items": {"type": "integer", "minimum": 0}}
 
@@ -17,9 +25,21 @@ def _nested_numbers() -> dict:
     return {"oneOf": [{"type": "number"}, {"type": "array", "items": {"$ref": "#/components/schemas/NestedNumbers"}}]}
 
 
-def build_spec(max_images: int, max_body_bytes: int, timing_headers: tuple[str, ...]) -> dict:
+def build_spec(plane: DataPlane, timing_headers: tuple[str, ...]) -> dict:
+    """The document for this server: its models, their default layers and input sizes, its limits."""
+    max_images = plane.settings.max_images_per_request
+    max_body_bytes = plane.settings.max_body_bytes
+    runner = plane.runner(None)
+    default = runner.entry
+    model = {
+        "name": "model",
+        "in": "query",
+        "description": f"A served model (default {plane.default_model})",
+        "schema": {"type": "string", "enum": list(plane.runners), "default": plane.default_model},
+    }
     error_statuses = {
         "400": "Bad request: unknown layer, bad parameter, undecodable or unsupported image",
+        "404": "Unknown model",
         "401": "Missing or wrong API key (only when LAYERTAP_API_KEY is set)",
         "413": f"Body over {max_body_bytes:,} bytes, image over the pixel limit, or more than {max_images} images",
         "415": "Unsupported content type",
@@ -44,10 +64,12 @@ def build_spec(max_images: int, max_body_bytes: int, timing_headers: tuple[str, 
                         {
                             "name": "layers",
                             "in": "query",
-                            "description": "Comma-separated layer names from GET /shapes (default avgpool)",
-                            "schema": {"type": "string", "default": "avgpool", "example": "layer4,avgpool"},
+                            "description": "Comma-separated layer names from GET /shapes (default: the model's "
+                            f"default layer, {runner.default_layer} for {default.name})",
+                            "schema": {"type": "string", "example": runner.default_layer},
                         },
-                        {"name": "pool", "in": "query", "schema": {"type": "string", "enum": ["none", "avg", "max"]}},
+                        model,
+                        {"name": "pool", "in": "query", "schema": {"type": "string", "enum": list(POOLS)}},
                         {
                             "name": "normalize",
                             "in": "query",
@@ -106,14 +128,16 @@ def build_spec(max_images: int, max_body_bytes: int, timing_headers: tuple[str, 
                     "summary": "Every module call, in execution order, with its output shape",
                     "operationId": "shapes",
                     "parameters": [
-                        _int_query("height", 224, 4096),
-                        _int_query("width", 224, 4096),
-                        _int_query("batch", 1, 4096),
+                        _int_query("height", default.preprocessing.crop, MAX_SIDE),
+                        _int_query("width", default.preprocessing.crop, MAX_SIDE),
+                        _int_query("batch", 1, MAX_BATCH),
+                        model,
                     ],
                     "responses": {
                         "200": {"description": "The layer table", "content": _json_ref("Shapes")},
                         "400": errors["400"],
                         "401": errors["401"],
+                        "404": errors["404"],
                     },
                 }
             },
@@ -123,32 +147,38 @@ def build_spec(max_images: int, max_body_bytes: int, timing_headers: tuple[str, 
                 "get": {
                     "summary": "Model, weights, device, preprocessing, versions and limits",
                     "operationId": "info",
+                    "parameters": [model],
                     "responses": {
                         "200": {"description": "Service description", "content": _json_ref("Info")},
                         "401": errors["401"],
+                        "404": errors["404"],
                     },
                 }
             },
             "/labels": {
                 "get": {
-                    "summary": "Class names of the fc output (ImageNet weights), or null",
+                    "summary": "Class names of the model's classifier outputs (ImageNet weights), or null",
                     "operationId": "labels",
+                    "parameters": [model],
                     "responses": {
                         "200": {
-                            "description": "Labels in fc order",
+                            "description": "Labels in the order of the classifier's outputs",
                             "content": {
                                 "application/json": {
                                     "schema": {
                                         "type": "object",
                                         "required": ["labels"],
                                         "properties": {
-                                            "labels": {"type": "array", "items": {"type": "string"}, "nullable": True}
+                                            "model": {"type": "string"},
+                                            "classifier": {"type": "string"},
+                                            "labels": {"type": "array", "items": {"type": "string"}, "nullable": True},
                                         },
                                     }
                                 }
                             },
                         },
                         "401": errors["401"],
+                        "404": errors["404"],
                     },
                 }
             },
@@ -262,6 +292,7 @@ def build_spec(max_images: int, max_body_bytes: int, timing_headers: tuple[str, 
                                     "call": {"type": "integer"},
                                     "calls": {"type": "integer"},
                                     "shape": {**_SHAPE, "nullable": True},
+                                    "layout": {"type": "string", "enum": list(LAYOUTS)},
                                 },
                             },
                         },
@@ -270,13 +301,21 @@ def build_spec(max_images: int, max_body_bytes: int, timing_headers: tuple[str, 
                 "Status": {
                     "type": "object",
                     "required": ["status"],
-                    "properties": {"status": {"type": "string"}, "reason": {"type": "string", "nullable": True}},
+                    "properties": {
+                        "status": {"type": "string"},
+                        "reason": {"type": "string", "nullable": True},
+                        "models": {"type": "object", "additionalProperties": {"type": "string"}},
+                    },
                 },
                 "Info": {
                     "type": "object",
                     "required": ["model", "weights", "device", "dtype", "preprocessing", "version", "limits"],
                     "properties": {
                         "model": {"type": "string"},
+                        "models": {"type": "array", "items": {"type": "string"}},
+                        "default_model": {"type": "string"},
+                        "default_layer": {"type": "string"},
+                        "classifier": {"type": "string"},
                         "weights": {"type": "string"},
                         "device": {"type": "string"},
                         "dtype": {"type": "string"},

@@ -2,7 +2,7 @@
 
 Two modes. ``exact`` equals torchvision's reference pipeline for the weights
 (``weights.transforms()`` applied to ``Image.open(...).convert("RGB")``) bit for bit, up to the
-final float conversion, which the engine does on the whole batch; the deliberate differences are
+final float conversion, which the runner does on the whole batch; the deliberate differences are
 EXIF orientation (applied), 16-bit grayscale (scaled, not clipped) and very elongated images
 (resampled from the crop's source box, at most one level off). ``fast`` (the service's
 default) takes two measured shortcuts:

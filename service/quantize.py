@@ -9,8 +9,13 @@ its own name:
   output is served under that member's name (``relu``), which is the value float serves there;
 - the other members (``conv1``, ``bn1``) do not exist in int8 mode: asking for them is a 400 that
   says what they were fused into;
-- a block's second ReLU runs inside ``add_relu`` (no module call), so ``layerN.M.relu_1`` is a 400
-  pointing at ``layerN.M``, which holds the same value.
+- a block's last ReLU runs inside ``add_relu`` (no module call), so ``layerN.M.relu_1`` (a
+  Bottleneck's ``relu_2``) is a 400 pointing at ``layerN.M``, which holds the same value.
+
+The groups are read from what torchvision's ``fuse_model()`` fuses in each block type
+(``_BLOCK_GROUPS``), not from module order: a quantizable Bottleneck registers its ReLUs after
+``bn3``. Only the ResNet family is quantized (resnet18, resnet50, resnext); other families are a
+start-up error that says to serve them in float32.
 
 Calibration is deterministic; the quantized weights are cached on disk, keyed by the weights,
 the calibration images and the torch version, so a restart does not calibrate again.
@@ -30,8 +35,10 @@ import torch
 import torchvision
 from PIL import Image, ImageEnhance
 from torch import nn
-from torch.ao.nn.intrinsic import _FusedModule
+from torch.ao.nn.quantized import FloatFunctional
+from torchvision.models.quantization.resnet import QuantizableBasicBlock, QuantizableBottleneck, QuantizableResNet
 
+from .capture import LayerTap
 from .model_repository import ModelEntry
 from .preprocess import ImagePreprocessor
 from .settings import SAMPLE_PHOTOS
@@ -54,14 +61,14 @@ def build_int8(
 ) -> Int8Model:
     """Fuse, calibrate (or load from the cache) and convert ``entry``'s model; map its layer names."""
     torch.backends.quantized.engine = "x86"
-    try:
-        builder = getattr(torchvision.models.quantization, entry.architecture)
-    except AttributeError:
+    builder = getattr(torchvision.models.quantization, entry.architecture, None)
+    model = builder(weights=None, quantize=False) if builder is not None else None
+    if not isinstance(model, QuantizableResNet):  # its layer names are mapped below, block by block
         raise ValueError(
-            f"{entry.architecture} has no quantizable torchvision version; use precision float32"
-        ) from None
+            f"LAYERTAP_PRECISION=int8 serves the ResNet family (resnet18, resnet50, ...); {entry.name!r} is "
+            f"{entry.architecture}: serve it with LAYERTAP_PRECISION=float32"
+        )
     calibration = calibration_images(calibration_dir or SAMPLE_PHOTOS, preprocess)
-    model = builder(weights=None, quantize=False)
     if weights.state_dict is not None:
         model.load_state_dict(weights.state_dict)
     else:
@@ -70,7 +77,6 @@ def build_int8(
             model = builder(weights=None, quantize=False)
     model.eval()
     model.fuse_model(is_qat=False)
-    groups = _fused_groups(model)
     model.qconfig = torch.ao.quantization.get_default_qconfig("x86")
     torch.ao.quantization.prepare(model, inplace=True)
     key = _cache_key(entry, weights, calibration)
@@ -92,7 +98,7 @@ def build_int8(
             log.info("int8 model calibrated on %d images, cached in %s", len(calibration), cached)
         except OSError as exc:  # a read-only filesystem: serve anyway, calibrate again next start
             log.warning("int8 model calibrated on %d images; not cached (%s)", len(calibration), exc)
-    served, unavailable = _name_map(groups, model)
+    served, unavailable = _name_map(model)
     return Int8Model(model=model, served=served, unavailable=unavailable)
 
 
@@ -146,47 +152,55 @@ def _cache_key(entry: ModelEntry, weights: Weights, calibration: np.ndarray) -> 
     return digest.hexdigest()[:16]
 
 
-def _fused_groups(model: nn.Module) -> dict[str, list[str]]:
-    """leader → the members fused into it (the Identity modules that follow it), in order."""
-    groups: dict[str, list[str]] = {}
-    leader = None
-    inside_fused = ()
-    for name, module in model.named_modules():
-        if not name or "activation_post_process" in name or name.startswith(inside_fused):
-            continue
-        if isinstance(module, _FusedModule):
-            inside_fused = (name + ".",)  # a fused op is one unit: its own children are not layers
-        elif list(module.children()):
-            continue
-        if isinstance(module, nn.Identity) and leader is not None:
-            groups[leader].append(name)
-        else:
-            leader = name
-            groups[leader] = []
-    return {leader: members for leader, members in groups.items() if members}
+# What torchvision's fuse_model() fuses in each block, in float layer names (a Bottleneck's ReLU
+# runs three times: relu, relu_1, relu_2), and the ReLU call that int8 runs inside add_relu.
+_BLOCK_GROUPS = {
+    QuantizableBasicBlock: ((("conv1", "bn1", "relu"), ("conv2", "bn2")), "relu_1"),
+    QuantizableBottleneck: ((("conv1", "bn1", "relu"), ("conv2", "bn2", "relu_1"), ("conv3", "bn3")), "relu_2"),
+}
+_STEM = ("conv1", "bn1", "relu")
+_DOWNSAMPLE = ("downsample.0", "downsample.1")
 
 
-def _name_map(groups: dict[str, list[str]], model: nn.Module) -> tuple[dict[str, str], dict[str, str]]:
+def _name_map(model: nn.Module) -> tuple[dict[str, str], dict[str, str]]:
+    """float layer name → int8 module that computes its value; float name → why it has none in int8."""
     served: dict[str, str] = {}
     unavailable: dict[str, str] = {}
-    fused_members = {member for members in groups.values() for member in members}
-    for name, _module in model.named_modules():
-        hidden = name.split(".")[-1] in _INTERNAL or "activation_post_process" in name or "_packed_params" in name
-        if not name or name in fused_members or hidden:
-            continue
-        members = groups.get(name)
-        if members:
-            last = members[-1]
-            served[last] = name
-            for gone in (name, *members[:-1]):
-                unavailable[gone] = (
-                    f"{', '.join((name, *members))} are fused into one int8 op; its output is served as {last!r}"
-                )
-        else:
-            served[name] = name
-    # A BasicBlock's second ReLU runs inside add_relu, not as a module call.
-    for name in list(served):
-        if name.endswith(".relu") and name.rsplit(".", 2)[-2].isdigit():
-            block = name.rsplit(".", 1)[0]
-            unavailable[f"{name}_1"] = f"in int8 the block's final ReLU is inside add_relu; {block!r} holds that value"
+    hidden: set[str] = set()
+
+    def fused(prefix: str, group: tuple[str, ...]) -> None:
+        names = [prefix + member for member in group]
+        served[names[-1]] = names[0]  # the fused op runs as the first member and returns the last one's value
+        hidden.update(names)
+        for gone in names[:-1]:
+            unavailable[gone] = f"{', '.join(names)} are fused into one int8 op; its output is served as {names[-1]!r}"
+
+    fused("", _STEM)
+    for name, module in model.named_modules():
+        if type(module) in _BLOCK_GROUPS:
+            groups, after_add = _BLOCK_GROUPS[type(module)]
+            for group in groups:
+                fused(f"{name}.", group)
+            if module.downsample is not None:
+                fused(f"{name}.", _DOWNSAMPLE)
+            unavailable[f"{name}.{after_add}"] = (
+                f"in int8 the block's final ReLU is inside add_relu; {name!r} holds that value"
+            )
+            hidden.update(f"{name}.{child}" for child in ("relu", "relu1", "relu2"))  # quantizable-only modules
+    for name, module in model.named_modules():
+        internal = name.split(".")[-1] in _INTERNAL or "activation_post_process" in name or "_packed_params" in name
+        if name and name not in hidden and not internal and not isinstance(module, nn.Identity | FloatFunctional):
+            served.setdefault(name, name)
     return served, unavailable
+
+
+def served_calls(int8: Int8Model, crop: int) -> Int8Model:
+    """``int8`` with only the names whose module really runs (a FloatFunctional such as add_relu never fires)."""
+    tap = LayerTap(int8.model)
+    try:
+        with torch.inference_mode():
+            fired = {c.name for c in tap.trace(torch.zeros(1, 3, crop, crop))}
+    finally:
+        tap.remove()
+    served = {name: call for name, call in int8.served.items() if call in fired}
+    return Int8Model(model=int8.model, served=served, unavailable=int8.unavailable)

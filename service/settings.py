@@ -33,7 +33,10 @@ PreprocessingMode = Literal["fast", "exact"]
 PREPROCESSING_MODES: tuple[str, ...] = get_args(PreprocessingMode)
 
 # Variables of earlier releases: silently ignoring one would change behaviour without a word.
-RENAMED_VARIABLES = {"LAYERTAP_JPEG_DRAFT": "LAYERTAP_PREPROCESSING=fast (true) or exact (false)"}
+RENAMED_VARIABLES = {
+    "LAYERTAP_JPEG_DRAFT": "LAYERTAP_PREPROCESSING=fast (true) or exact (false)",
+    "LAYERTAP_MODEL": "LAYERTAP_MODELS (a comma-separated list; one name serves one model)",
+}
 
 
 class Settings(BaseSettings):
@@ -43,7 +46,10 @@ class Settings(BaseSettings):
 
     host: str = Field("0.0.0.0", description="Address gunicorn binds to.")
     port: int = Field(8080, ge=0, le=65535, description="TCP port gunicorn binds to.")
-    model: str = Field("resnet18", description="Entry of the model repository to serve (a file `models/<name>.toml`).")
+    models: str = Field(
+        "resnet18",
+        description="Model entries to serve, comma-separated (`models/<name>.toml`); the first is the default.",
+    )
     model_repository: Path = Field(DEFAULT_MODEL_REPOSITORY, description="Folder holding the model entries.")
     weights: str = Field(
         "imagenet",
@@ -125,6 +131,14 @@ class Settings(BaseSettings):
                 raise ValueError(f"{old} was renamed: use {new}")
         return data
 
+    @field_validator("models")
+    @classmethod
+    def _check_models(cls, value: str) -> str:
+        names = [name.strip() for name in value.split(",")]
+        if not all(names) or len(set(names)) != len(names):
+            raise ValueError(f"models must be distinct entry names separated by commas, not {value!r}")
+        return value
+
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
         if self.max_queue_images < self.max_batch_size:
@@ -138,6 +152,11 @@ class Settings(BaseSettings):
                 f"({self.max_images_per_request}), or a full request could never be admitted"
             )
         return self
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """The served models, in order; the first answers requests that name none."""
+        return tuple(name.strip() for name in self.models.split(",") if name.strip())
 
     def effective_torch_threads(self) -> int:
         """Intra-op threads for one worker: all workers together should not oversubscribe the cores."""

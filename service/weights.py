@@ -106,18 +106,19 @@ def _main(argv: list[str]) -> int:
         print("usage: python -m service.weights [download|check]", file=sys.stderr)
         return 2
     settings = Settings()
-    entry = load_entry(settings.model_repository, settings.model)
     spec = "imagenet" if command == "download" else settings.weights
-    try:
-        weights = resolve_weights(spec, entry, allow_download=settings.allow_download, seed=settings.seed)
-        if command == "check":
-            build_model(entry, weights)
-            resolve_device(settings.device)
-    except StartupError as exc:
-        print(f"layertap: {exc}", file=sys.stderr)
-        return 1
-    where = f" in {imagenet_cache_path(entry)}" if spec == "imagenet" else ""
-    print(f"layertap: {entry.name} weights {weights.label} ok{where}")
+    for name in settings.model_names:
+        try:
+            entry = load_entry(settings.model_repository, name)
+            weights = resolve_weights(spec, entry, allow_download=settings.allow_download, seed=settings.seed)
+            if command == "check":
+                build_model(entry, weights)
+                resolve_device(settings.device)
+        except (StartupError, ValueError) as exc:
+            print(f"layertap: {exc}", file=sys.stderr)
+            return 1
+        where = f" in {imagenet_cache_path(entry)}" if spec == "imagenet" else ""
+        print(f"layertap: {entry.name} weights {weights.label} ok{where}")
     return 0
 
 

@@ -111,10 +111,10 @@ def settings(weights_file) -> Settings:
 @pytest.fixture(scope="session")
 def app(settings):
     app = create_app(settings)
-    engine = app.extensions["layertap.engine"]
-    assert engine.wait_ready(60), engine.failure
+    plane = app.extensions["layertap.dataplane"]
+    assert plane.wait_ready(60), plane.failure
     yield app
-    engine.close()
+    plane.close()
 
 
 @pytest.fixture
@@ -123,8 +123,9 @@ def client(app):
 
 
 @pytest.fixture(scope="session")
-def engine(app):
-    return app.extensions["layertap.engine"]
+def plane(app):
+    """The app's data plane: extract, shapes and describe without HTTP."""
+    return app.extensions["layertap.dataplane"]
 
 
 @pytest.fixture(scope="session")

@@ -57,3 +57,34 @@ def cosine(a, b) -> float:
     a = torch.as_tensor(np.asarray(a), dtype=torch.float64).flatten()
     b = torch.as_tensor(np.asarray(b), dtype=torch.float64).flatten()
     return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+
+
+def every_call(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every module call's output, cloned the moment it returns, named as torchvision FX names calls.
+
+    The second, generic reference, for any architecture: a plain hook per module, written here
+    apart from service.capture. A tuple output (attention's ``(output, weights)``) is its first
+    element.
+    """
+    out: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def hook(name):
+        def record(_module, _inputs, output):
+            if isinstance(output, tuple):
+                output = output[0]
+            if isinstance(output, torch.Tensor):
+                index = counts.get(name, 0)
+                counts[name] = index + 1
+                out[name if index == 0 else f"{name}_{index}"] = output.detach().clone()
+
+        return record
+
+    handles = [module.register_forward_hook(hook(name)) for name, module in model.named_modules() if name]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return out

@@ -13,6 +13,7 @@ import torch
 import torchvision
 from PIL import Image
 
+from service import runner as runner_module
 from service.app import create_app
 from service.settings import Settings
 from tests.conftest import encode, gradient_image
@@ -26,7 +27,7 @@ def post_image(client, data: bytes, layers: str | None = None, content_type: str
     return client.post(url, data=data, content_type=content_type)
 
 
-def expected_for(reference_model, engine, images: list[bytes]) -> dict[str, torch.Tensor]:
+def expected_for(reference_model, plane, images: list[bytes]) -> dict[str, torch.Tensor]:
     """Independent side: torchvision's own transforms on PIL images, then the hand-written forward."""
     transform = torchvision.models.ResNet18_Weights.DEFAULT.transforms()
     x = torch.stack([transform(Image.open(io.BytesIO(data)).convert("RGB")) for data in images])
@@ -40,7 +41,7 @@ def as_array(feature: dict) -> np.ndarray:
 
 
 # ---- golden values over HTTP ---------------------------------------------------------------
-def test_features_equal_independent_computation(client, engine, reference_model, photos):
+def test_features_equal_independent_computation(client, plane, reference_model, photos):
     data = photos["grace_hopper.jpg"]
     response = post_image(client, data, ",".join(GOLDEN))
     assert response.status_code == 200, response.json
@@ -48,7 +49,7 @@ def test_features_equal_independent_computation(client, engine, reference_model,
     assert body["model"] == "resnet18"
     assert body["weights"].startswith("file:resnet18-seeded.pt@sha256:")
     assert list(body["features"]) == list(GOLDEN)  # request order, nothing else
-    expected = expected_for(reference_model, engine, [data])
+    expected = expected_for(reference_model, plane, [data])
     for name in GOLDEN:
         got = as_array(body["features"][name])
         assert got.shape == tuple(expected[name].shape), name
@@ -63,14 +64,14 @@ def test_default_layer_is_avgpool(client, photos):
     assert body["features"]["avgpool"]["shape"] == [1, 512, 1, 1]
 
 
-def test_multipart_batch_is_answered_in_request_order(client, engine, reference_model, photos):
+def test_multipart_batch_is_answered_in_request_order(client, plane, reference_model, photos):
     names = ["rocket.jpg", "chelsea.png", "grace_hopper.jpg"]
     parts = [(io.BytesIO(photos[n]), n) for n in names]
     response = client.post("/features?layers=fc,layer3", data={"image": parts}, content_type="multipart/form-data")
     assert response.status_code == 200, response.json
     fc = as_array(response.json["features"]["fc"])
     assert fc.shape == (3, 1000)
-    expected = expected_for(reference_model, engine, [photos[n] for n in names])
+    expected = expected_for(reference_model, plane, [photos[n] for n in names])
     np.testing.assert_allclose(fc, expected["fc"].numpy(), rtol=1e-3, atol=2e-3)
     assert response.json["features"]["layer3"]["shape"] == [3, 256, 14, 14]
 
@@ -191,10 +192,10 @@ def small_limits_app(weights_file):
             max_images_per_request=2,
         )
     )
-    engine = app.extensions["layertap.engine"]
-    assert engine.wait_ready(60)
+    plane = app.extensions["layertap.dataplane"]
+    assert plane.wait_ready(60)
     yield app
-    engine.close()
+    plane.close()
 
 
 def test_limits_are_413(small_limits_app, photos):
@@ -259,10 +260,10 @@ def test_shapes_classic_table(client):
     assert names.index("layer1.0.conv1") < names.index("layer1.0") < names.index("layer1") < names.index("fc")
 
 
-def test_shapes_default_is_the_served_input(client, engine):
+def test_shapes_default_is_the_served_input(client, plane):
     body = client.get("/shapes").json
     assert body["input"] == {"batch": 1, "channels": 3, "height": 224, "width": 224}
-    assert len(body["layers"]) == len(engine.layers) == 75
+    assert len(body["layers"]) == len(plane.runner(None).layers) == 75
     assert {layer["name"]: layer["shape"] for layer in body["layers"]}["layer4"] == [1, 512, 7, 7]
 
 
@@ -273,11 +274,11 @@ def test_shapes_bad_values_are_400(client, query):
     assert_error(client.get(f"/shapes?{query}"), 400, "bad_request")
 
 
-def test_health_ready_info(client, engine):
+def test_health_ready_info(client, plane):
     assert client.get("/health").json == {"status": "ok"}
-    assert client.get("/ready").json == {"status": "ready"}
+    assert client.get("/ready").json == {"status": "ready", "models": {"resnet18": "ready"}}
     info = client.get("/info").json
-    assert info["model"] == "resnet18" and info["weights"] == engine.weights.label
+    assert info["model"] == "resnet18" and info["weights"] == plane.runner(None).weights.label
     assert info["device"] == "cpu" and info["dtype"] == "float32"
     assert info["preprocessing"]["crop"] == 224 and info["preprocessing"]["resize"] == 256
     assert info["preprocessing"]["mode"] == "exact"  # the tests' settings; the service's default is fast
@@ -287,53 +288,49 @@ def test_health_ready_info(client, engine):
 
 
 def test_ready_is_503_until_warm_up_has_run(weights_file, monkeypatch, photos):
-    from service.engine import Engine
-
     release = threading.Event()
-    original = Engine._load
+    place = runner_module.place
 
-    def slow_load(self):
+    def slow_place(*args, **kwargs):  # the model thread places the model while it loads
         release.wait(30)
-        original(self)
+        return place(*args, **kwargs)
 
-    monkeypatch.setattr(Engine, "_load", slow_load)
+    monkeypatch.setattr(runner_module, "place", slow_place)
     app = create_app(Settings(weights=str(weights_file), device="cpu"))
     client = app.test_client()
     try:
         assert client.get("/health").status_code == 200
         response = client.get("/ready")
-        assert response.status_code == 503 and response.json["status"] == "loading"
-        assert_error(post_image(client, photos["rocket.jpg"]), 503, "not_ready")
+        assert response.status_code == 503 and response.json == {"status": "loading", "models": {"resnet18": "loading"}}
+        assert_error(post_image(client, photos["rocket.jpg"]), 503, "not_ready", "GET /ready")
         release.set()
-        assert app.extensions["layertap.engine"].wait_ready(30)
-        assert client.get("/ready").status_code == 200
+        assert app.extensions["layertap.dataplane"].wait_ready(30)
+        assert client.get("/ready").json == {"status": "ready", "models": {"resnet18": "ready"}}
         assert post_image(client, photos["rocket.jpg"]).status_code == 200
     finally:
         release.set()
-        app.extensions["layertap.engine"].close()
+        app.extensions["layertap.dataplane"].close()
 
 
 def test_failed_load_turns_health_red(weights_file, monkeypatch):
-    from service.engine import Engine
-
-    def broken_load(self):
+    def broken_place(*args, **kwargs):
         raise RuntimeError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(Engine, "_load", broken_load)
+    monkeypatch.setattr(runner_module, "place", broken_place)
     app = create_app(Settings(weights=str(weights_file), device="cpu"))
-    engine = app.extensions["layertap.engine"]
-    assert not engine.wait_ready(10)
+    plane = app.extensions["layertap.dataplane"]
+    assert not plane.wait_ready(10)
     client = app.test_client()
     assert client.get("/health").status_code == 503
     assert "simulated" in client.get("/health").json["reason"]
-    assert client.get("/ready").json == {"status": "failed"}
+    assert client.get("/ready").json["status"] == "failed"
 
 
 # ---- concurrency -----------------------------------------------------------------------------
-def test_concurrent_requests_get_exactly_their_own_layers(client, engine, reference_model, photos):
+def test_concurrent_requests_get_exactly_their_own_layers(client, plane, reference_model, photos):
     layer_sets = [("bn1",), ("layer1.0.relu_1", "fc"), ("layer2",), ("avgpool",), ("layer1.0.bn2", "layer3.1"), ("fc",)]
     names = list(photos)
-    expected = expected_for(reference_model, engine, [photos[n] for n in names])
+    expected = expected_for(reference_model, plane, [photos[n] for n in names])
     barrier = threading.Barrier(12)
     batch_sizes = []
 
@@ -359,11 +356,11 @@ def test_concurrent_requests_get_exactly_their_own_layers(client, engine, refere
     assert max(batch_sizes) > 1, "concurrent requests should have shared forward passes"
 
 
-def test_requests_do_not_leave_state_behind(client, engine, photos):
-    tap = engine._tap
-    hooks = tap.hook_count
+def test_requests_leave_no_hooks_or_threads_behind(client, photos):
+    before = client.get("/info").json
+    modules = {layer["module"] for layer in client.get("/shapes").json["layers"]}
+    assert before["hooks"] == 2 * len(modules)  # the model and its folded twin, each module hooked once at load
     for layers in ("fc", "bn1", "layer2,avgpool"):
         assert post_image(client, photos["rocket.jpg"], layers).status_code == 200
-    assert tap.hook_count == hooks
-    assert tap._pass is None
-    assert all(not p.requires_grad for p in engine._model.parameters())
+    after = client.get("/info").json
+    assert after["hooks"] == before["hooks"] and after["threads"] == before["threads"]

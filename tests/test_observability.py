@@ -48,12 +48,12 @@ def test_metrics_count_requests_images_batches_and_errors(client, photos):
     assert delta("layertap_request_duration_seconds_count", endpoint="/features", status="200") == 3
     assert delta("layertap_errors_total", code="unknown_layer") == 1
     assert delta("layertap_errors_total", code="not_found") == 1
-    assert delta("layertap_images_total") == 3
-    assert delta("layertap_batch_images_count") >= 1
-    assert delta("layertap_inference_seconds_count") >= 1
-    assert delta("layertap_preprocess_seconds_count") == 3
-    assert value(after, "layertap_queue_images") == 0
-    assert value(after, "layertap_model_load_seconds") > 0
+    assert delta("layertap_images_total", model="resnet18") == 3
+    assert delta("layertap_batch_images_count", model="resnet18") >= 1
+    assert delta("layertap_inference_seconds_count", model="resnet18") >= 1
+    assert delta("layertap_preprocess_seconds_count", model="resnet18") == 3
+    assert value(after, "layertap_queue_images", model="resnet18") == 0
+    assert value(after, "layertap_model_load_seconds", model="resnet18") > 0
 
 
 def test_request_id_is_honoured_generated_and_sanitised(client, photos):
@@ -100,9 +100,9 @@ def test_logs_are_json_lines_with_the_request_id(client, photos):
 @pytest.fixture(scope="module")
 def keyed_app(weights_file):
     app = create_app(Settings(weights=str(weights_file), device="cpu", api_key="s3cret-key"))
-    assert app.extensions["layertap.engine"].wait_ready(60)
+    assert app.extensions["layertap.dataplane"].wait_ready(60)
     yield app
-    app.extensions["layertap.engine"].close()
+    app.extensions["layertap.dataplane"].close()
 
 
 @pytest.mark.parametrize(
@@ -141,7 +141,7 @@ def test_auth_all_endpoints_closes_the_probes_too(weights_file):
         assert client.get("/metrics").status_code == 401
         assert client.get("/health", headers={"Authorization": "Bearer k"}).status_code == 200
     finally:
-        app.extensions["layertap.engine"].close()
+        app.extensions["layertap.dataplane"].close()
 
 
 def test_the_key_never_shows_in_settings_output():

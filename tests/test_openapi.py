@@ -23,10 +23,10 @@ def test_document_loads_and_lists_exactly_the_routes(app, client):
     assert spec["info"]["version"] == client.get("/info").json["version"]
 
 
-def test_documented_limits_follow_the_settings(client, engine):
+def test_documented_limits_follow_the_settings(client, plane):
     spec = client.get("/openapi.json").json
     body = spec["paths"]["/features"]["post"]["requestBody"]["content"]
-    limit = f"At most {engine.settings.max_images_per_request} images"
+    limit = f"At most {plane.settings.max_images_per_request} images"
     assert body["application/json"]["schema"]["properties"]["images"]["description"].startswith(limit)
     documented = set(spec["paths"]["/features"]["post"]["responses"]["200"]["headers"])
     assert documented == {"X-Request-ID", *TIMING_HEADERS}

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from service.app import create_app
+from service.errors import LayerUnavailable
 from service.settings import Settings
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
@@ -18,19 +19,19 @@ def int8_app(weights_file, tmp_path_factory):
     app = create_app(
         Settings(weights=str(weights_file), device="cpu", precision="int8", int8_cache_dir=cache, preprocessing="exact")
     )
-    engine = app.extensions["layertap.engine"]
-    assert engine.wait_ready(120), engine.failure
+    plane = app.extensions["layertap.dataplane"]
+    assert plane.wait_ready(120), plane.failure
     yield app
-    engine.close()
+    plane.close()
 
 
 @pytest.fixture(scope="module")
 def int8(int8_app):
-    return int8_app.extensions["layertap.engine"]
+    return int8_app.extensions["layertap.dataplane"]
 
 
 def test_layer_list_is_what_exists_in_int8(int8, int8_app):
-    names = {c.name for c in int8.layers}
+    names = {c.name for c in int8.runner(None).layers}
     assert {"relu", "maxpool", "layer1", "layer1.0", "layer1.0.relu", "layer1.0.bn2", "avgpool", "fc"} <= names
     assert {"layer2.0.downsample", "layer2.0.downsample.1"} <= names
     assert not names & {"conv1", "bn1", "layer1.0.conv1", "layer1.0.bn1", "layer1.0.conv2", "layer1.0.relu_1"}
@@ -56,12 +57,12 @@ def test_fused_away_layers_are_400_naming_the_nearest(int8_app, photos, layer, n
     assert "int8" in response.json["error"]["message"] and nearest in response.json["error"]["message"]
 
 
-def test_int8_outputs_track_float32_on_real_photos(int8, engine, photos):
+def test_int8_outputs_track_float32_on_real_photos(int8, plane, photos):
     """Every available layer against the float layer of the same name (the seeded test weights)."""
     images = list(photos.values())
-    names = tuple(c.name for c in int8.layers)
+    names = tuple(c.name for c in int8.runner(None).layers)
     quantized = int8.extract(images, names).features
-    reference = engine.extract(images, names).features
+    reference = plane.extract(images, names).features
     for name in names:
         q = quantized[name].reshape(len(images), -1).astype(np.float64)
         f = reference[name].reshape(len(images), -1).astype(np.float64)
@@ -70,14 +71,10 @@ def test_int8_outputs_track_float32_on_real_photos(int8, engine, photos):
         assert cosine.min() >= (0.999 if name in ("avgpool", "fc") else 0.99), (name, cosine)
 
 
-def test_int8_containers_fire_and_the_pass_stops_early(int8, photos):
-    ran = []
-    hook = int8._model.layer2.register_forward_pre_hook(lambda m, i: ran.append("layer2"))
-    try:
-        out = int8.extract([photos["rocket.jpg"]], ("layer1", "layer1.0")).features
-    finally:
-        hook.remove()
-    assert out["layer1"].shape == (1, 64, 56, 56) and ran == []
+def test_int8_containers_fire(int8, photos):
+    out = int8.extract([photos["rocket.jpg"]], ("layer1", "layer1.0", "layer2.0.downsample")).features
+    assert out["layer1"].shape == (1, 64, 56, 56) and out["layer1.0"].shape == (1, 64, 56, 56)
+    assert out["layer2.0.downsample"].shape == (1, 128, 28, 28)
     batched = int8.extract([photos["rocket.jpg"]] * 3, ("avgpool",)).features["avgpool"]
     np.testing.assert_allclose(batched[0], batched[2], rtol=1e-5, atol=1e-5)
 
@@ -91,25 +88,27 @@ def test_calibration_is_cached_and_keyed_by_the_weights(int8, tmp_path, state_di
     entry = load_entry(DEFAULT_MODEL_REPOSITORY, "resnet18")
     first = tmp_path / "a.pt"
     torch.save(state_dict, first)
-    build_int8(entry, resolve_weights(str(first), entry), int8.preprocess, None, tmp_path / "cache")
+    build_int8(entry, resolve_weights(str(first), entry), int8.runner(None).preprocess, None, tmp_path / "cache")
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
     with caplog.at_level("INFO", logger="layertap.quantize"):
-        again = build_int8(entry, resolve_weights(str(first), entry), int8.preprocess, None, tmp_path / "cache")
+        again = build_int8(
+            entry, resolve_weights(str(first), entry), int8.runner(None).preprocess, None, tmp_path / "cache"
+        )
     assert "loaded from" in caplog.text
     assert again.served["relu"] == "conv1"
     changed = {k: v.clone() for k, v in state_dict.items()}
     changed["fc.bias"] += 1
     second = tmp_path / "b.pt"
     torch.save(changed, second)
-    build_int8(entry, resolve_weights(str(second), entry), int8.preprocess, None, tmp_path / "cache")
+    build_int8(entry, resolve_weights(str(second), entry), int8.runner(None).preprocess, None, tmp_path / "cache")
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 2, "new weights must not reuse the old calibration"
 
 
 def test_int8_refuses_a_gpu(weights_file, monkeypatch):
-    from service import engine as engine_module
+    from service import runner
     from service.errors import StartupError
 
-    monkeypatch.setattr(engine_module, "resolve_device", lambda spec: torch.device("cuda"))
+    monkeypatch.setattr(runner, "resolve_device", lambda spec: torch.device("cuda"))
     with pytest.raises(StartupError, match="runs on the CPU only"):
         create_app(Settings(weights=str(weights_file), device="cuda", precision="int8"))
 
@@ -123,5 +122,41 @@ def test_an_unwritable_cache_does_not_stop_int8(int8, tmp_path, state_dict):
     entry = load_entry(DEFAULT_MODEL_REPOSITORY, "resnet18")
     blocker = tmp_path / "file-not-folder"
     blocker.write_text("a file where the cache folder should be")
-    built = build_int8(entry, resolve_weights("random", entry), int8.preprocess, None, blocker / "cache")
+    built = build_int8(entry, resolve_weights("random", entry), int8.runner(None).preprocess, None, blocker / "cache")
     assert built.served["avgpool"] == "avgpool"
+
+
+def test_int8_outside_the_resnet_family_is_a_clear_start_up_error(tmp_path):
+    from service.errors import StartupError
+
+    with pytest.raises(StartupError, match=r"int8 serves the ResNet family .* LAYERTAP_PRECISION=float32"):
+        create_app(Settings(models="mobilenet_v3_large", weights="random", precision="int8", int8_cache_dir=tmp_path))
+
+
+def test_bottleneck_names_are_honest_in_int8(photos, tmp_path):
+    """ResNet50's Bottleneck calls its ReLU three times and registers the quantizable ReLUs after bn3."""
+    planes = {
+        precision: create_app(
+            Settings(models="resnet50", weights="random", precision=precision, int8_cache_dir=tmp_path)
+        ).extensions["layertap.dataplane"]
+        for precision in ("float32", "int8")
+    }
+    try:
+        assert all(plane.wait_ready(300) for plane in planes.values()), [p.failure for p in planes.values()]
+        names = {c.name for c in planes["int8"].runner(None).layers}
+        block = ("layer1.0.relu", "layer1.0.relu_1", "layer1.0.bn3", "layer1.0.downsample.1", "layer1.0")
+        assert set(block) <= names
+        assert not names & {"layer1.0.conv1", "layer1.0.bn1", "layer1.0.conv3", "layer1.0.relu_2", "layer1.0.relu1"}
+        with pytest.raises(LayerUnavailable, match=r"'layer1\.0\.relu_1'"):
+            planes["int8"].extract([photos["rocket.jpg"]], ("layer1.0.bn2",))
+        with pytest.raises(LayerUnavailable, match=r"'layer1\.0' holds that value"):
+            planes["int8"].extract([photos["rocket.jpg"]], ("layer1.0.relu_2",))
+        images = [photos["rocket.jpg"], photos["chelsea.png"]]
+        quantized, reference = (planes[p].extract(images, (*block, "avgpool")).features for p in ("int8", "float32"))
+        for name in (*block, "avgpool"):
+            q, f = (x[name].reshape(2, -1).astype(np.float64) for x in (quantized, reference))
+            cosine = (q * f).sum(1) / (np.linalg.norm(q, axis=1) * np.linalg.norm(f, axis=1))
+            assert cosine.min() >= 0.98, (name, cosine)
+    finally:
+        for plane in planes.values():
+            plane.close()

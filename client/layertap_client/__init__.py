@@ -34,6 +34,7 @@ class LayertapError(Exception):
 class LayertapClient:
     url: str
     api_key: str | None = None
+    model: str | None = None  # the model to ask when a call names none; None: the server's default
     timeout: float = 120
     max_retries: int = 8
     backoff_s: float = 0.25  # first wait; doubles each retry, up to 10 s, unless Retry-After says more
@@ -45,10 +46,23 @@ class LayertapClient:
             self._session.headers["Authorization"] = f"Bearer {self.api_key}"
 
     def features(
-        self, images: list[bytes], layers: list[str], pool: str = "none", normalize: bool = False
+        self,
+        images: list[bytes],
+        layers: list[str] | None = None,
+        pool: str = "none",
+        normalize: bool = False,
+        model: str | None = None,
     ) -> dict[str, np.ndarray]:
-        """One float32 array ``(len(images), ...)`` per layer; retries 429/503 and dropped connections."""
-        params = {"layers": ",".join(layers), "encoding": "base64", "pool": pool, "normalize": str(normalize).lower()}
+        """One float32 array ``(len(images), ...)`` per layer; retries 429/503 and dropped connections.
+
+        ``layers=None`` asks for the model's default layer (its embedding, :meth:`info` names it),
+        ``model=None`` for this client's model, else the server's default model.
+        """
+        params = {"encoding": "base64", "pool": pool, "normalize": str(normalize).lower()}
+        if layers:
+            params["layers"] = ",".join(layers)
+        if model or self.model:
+            params["model"] = model or self.model
         files = [("image", (f"{i}", data, "application/octet-stream")) for i, data in enumerate(images)]
         for attempt in range(self.max_retries + 1):
             try:
@@ -68,6 +82,15 @@ class LayertapClient:
                 )
             return {name: _decode(feature) for name, feature in response.json()["features"].items()}
         raise AssertionError("unreachable")
+
+    def info(self, model: str | None = None) -> dict:
+        """The server's description of a model: its default layer, classifier, layers, limits."""
+        params = {"model": model or self.model} if model or self.model else {}
+        response = self._session.get(f"{self.url}/info", params=params, timeout=self.timeout)
+        if response.status_code != 200:
+            error = _error(response)
+            raise LayertapError(response.status_code, error.get("code", "error"), error.get("message", response.text))
+        return response.json()
 
     def _sleep(self, attempt: int, retry_after: str | None) -> None:
         wait = min(10.0, self.backoff_s * 2**attempt) * (0.5 + random.random())  # jitter: clients must not sync up

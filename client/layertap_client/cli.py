@@ -18,6 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
+import requests
 from tqdm import tqdm
 
 from . import LayertapClient, LayertapError
@@ -188,7 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     command = commands.add_parser("embed", help="embed every image under a folder", description=__doc__)
     command.add_argument("dir", type=Path, help="folder to walk (recursively)")
-    command.add_argument("--layers", default="avgpool", help="comma-separated layer names (default avgpool)")
+    command.add_argument(
+        "--layers", help="comma-separated layer names (default: the model's default layer, from GET /info)"
+    )
+    command.add_argument("--model", help="a model the server serves (default: its default model)")
     command.add_argument("--out", type=Path, default=Path("features.npz"), help="output .npz (default features.npz)")
     command.add_argument("--url", default=os.environ.get("LAYERTAP_URL", "http://localhost:8080"), help="service URL")
     command.add_argument(
@@ -202,13 +206,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.dir.is_dir():
         parser.error(f"{args.dir} is not a folder")
-    client = LayertapClient(args.url, api_key=args.api_key)
+    client = LayertapClient(args.url, api_key=args.api_key, model=args.model)
     try:
+        layers = [name.strip() for name in (args.layers or "").split(",") if name.strip()]
         summary = embed(
             args.dir,
             args.out,
             client,
-            [name.strip() for name in args.layers.split(",") if name.strip()],
+            layers or [client.info()["default_layer"]],
             pool=args.pool,
             normalize=args.normalize,
             batch_size=args.batch_size,
@@ -217,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     except LayertapError as exc:
         print(f"layertap: {exc}", file=sys.stderr)
+        return 1
+    except requests.RequestException as exc:  # the service cannot be reached, even after the retries
+        print(f"layertap: {args.url}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nlayertap: interrupted; run the same command again to resume", file=sys.stderr)

@@ -3,7 +3,7 @@
 "use strict";
 
 const MAX_CHANNELS = 64;
-const state = { file: null, layers: [], labels: null };
+const state = { file: null, layers: [], labels: null, info: null };
 const $ = (id) => document.getElementById(id);
 
 function authHeaders() {
@@ -23,17 +23,33 @@ function setStatus(text, isError = false) {
   $("status").className = isError ? "error" : "";
 }
 
+// The model every request names: the picker's choice, or the server's default before /info answers.
+function modelQuery(extra = {}) {
+  const model = $("model-select").value;
+  return new URLSearchParams(model ? { model, ...extra } : extra);
+}
+
 async function loadModel() {
   try {
-    const info = await getJSON("/info");
+    const info = await getJSON(`/info?${modelQuery()}`);
+    state.info = info;
+    const picker = $("model-select");
+    if (!picker.options.length) {
+      picker.replaceChildren(...info.models.map((name) => new Option(name, name, false, name === info.model)));
+    }
     $("model-line").textContent =
       `${info.model} · weights ${info.weights} · ${info.device} ${info.dtype} · ${info.layers} layers`;
-    const shapes = await getJSON("/shapes");
+    const shapes = await getJSON(`/shapes?${modelQuery()}`);
     state.layers = shapes.layers.filter((layer) => layer.shape);
+    $("layer-select").replaceChildren();
     fillLayerPicker("");
+    const crop = info.preprocessing.crop;
+    $("shape-size").textContent = `${crop}×${crop}`;
     const body = $("shape-table").querySelector("tbody");
     body.replaceChildren(...state.layers.map((layer) => row([layer.name, layer.type, `[${layer.shape.join(", ")}]`])));
-    if (info.labels) state.labels = (await getJSON("/labels")).labels;
+    state.labels = info.labels ? (await getJSON(`/labels?${modelQuery()}`)).labels : null;
+    $("classes").hidden = true;
+    $("maps").replaceChildren();
   } catch (error) {
     setStatus(`cannot describe the model: ${error.message}`, true);
   }
@@ -52,7 +68,7 @@ function row(cells) {
 function fillLayerPicker(filter) {
   const select = $("layer-select");
   const chosen = new Set([...select.selectedOptions].map((o) => o.value));
-  if (!select.options.length) ["layer1", "layer4", "avgpool"].forEach((name) => chosen.add(name));
+  if (!select.options.length) chosen.add(state.info.default_layer);
   select.replaceChildren();
   for (const layer of state.layers) {
     if (filter && !layer.name.includes(filter)) continue;
@@ -106,7 +122,7 @@ function heatmap(values, offset, height, width) {
   return canvas;
 }
 
-function showLayer(name, feature) {
+function showLayer(name, feature, layout) {
   const values = decodeFloats(feature.data);
   const shape = feature.shape;
   const box = document.createElement("div");
@@ -119,10 +135,12 @@ function showLayer(name, feature) {
   box.appendChild(title);
   const grid = document.createElement("div");
   grid.className = "grid";
-  if (shape.length === 4 && shape[2] * shape[3] > 1) {
-    const [, channels, height, width] = shape;
+  if (shape.length === 4 && layout !== "tokens" && shape[1] * shape[2] * shape[3] > Math.max(shape[1], shape[3])) {
+    // nchw: one map per channel, contiguous; nhwc (Swin's stages): gather each channel first.
+    const [channels, height, width] = layout === "nhwc" ? [shape[3], shape[1], shape[2]] : shape.slice(1);
     for (let c = 0; c < Math.min(channels, MAX_CHANNELS); c++) {
-      const canvas = heatmap(values, c * height * width, height, width);
+      const plane = layout === "nhwc" ? channelOf(values, c, channels, height * width) : values;
+      const canvas = heatmap(plane, layout === "nhwc" ? 0 : c * height * width, height, width);
       canvas.title = `${name} channel ${c}`;
       grid.appendChild(canvas);
     }
@@ -131,8 +149,15 @@ function showLayer(name, feature) {
       more.textContent = `first ${MAX_CHANNELS} of ${channels} channels`;
       box.appendChild(more);
     }
+  } else if (shape.length === 3 && layout === "tokens") {
+    // Tokens × features (ViT's encoder): one map, a row per token.
+    const [, tokens, width] = shape;
+    const canvas = heatmap(values, 0, tokens, width);
+    canvas.className = "tokens";
+    canvas.title = `${name}: ${tokens} tokens × ${width}`;
+    grid.appendChild(canvas);
   } else {
-    // A vector (fc) or a pooled map (avgpool's 1×1 per channel): one strip, scaled across all values.
+    // A vector (the classifier) or a pooled map (1×1 per channel): one strip, scaled across all values.
     const length = values.length;
     const canvas = heatmap(values, 0, 1, length);
     canvas.className = "vector";
@@ -141,6 +166,12 @@ function showLayer(name, feature) {
   }
   box.appendChild(grid);
   $("maps").appendChild(box);
+}
+
+function channelOf(values, channel, channels, pixels) {
+  const plane = new Float32Array(pixels);
+  for (let i = 0; i < pixels; i++) plane[i] = values[i * channels + channel];
+  return plane;
 }
 
 function showTop5(logits) {
@@ -166,12 +197,13 @@ function showTop5(logits) {
 async function run() {
   const chosen = [...$("layer-select").selectedOptions].map((o) => o.value);
   if (!chosen.length) return setStatus("pick at least one layer", true);
-  const wanted = state.labels && !chosen.includes("fc") ? [...chosen, "fc"] : chosen;
+  const classifier = state.info.classifier;
+  const wanted = state.labels && !chosen.includes(classifier) ? [...chosen, classifier] : chosen;
   $("run").disabled = true;
   setStatus("computing…");
   const started = performance.now();
   try {
-    const query = new URLSearchParams({ layers: wanted.join(","), encoding: "base64" });
+    const query = modelQuery({ layers: wanted.join(","), encoding: "base64" });
     const response = await fetch(`/features?${query}`, {
       method: "POST",
       headers: { "Content-Type": state.file.type || "application/octet-stream", ...authHeaders() },
@@ -180,8 +212,9 @@ async function run() {
     const body = await response.json();
     if (!response.ok) throw new Error(body.error ? body.error.message : response.statusText);
     $("maps").replaceChildren();
-    for (const name of chosen) showLayer(name, body.features[name]);
-    if (state.labels) showTop5(Array.from(decodeFloats(body.features.fc.data)));
+    const layouts = Object.fromEntries(state.layers.map((layer) => [layer.name, layer.layout]));
+    for (const name of chosen) showLayer(name, body.features[name], layouts[name]);
+    if (state.labels) showTop5(Array.from(decodeFloats(body.features[classifier].data)));
     const ms = Math.round(performance.now() - started);
     setStatus(`done in ${ms} ms (inference ${response.headers.get("X-Inference-Time")} ms)`);
   } catch (error) {
@@ -195,6 +228,7 @@ $("file-input").addEventListener("change", (event) => chooseFile(event.target.fi
 $("layer-filter").addEventListener("input", (event) => fillLayerPicker(event.target.value.trim()));
 $("run").addEventListener("click", run);
 $("api-key").addEventListener("change", loadModel);
+$("model-select").addEventListener("change", loadModel);
 const zone = $("drop-zone");
 zone.addEventListener("dragover", (event) => { event.preventDefault(); zone.classList.add("over"); });
 zone.addEventListener("dragleave", () => zone.classList.remove("over"));

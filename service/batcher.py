@@ -1,0 +1,272 @@
+"""Dynamic batching on one worker thread, with admission control and deadlines; it knows nothing of models.
+
+Request threads :meth:`~Batcher.reserve` room for their items (images) *before* preparing them
+(decoding), so refusing work under overload costs next to nothing; they then
+:meth:`~Ticket.submit` a payload and wait on its future. The batcher's thread runs ``setup``
+once, then takes the first job, gathers the jobs that arrive within ``max_delay_s`` (waiting
+only while reserved work is still being prepared, so a lone client never waits), up to
+``max_batch_size`` items, and hands their payloads to ``handle`` in one call. ``handle``
+returns one result per payload; if it raises, only that batch's jobs fail.
+
+A job whose client gave up (its future cancelled) or whose deadline passed before the thread
+reached it is never handled. Everything that waits on this thread is answered, even if the
+thread dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import CancelledError, Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import metrics
+from .errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded, ServiceError
+
+log = logging.getLogger("layertap.batcher")
+
+_STOP = object()
+
+
+@dataclass
+class Done:
+    """A handled job: its result, and where its time went."""
+
+    result: Any
+    queue_ms: float
+    run_ms: float
+    batch_items: int
+
+
+@dataclass
+class _Job:
+    payload: Any
+    items: int
+    deadline: float
+    enqueued_at: float = field(default_factory=time.perf_counter)
+    future: Future = field(default_factory=Future)
+
+
+class Ticket:
+    """Room reserved for ``items``: submit the prepared payload once, or release it (``with`` does on error)."""
+
+    def __init__(self, batcher: Batcher, items: int, deadline: float):
+        self._batcher, self.items, self.deadline = batcher, items, deadline
+        self._open = True
+
+    def submit(self, payload: Any) -> Done:
+        """Queue ``payload`` and wait for its result until the deadline."""
+        self._open = False
+        return self._batcher._submit(payload, self.items, self.deadline)
+
+    def release(self) -> None:
+        if self._open:
+            self._open = False
+            self._batcher._release(self.items, preparing=True)
+
+    def __enter__(self) -> Ticket:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class Batcher:
+    """One thread that runs ``setup()`` and then batches of payloads through ``handle``."""
+
+    def __init__(
+        self,
+        name: str,
+        handle: Callable[[list[Any]], Sequence[Any]],
+        *,
+        max_batch_size: int,
+        max_delay_s: float,
+        max_queued: int,
+        timeout_s: float,
+    ):
+        if max_queued < max_batch_size:
+            raise ValueError(f"max_queued ({max_queued}) must be at least max_batch_size ({max_batch_size})")
+        self.name = name
+        self._handle = handle
+        self.max_batch_size, self.max_delay_s, self.max_queued, self.timeout_s = (
+            max_batch_size,
+            max_delay_s,
+            max_queued,
+            timeout_s,
+        )
+        self._queue: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._waiting = 0  # reserved and not yet taken by the thread (being prepared, or queued)
+        self._preparing = 0  # reservations not submitted yet: worth waiting for when forming a batch
+        self._thread: threading.Thread | None = None
+        self.state = "created"  # created, starting, running, failed, stopped
+        self.failure: str | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def start(self, setup: Callable[[], None]) -> None:
+        self.state = "starting"
+        self._thread = threading.Thread(target=self._serve, args=(setup,), name=f"layertap-{self.name}", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop after the jobs already queued; jobs that arrive later are refused as not ready."""
+        if self._thread is None:
+            return
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        self._thread = None
+        if self.state != "failed":
+            self.state = "stopped"
+        self._fail_queued(NotReady("the service is shutting down", retry_after_s=1))
+
+    @property
+    def waiting(self) -> int:
+        """Items reserved and not yet taken by the thread."""
+        return self._waiting
+
+    # ---- request side ----------------------------------------------------------------------
+    def check_capacity(self) -> None:
+        """Overloaded now if not even one more item would be admitted (to refuse before an upload)."""
+        if self._waiting >= self.max_queued:
+            raise self._overloaded()
+
+    def reserve(self, items: int) -> Ticket:
+        """Room for ``items``, or Overloaded at once; the deadline starts now."""
+        if self.state == "failed":
+            raise InferenceFailed(f"the {self.name} thread stopped ({self.failure}); the service must restart")
+        with self._lock:
+            if self._waiting + items > self.max_queued:
+                raise self._overloaded()
+            self._waiting += items
+            self._preparing += 1
+            metrics.QUEUE_IMAGES.labels(self.name).set(self._waiting)
+        return Ticket(self, items, time.monotonic() + self.timeout_s)
+
+    def _submit(self, payload: Any, items: int, deadline: float) -> Done:
+        job = _Job(payload=payload, items=items, deadline=deadline)
+        self._queue.put(job)
+        with self._lock:
+            # Only now: the thread waits for more work while payloads are being prepared, and must
+            # not see "nothing being prepared" and an empty queue between the two steps.
+            self._preparing -= 1
+        if self.state == "failed":  # the thread died while this was being prepared
+            self._fail_queued(InferenceFailed(f"the {self.name} thread stopped; the service must restart"))
+        try:
+            return job.future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            job.future.cancel()  # if the thread has not reached it yet, it never will
+            raise DeadlineExceeded(f"no result within {self.timeout_s:g} s", retry_after_s=1) from None
+        except CancelledError:
+            raise DeadlineExceeded("the request was cancelled before it was served") from None
+
+    def _overloaded(self) -> Overloaded:
+        return Overloaded(
+            f"{self._waiting} images are already waiting for {self.name} (the queue holds {self.max_queued}); "
+            "retry shortly",
+            retry_after_s=1,
+        )
+
+    def _release(self, items: int, preparing: bool = False) -> None:
+        with self._lock:
+            self._waiting -= items
+            if preparing:
+                self._preparing -= 1
+            metrics.QUEUE_IMAGES.labels(self.name).set(self._waiting)
+
+    # ---- the thread --------------------------------------------------------------------------
+    def _serve(self, setup: Callable[[], None]) -> None:
+        try:
+            setup()
+        except Exception as exc:
+            self.failure = f"{type(exc).__name__}: {exc}"
+            self.state = "failed"
+            log.exception("%s failed to start", self.name)
+            self._fail_queued(InferenceFailed(f"{self.name} failed to start: {self.failure}"))
+            return
+        self.state = "running"
+        batch: list = []
+        try:
+            while True:
+                job = self._queue.get()
+                if job is _STOP:
+                    break
+                batch = self._gather(job)
+                self._run(batch)
+                if _STOP in batch:
+                    break
+        except BaseException as exc:  # the loop itself broke: no request may wait on a dead thread
+            self.failure = f"{type(exc).__name__}: {exc}"
+            self.state = "failed"
+            log.exception("%s thread stopped", self.name)
+            error = InferenceFailed(f"the {self.name} thread stopped ({type(exc).__name__}); the service must restart")
+            for job in batch:
+                if job is not _STOP and not job.future.done():
+                    job.future.set_exception(error)
+            self._fail_queued(error)
+
+    def _gather(self, first: _Job) -> list:
+        """The first job plus those arriving within the delay, while more are on their way."""
+        batch = [first]
+        items = first.items
+        wait_until = time.monotonic() + self.max_delay_s
+        while items < self.max_batch_size:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                remaining = wait_until - time.monotonic()
+                if remaining <= 0 or self._preparing == 0:
+                    break
+                try:
+                    job = self._queue.get(timeout=min(remaining, 0.0005))
+                except queue.Empty:
+                    continue
+            batch.append(job)
+            if job is _STOP:
+                break
+            items += job.items
+        return batch
+
+    def _run(self, batch: list) -> None:
+        jobs: list[_Job] = []
+        now = time.monotonic()
+        for job in batch:
+            if job is _STOP:
+                continue
+            self._release(job.items)
+            if not job.future.set_running_or_notify_cancel():
+                continue  # its client gave up
+            if job.deadline <= now:
+                job.future.set_exception(DeadlineExceeded("the request's deadline passed while it waited"))
+                continue
+            jobs.append(job)
+        if not jobs:
+            return
+        started = time.perf_counter()
+        try:
+            results = self._handle([job.payload for job in jobs])
+        except Exception as exc:
+            log.exception("a batch of %d jobs failed on %s", len(jobs), self.name)
+            error = exc if isinstance(exc, ServiceError) else InferenceFailed(f"the batch failed: {exc}")
+            for job in jobs:
+                job.future.set_exception(error)
+            return
+        run_ms = (time.perf_counter() - started) * 1000
+        items = sum(job.items for job in jobs)
+        for job, result in zip(jobs, results, strict=True):
+            job.future.set_result(Done(result, (started - job.enqueued_at) * 1000, run_ms, items))
+
+    def _fail_queued(self, error: ServiceError) -> None:
+        """Answer every job still queued (arrived after the stop, or left by a dead thread)."""
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is not _STOP and job.future.set_running_or_notify_cancel():
+                self._release(job.items)
+                job.future.set_exception(error)

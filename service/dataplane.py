@@ -1,0 +1,178 @@
+"""The protocol-neutral data plane: route to a model, validate, extract, trace shapes, describe.
+
+Every front-end (the layertap REST API today) parses its protocol, calls these methods and
+renders what they return or raise; nothing here knows HTTP. Requests name a model (default: the
+first of ``LAYERTAP_MODELS``), and each model has its own runner: its own thread, queue and
+limits, so a slow model never holds up another.
+
+An extraction reserves room in the model's queue *before* the images are decoded (refusing under
+overload costs next to nothing), decodes them in the calling thread, waits for the model thread,
+and applies the output options (pooling, normalization) in the calling thread again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import metrics, postprocess
+from .capture import LayerCall
+from .errors import InvalidRequest, StartupError, UnknownModel
+from .model_repository import load_entry
+from .postprocess import OutputOptions
+from .runner import ModelRunner, Work
+from .settings import Settings
+from .weights import resolve_weights
+
+log = logging.getLogger("layertap.dataplane")
+
+
+@dataclass
+class Timings:
+    """Milliseconds spent by one request in each stage, and how many images shared its forward pass."""
+
+    preprocess_ms: float = 0.0
+    queue_ms: float = 0.0
+    inference_ms: float = 0.0
+    batch_images: int = 0
+
+
+@dataclass
+class Extraction:
+    """One ``(n, ...)`` float32 array per requested layer, in request order."""
+
+    model: str
+    weights: str
+    features: dict[str, np.ndarray]
+    timings: Timings
+
+
+class DataPlane:
+    """The models a server holds, by name; the first is the default."""
+
+    def __init__(self, settings: Settings, runners: list[ModelRunner]):
+        if not runners:
+            raise ValueError("a data plane needs at least one model runner")
+        self.settings = settings
+        self.runners = {runner.name: runner for runner in runners}
+        self.default_model = runners[0].name
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DataPlane:
+        """Every model of ``LAYERTAP_MODELS``, with its weights; StartupError says what to change."""
+        names = settings.model_names
+        if len(names) > 1 and settings.weights not in ("imagenet", "random"):
+            raise StartupError(
+                f"LAYERTAP_WEIGHTS={settings.weights} names one file, but LAYERTAP_MODELS serves {len(names)} models; "
+                "use imagenet or random with several models"
+            )
+        runners = []
+        for name in names:
+            try:
+                entry = load_entry(settings.model_repository, name)
+            except ValueError as exc:
+                raise StartupError(str(exc)) from None
+            weights = resolve_weights(
+                settings.weights, entry, allow_download=settings.allow_download, seed=settings.seed
+            )
+            runners.append(ModelRunner(settings, entry, weights))
+        return cls(settings, runners)
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        for runner in self.runners.values():
+            runner.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        for runner in self.runners.values():
+            runner.close(timeout)
+
+    def drain(self) -> None:
+        """Shutting down: readiness turns 503 so load balancers stop sending; work in flight is still served."""
+        for runner in self.runners.values():
+            runner.drain()
+        log.info("draining: readiness is now 503, requests in flight will finish")
+
+    @property
+    def state(self) -> str:
+        """The server's state: failed if any model failed, else loading while any loads, else the models' state."""
+        states = {runner.state for runner in self.runners.values()}
+        for state in ("failed", "loading", "stopped", "draining"):
+            if state in states:
+                return state
+        return "ready"
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    @property
+    def failure(self) -> str | None:
+        failed = [f"{r.name}: {r.failure}" for r in self.runners.values() if r.state == "failed"]
+        return "; ".join(failed) or None
+
+    def wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        return all(runner.wait_ready(max(0.0, deadline - time.monotonic())) for runner in self.runners.values())
+
+    # ---- requests ----------------------------------------------------------------------------
+    def runner(self, model: str | None) -> ModelRunner:
+        """The named model's runner (the default model's for None), or UnknownModel listing the others."""
+        name = self.default_model if model is None else model
+        try:
+            return self.runners[name]
+        except KeyError:
+            raise UnknownModel(f"no model {name[:100]!r} here; models: {', '.join(self.runners)}") from None
+
+    def check(
+        self, model: str | None, layers: tuple[str, ...] | None, options: OutputOptions
+    ) -> tuple[ModelRunner, tuple[str, ...]]:
+        """The runner and the layers (its default layer when none are named); raises on any bad name or option."""
+        runner = self.runner(model)
+        layers = layers or (runner.default_layer,)
+        runner.check_layers(layers)
+        for name in layers:
+            try:
+                postprocess.check_pool(options.pool, name, runner.layout_of(name))
+            except ValueError as exc:
+                raise InvalidRequest(str(exc)) from None
+        return runner, layers
+
+    def check_capacity(self, model: str | None) -> None:
+        """Overloaded now if that model's queue is full, so a front-end can refuse before reading the upload."""
+        self.runner(model).check_capacity()
+
+    def extract(
+        self,
+        images: list[bytes],
+        layers: tuple[str, ...] | None = None,
+        options: OutputOptions | None = None,
+        model: str | None = None,
+    ) -> Extraction:
+        """Decode ``images`` here, run them through the model's thread, return the requested layers."""
+        options = options or OutputOptions()
+        runner, layers = self.check(model, layers, options)
+        started = time.perf_counter()
+        with runner.reserve(len(images)) as ticket:  # before decoding: refusing must cost next to nothing
+            pixels = np.stack([runner.preprocess(data) for data in images])
+            preprocess_s = time.perf_counter() - started
+            metrics.PREPROCESS_SECONDS.labels(runner.name).observe(preprocess_s)
+            done = ticket.submit(Work(pixels=pixels, layers=layers))
+        features = done.result
+        if options != OutputOptions():
+            features = {name: postprocess.apply(a, options, runner.layout_of(name)) for name, a in features.items()}
+        timings = Timings(preprocess_s * 1000, done.queue_ms, done.run_ms, done.batch_items)
+        return Extraction(model=runner.name, weights=runner.weights.label, features=features, timings=timings)
+
+    def shapes(
+        self, model: str | None, batch: int, height: int, width: int
+    ) -> tuple[ModelRunner, tuple[LayerCall, ...]]:
+        runner = self.runner(model)
+        return runner, runner.shapes(batch, height, width)
+
+    def describe(self, model: str | None = None) -> dict:
+        """The model's description, with the server's models and which is the default."""
+        return {**self.runner(model).describe(), "models": list(self.runners), "default_model": self.default_model}

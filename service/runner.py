@@ -1,0 +1,302 @@
+"""A runner per model: it loads the model, owns its thread (through a batcher), and runs forward passes with capture.
+
+Built in the caller's thread: the model with its weights (so bad weights fail ``create_app``),
+its preprocessor, the list of its layers (traced on the meta device) and, for int8, the
+quantized model. From :meth:`ModelRunner.start` on, only the runner's thread touches the
+model: it places it on its device, builds the batch-norm-folded twin where folding is proven
+safe, installs the hooks (once), runs a warm-up pass, and then serves batches.
+
+A batch captures the union of its requests' layers, stops at the deepest one any of them needs,
+and gives each request back only its own rows and layers, as float32 numpy arrays: nothing
+above the runner sees a tensor.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import difflib
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torchvision
+
+from . import metrics
+from .batcher import Batcher, Ticket
+from .capture import LayerCall, LayerTap
+from .errors import LayerUnavailable, NotReady, StartupError, UnknownLayer
+from .folding import fold_batch_norms
+from .model import DTYPES, build_model, place, resolve_device
+from .model_repository import ModelEntry
+from .preprocess import ImagePreprocessor
+from .quantize import Int8Model, build_int8, served_calls
+from .settings import Settings
+from .shapes import ShapeTracer
+from .weights import Weights
+
+log = logging.getLogger("layertap.runner")
+
+
+@dataclass(frozen=True)
+class Work:
+    """What one request hands the model thread: uint8 pixels ``(n, crop, crop, 3)`` and the layers it wants."""
+
+    pixels: np.ndarray
+    layers: tuple[str, ...]
+
+
+class ModelRunner:
+    """One model, its thread and its queue. ``start()`` loads in the background; ``ready`` says when it serves."""
+
+    def __init__(self, settings: Settings, entry: ModelEntry, weights: Weights):
+        self.settings = settings
+        self.entry = entry
+        self.weights = weights
+        self.name = entry.name
+        self.preprocess = ImagePreprocessor(
+            entry.preprocessing, settings.max_pixels, settings.preprocessing, settings.max_aspect_ratio
+        )
+        self.device = resolve_device(settings.device)
+        self.dtype = settings.dtype
+        self._model = build_model(entry, weights)
+        self.parameters = sum(p.numel() for p in self._model.parameters())
+        self._shapes = ShapeTracer(entry.architecture, self._model)
+        crop = entry.preprocessing.crop
+        self.layers: list[LayerCall] = [c for c in self._shapes.trace(1, crop, crop) if c.shape is not None]
+        self._int8: Int8Model | None = None
+        if settings.precision == "int8":
+            self._int8 = self._build_int8()
+            self.layers = [c for c in self.layers if c.name in self._int8.served]
+        self._layer_names = {c.name for c in self.layers}
+        self._modules = {c.name: c.module for c in self.layers}
+        self.classifier, self.default_layer = _roles(entry, self.layers)
+        self._batcher = Batcher(
+            entry.name,
+            self._run_batch,
+            max_batch_size=settings.max_batch_size,
+            max_delay_s=settings.max_batch_delay_ms / 1000,
+            max_queued=settings.max_queue_images,
+            timeout_s=settings.request_timeout_s,
+        )
+        self._tap: LayerTap | None = None
+        self._fast_tap: LayerTap | None = None
+        self._needs_original: frozenset[str] = frozenset()
+        self._draining = False
+        self.load_seconds: float | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        self._batcher.start(self._load)
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._batcher.close(timeout)
+
+    def drain(self) -> None:
+        """Shutting down: readiness turns off so load balancers stop sending, but work is still served."""
+        if self.ready:
+            self._draining = True
+
+    @property
+    def state(self) -> str:
+        """loading, ready, draining, failed or stopped."""
+        state = self._batcher.state
+        if state == "running":
+            return "draining" if self._draining else "ready"
+        return {"created": "loading", "starting": "loading"}.get(state, state)
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    @property
+    def failure(self) -> str | None:
+        return self._batcher.failure
+
+    def wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.state == "loading":
+            time.sleep(0.01)
+        return self.ready
+
+    # ---- request side ----------------------------------------------------------------------
+    def check_layers(self, layers: tuple[str, ...]) -> None:
+        """UnknownLayer (with close names) or LayerUnavailable (int8) for a name this model does not serve."""
+        for name in layers:
+            if self._int8 is not None and name in self._int8.unavailable:
+                raise LayerUnavailable(f"layer {name!r} does not exist in int8 mode: {self._int8.unavailable[name]}")
+            if name not in self._layer_names:
+                close = difflib.get_close_matches(name, self._layer_names, n=3, cutoff=0.6)
+                hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+                top = [c.name for c in self.layers if "." not in c.name]
+                raise UnknownLayer(
+                    f"unknown layer {name!r} of {self.name}; {hint}its top-level layers are {', '.join(top)}; "
+                    f"the layer list has all {len(self.layers)} (containers, blocks and repeated calls included)"
+                )
+
+    def layout_of(self, layer: str) -> str:
+        """How the layer's output is laid out (nchw, nhwc or tokens), from the model entry."""
+        return self.entry.layout_of(self._modules.get(layer, layer))
+
+    def check_capacity(self) -> None:
+        """Overloaded now if the queue is full: lets a front-end refuse before reading an upload."""
+        self._batcher.check_capacity()
+
+    def reserve(self, images: int) -> Ticket:
+        """Room for ``images`` in this model's queue (Overloaded at once if there is none)."""
+        if self.state not in ("ready", "draining"):
+            raise NotReady(f"model {self.name} is {self.state}", retry_after_s=1)
+        return self._batcher.reserve(images)
+
+    def shapes(self, batch: int, height: int, width: int) -> tuple[LayerCall, ...]:
+        """Every layer this model serves, for an input of this size, in the order the calls return."""
+        return tuple(c for c in self._shapes.trace(batch, height, width) if c.name in self._layer_names)
+
+    def describe(self) -> dict:
+        taps = (self._tap, self._fast_tap)
+        return {
+            "model": self.entry.name,
+            "architecture": self.entry.architecture,
+            "weights": self.weights.label,
+            "default_layer": self.default_layer,
+            "classifier": self.classifier,
+            "labels": self.weights.categories is not None,
+            "device": str(self.device),
+            "dtype": self.dtype,
+            "precision": self.settings.precision,
+            "channels_last": self.settings.channels_last and self._int8 is None,
+            "fold_batch_norm": self._fast_tap is not None,
+            "preprocessing": {
+                **self.entry.preprocessing.describe(),
+                "mode": self.settings.preprocessing,
+                "resize_kernel": self.preprocess.resize_kernel,
+            },
+            "layers": len(self.layers),
+            "parameters": self.parameters,
+            "hooks": sum(tap.hook_count for tap in taps if tap is not None) if self._tap is not None else None,
+            "state": self.state,
+            "queue_images": self._batcher.waiting,
+            "load_seconds": self.load_seconds,
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+        }
+
+    # ---- the model thread --------------------------------------------------------------------
+    def _load(self) -> None:
+        started = time.perf_counter()
+        torch.set_num_threads(self.settings.effective_torch_threads())
+        crop = self.entry.preprocessing.crop
+        if self.settings.fold_batch_norm and self._int8 is None:  # int8 fuses batch norms itself
+            sample = torch.randn(2, 3, crop, crop, generator=torch.Generator().manual_seed(0))
+            folding = fold_batch_norms(self._model, sample)
+            if folding is not None:
+                folded, changed = folding
+                self._fast_tap = LayerTap(place(folded, self.device, self.dtype, self.settings.channels_last))
+                self._needs_original = frozenset(c.name for c in self.layers if c.module in changed)
+        if self._int8 is not None:
+            self._model = self._int8.model
+        else:
+            self._model = place(self._model, self.device, self.dtype, self.settings.channels_last)
+        self._tap = LayerTap(self._model)
+        self._mean = torch.tensor(self.entry.preprocessing.mean, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(self.entry.preprocessing.std, device=self.device).view(1, 3, 1, 1)
+        # Warm-up: the first pass allocates and picks kernels; readiness waits for it.
+        warm_up = np.zeros((1, crop, crop, 3), dtype=np.uint8)
+        self._forward(warm_up, frozenset({self.layers[-1].name}))
+        if self._needs_original:
+            self._forward(warm_up, self._needs_original)
+        self.load_seconds = round(time.perf_counter() - started, 3)
+        metrics.MODEL_LOAD_SECONDS.labels(self.name).set(self.load_seconds)
+        _release_free_heap()
+        log.info(
+            "model %s ready on %s (%s, weights %s) in %.2f s",
+            self.name,
+            self.device,
+            self.dtype,
+            self.weights.label,
+            self.load_seconds,
+            extra={"pid": os.getpid()},
+        )
+
+    def _run_batch(self, works: list[Work]) -> list[dict[str, np.ndarray]]:
+        wanted = frozenset(name for work in works for name in work.layers)
+        pixels = works[0].pixels if len(works) == 1 else np.concatenate([work.pixels for work in works])
+        started = time.perf_counter()
+        outputs = self._forward(pixels, wanted)
+        metrics.IMAGES.labels(self.name).inc(len(pixels))
+        metrics.BATCH_IMAGES.labels(self.name).observe(len(pixels))
+        metrics.INFERENCE_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+        results, offset = [], 0
+        for work in works:
+            count = len(work.pixels)
+            results.append({name: outputs[name][offset : offset + count] for name in work.layers})
+            offset += count
+        return results
+
+    def _forward(self, pixels: np.ndarray, wanted: frozenset[str]) -> dict[str, np.ndarray]:
+        """uint8 NHWC pixels → {layer: float32 array}, in chunks of at most max_batch_size."""
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
+        step = self.settings.max_batch_size
+        tap = self._tap if self._fast_tap is None or wanted & self._needs_original else self._fast_tap
+        # int8 modules carry some float names under another module's name (service/quantize.py)
+        calls = {name: self._int8.served[name] if self._int8 else name for name in wanted}
+        with torch.inference_mode():
+            for start in range(0, len(pixels), step):
+                captured = tap.capture(self._to_input(pixels[start : start + step]), frozenset(calls.values()))
+                for name, call in calls.items():
+                    tensor = captured[call]
+                    if tensor.is_quantized:
+                        tensor = tensor.dequantize()
+                    parts[name].append(tensor.to(device="cpu", dtype=torch.float32).numpy())
+        return {name: chunks[0] if len(chunks) == 1 else np.concatenate(chunks) for name, chunks in parts.items()}
+
+    def _to_input(self, pixels: np.ndarray) -> torch.Tensor:
+        """Normalize as torchvision does (x/255, then (x-mean)/std) in float32, on the model's device."""
+        batch = torch.from_numpy(pixels)
+        if self.device.type == "cuda":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        # NHWC viewed as NCHW is already channels_last in memory: no copy needed for that layout.
+        batch = batch.permute(0, 3, 1, 2).float().div_(255).sub_(self._mean).div_(self._std)
+        if not self.settings.channels_last or self._int8 is not None:
+            batch = batch.contiguous()
+        return batch.to(DTYPES[self.dtype])
+
+    def _build_int8(self) -> Int8Model:
+        if self.device.type != "cpu":
+            raise StartupError("LAYERTAP_PRECISION=int8 runs on the CPU only; set LAYERTAP_DEVICE=cpu")
+        try:
+            int8 = build_int8(
+                self.entry, self.weights, self.preprocess, self.settings.calibration_dir, self.settings.int8_cache_dir
+            )
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+        return served_calls(int8, self.entry.preprocessing.crop)
+
+
+def _roles(entry: ModelEntry, layers: list[LayerCall]) -> tuple[str, str]:
+    """The classifier and the default layer: the entry's, else inferred from the calls in return order.
+
+    The classifier is the last top-level layer with a 2-D output (the class scores); the default
+    layer is what it reads, the call that returned just before the classifier's first call began.
+    """
+    top = [c for c in layers if "." not in c.module and c.call_index == 0]
+    scores = [c for c in top if len(c.shape) == 2] or top
+    classifier = entry.classifier or scores[-1].name
+    module = next((c.module for c in layers if c.name == classifier), classifier)
+    first = next((i for i, c in enumerate(layers) if c.module == module or c.module.startswith(module + ".")), 0)
+    default_layer = entry.default_layer or (layers[first - 1].name if first > 0 else classifier)
+    names = {c.name for c in layers}
+    for role, layer in (("default_layer", default_layer), ("classifier", classifier)):
+        if layer not in names:
+            raise StartupError(f"model entry {entry.name!r}: its {role} {layer!r} is not one of its layers")
+    return classifier, default_layer
+
+
+def _release_free_heap() -> None:
+    """Hand the heap freed by loading and warm-up back to the OS (glibc keeps it otherwise)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass

@@ -1,0 +1,160 @@
+"""The batcher on its own, with a stand-in handler: admission, gathering, deadlines, failures. No model."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from service.batcher import Batcher
+from service.errors import DeadlineExceeded, InferenceFailed, Overloaded
+
+
+class Gate:
+    """A handler that records each batch's payloads and waits for the test to open it."""
+
+    def __init__(self):
+        self.open = threading.Event()
+        self.batches: list[list] = []
+
+    def __call__(self, payloads: list) -> list:
+        self.batches.append(list(payloads))
+        assert self.open.wait(30)
+        return [f"done:{payload}" for payload in payloads]
+
+
+@pytest.fixture
+def make():
+    made: list[Batcher] = []
+
+    def make(handle, setup=lambda: None, **limits) -> Batcher:
+        options = {"max_batch_size": 8, "max_delay_s": 0.05, "max_queued": 8, "timeout_s": 30, **limits}
+        batcher = Batcher("test", handle, **options)
+        batcher.start(setup)
+        wait_for(lambda: batcher.state != "starting")
+        made.append(batcher)
+        return batcher
+
+    yield make
+    for batcher in made:
+        batcher.close(timeout=1)
+
+
+def wait_for(condition, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.002)
+
+
+def run(batcher: Batcher, payload, items: int = 1):
+    with batcher.reserve(items) as ticket:
+        return ticket.submit(payload)
+
+
+def test_a_full_queue_refuses_at_once_and_frees_its_room_as_work_is_taken(make):
+    gate = Gate()
+    batcher = make(gate, max_queued=2, max_batch_size=1)
+    with ThreadPoolExecutor(3) as pool:
+        running = pool.submit(run, batcher, "a")
+        wait_for(lambda: len(gate.batches) == 1)  # the thread is busy with "a"
+        queued = [pool.submit(run, batcher, name) for name in "bc"]
+        wait_for(lambda: batcher.waiting == 2)
+        started = time.monotonic()
+        with pytest.raises(Overloaded) as refused:
+            batcher.reserve(1)
+        with pytest.raises(Overloaded):
+            batcher.check_capacity()
+        assert time.monotonic() - started < 0.5 and refused.value.retry_after_s == 1
+        gate.open.set()
+        assert [f.result(10).result for f in (running, *queued)] == ["done:a", "done:b", "done:c"]
+    assert batcher.waiting == 0
+
+
+def test_a_released_reservation_frees_its_room(make):
+    batcher = make(Gate(), max_queued=2, max_batch_size=2)
+    with pytest.raises(ValueError), batcher.reserve(2):
+        raise ValueError("the image did not decode")
+    assert batcher.waiting == 0
+    batcher.reserve(2).release()
+    assert batcher.waiting == 0
+
+
+def test_work_queued_behind_a_busy_thread_runs_as_one_batch(make):
+    gate = Gate()
+    batcher = make(gate, max_batch_size=8)
+    with ThreadPoolExecutor(5) as pool:
+        first = pool.submit(run, batcher, "first")
+        wait_for(lambda: len(gate.batches) == 1)
+        later = [pool.submit(run, batcher, name, 2) for name in "wxyz"]
+        wait_for(lambda: batcher.waiting == 8)
+        gate.open.set()
+        done = [f.result(10) for f in later]
+        first.result(10)
+    assert [len(batch) for batch in gate.batches] == [1, 4]
+    assert sorted(d.result for d in done) == ["done:w", "done:x", "done:y", "done:z"]
+    assert all(d.batch_items == 8 and d.queue_ms > 0 and d.run_ms >= 0 for d in done)
+
+
+def test_expired_work_is_answered_and_never_handled(make):
+    gate = Gate()
+    batcher = make(gate, max_batch_size=1, timeout_s=0.3)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(run, batcher, "first")
+        wait_for(lambda: len(gate.batches) == 1)
+        with pytest.raises(DeadlineExceeded):
+            run(batcher, "late")  # waits behind the gated batch, past its deadline
+        with pytest.raises(DeadlineExceeded):
+            first.result(10)
+    gate.open.set()
+    time.sleep(0.2)
+    assert gate.batches == [["first"]], "the expired job must not reach the handler"
+    assert run(batcher, "next").result == "done:next"
+
+
+def test_a_failed_batch_fails_only_its_own_jobs(make):
+    failures = iter([True])
+
+    def flaky(payloads):
+        if next(failures, False):
+            raise RuntimeError("simulated kernel failure")
+        return payloads
+
+    batcher = make(flaky)
+    with pytest.raises(InferenceFailed, match="simulated kernel failure"):
+        run(batcher, "a")
+    assert run(batcher, "b").result == "b"
+    assert batcher.state == "running"
+
+
+class Fatal(BaseException):
+    """What kills a thread rather than a batch (as MemoryError inside the loop's own code would)."""
+
+
+def test_a_dead_thread_fails_waiting_and_new_work_at_once(make):
+    def fatal(payloads):
+        raise Fatal("simulated")
+
+    batcher = make(fatal)
+    started = time.monotonic()
+    with pytest.raises(InferenceFailed, match="thread stopped"):
+        run(batcher, "a")
+    assert time.monotonic() - started < 5, "no waiting for the deadline"
+    assert batcher.state == "failed" and "Fatal" in batcher.failure
+    with pytest.raises(InferenceFailed):
+        batcher.reserve(1)
+
+
+def test_a_setup_that_fails_fails_the_batcher(make):
+    def broken():
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    batcher = make(Gate(), setup=broken)
+    assert batcher.state == "failed" and "simulated" in batcher.failure
+
+
+def test_limits_that_could_never_fill_a_batch_are_refused():
+    with pytest.raises(ValueError, match="max_queued"):
+        Batcher("test", list, max_batch_size=16, max_delay_s=0, max_queued=8, timeout_s=1)

@@ -1,0 +1,207 @@
+"""The data plane with real models: routing by model, chunked batches, output options, precision, a dead thread."""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from service.app import create_app
+from service.capture import LayerTap
+from service.errors import InferenceFailed, InvalidRequest, UnknownModel
+from service.postprocess import OutputOptions, apply
+from service.settings import Settings
+
+
+def test_a_request_larger_than_the_batch_size_runs_in_chunks(weights_file, photos, monkeypatch):
+    plane = create_app(Settings(weights=str(weights_file), device="cpu", max_batch_size=2)).extensions[
+        "layertap.dataplane"
+    ]
+    try:
+        assert plane.wait_ready(60)
+        passes: list[int] = []
+        capture = LayerTap.capture
+        monkeypatch.setattr(
+            LayerTap, "capture", lambda tap, x, wanted: passes.append(len(x)) or capture(tap, x, wanted)
+        )
+        names = ("rocket.jpg", "chelsea.png", "coffee.png", "grace_hopper.jpg", "rocket.jpg")
+        result = plane.extract([photos[name] for name in names], ("avgpool",))
+        assert passes == [2, 2, 1]
+        avgpool = result.features["avgpool"]
+        assert avgpool.shape == (5, 512, 1, 1) and result.timings.batch_images == 5
+        np.testing.assert_allclose(avgpool[4], avgpool[0], rtol=1e-4, atol=1e-5)
+        single = plane.extract([photos["coffee.png"]], ("avgpool",)).features["avgpool"]
+        np.testing.assert_allclose(avgpool[2], single[0], rtol=1e-4, atol=1e-5)
+    finally:
+        plane.close()
+
+
+def test_unknown_models_and_default_layers(plane, photos):
+    with pytest.raises(UnknownModel, match="models: resnet18"):
+        plane.extract([photos["rocket.jpg"]], model="vgg99")
+    result = plane.extract([photos["rocket.jpg"]])  # no layers: the entry's default layer
+    assert result.model == "resnet18" and list(result.features) == ["avgpool"]
+    with pytest.raises(InvalidRequest, match="pool=cls takes the class token"):
+        plane.extract([photos["rocket.jpg"]], ("layer4",), OutputOptions(pool="cls"))
+
+
+# ---- output options --------------------------------------------------------------------------
+def test_pooling_follows_the_layout_and_normalization():
+    rng = np.random.default_rng(0)
+    maps = rng.standard_normal((3, 8, 5, 4)).astype(np.float32)
+    np.testing.assert_allclose(apply(maps, OutputOptions(pool="avg")), maps.mean(axis=(2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(apply(maps, OutputOptions(pool="max")), maps.max(axis=(2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(apply(maps, OutputOptions(pool="avg"), "nhwc"), maps.mean(axis=(1, 2)), rtol=1e-6)
+    tokens = rng.standard_normal((2, 7, 6)).astype(np.float32)
+    np.testing.assert_allclose(apply(tokens, OutputOptions(pool="avg"), "tokens"), tokens.mean(axis=1), rtol=1e-6)
+    np.testing.assert_array_equal(apply(tokens, OutputOptions(pool="cls"), "tokens"), tokens[:, 0])
+    unit = apply(maps, OutputOptions(pool="avg", normalize=True))
+    np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1, rtol=1e-5)
+    whole = apply(maps, OutputOptions(normalize=True))
+    assert whole.shape == maps.shape
+    np.testing.assert_allclose(np.linalg.norm(whole.reshape(3, -1), axis=1), 1, rtol=1e-5)
+    vectors = rng.standard_normal((2, 10)).astype(np.float32)
+    np.testing.assert_array_equal(apply(vectors, OutputOptions(pool="avg")), vectors)  # nothing to pool
+    assert np.isfinite(apply(np.zeros((1, 4), np.float32), OutputOptions(normalize=True))).all()
+    with pytest.raises(ValueError, match="pool must be one of"):
+        OutputOptions(pool="median")
+
+
+def test_output_options_over_http(client, photos):
+    data = photos["grace_hopper.jpg"]
+    raw = client.post("/features?layers=layer4,fc&encoding=base64", data=data, content_type="image/jpeg").json
+    feature = raw["features"]["layer4"]
+    assert (feature["dtype"], feature["byteorder"], feature["encoding"]) == ("float32", "little", "base64")
+    layer4 = np.frombuffer(base64.b64decode(feature["data"]), "<f4").reshape(feature["shape"])
+    assert layer4.shape == (1, 512, 7, 7)
+    as_json = client.post("/features?layers=layer4", data=data, content_type="image/jpeg").json
+    np.testing.assert_array_equal(layer4, np.asarray(as_json["features"]["layer4"]["data"], dtype=np.float32))
+
+    pooled = client.post("/features?layers=layer4&pool=avg&normalize=true", data=data, content_type="image/jpeg").json
+    vector = np.asarray(pooled["features"]["layer4"]["data"], dtype=np.float32)
+    assert pooled["features"]["layer4"]["shape"] == [1, 512]
+    expected = layer4.mean(axis=(2, 3))
+    np.testing.assert_allclose(vector, expected / np.linalg.norm(expected), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("query", ["pool=median", "encoding=xml", "normalize=maybe", "pool=cls"])
+def test_bad_output_options_are_400(client, photos, query):
+    response = client.post(f"/features?{query}", data=photos["rocket.jpg"], content_type="image/jpeg")
+    assert response.status_code == 400
+    assert response.json["error"]["code"] == "bad_request"
+
+
+def test_half_precision_setting_runs_on_cpu_and_returns_float32(weights_file, photos, plane):
+    """The GPU options must not break a CPU-only machine: bfloat16 runs and outputs float32."""
+    app = create_app(Settings(weights=str(weights_file), device="cpu", dtype="bfloat16", preprocessing="exact"))
+    half = app.extensions["layertap.dataplane"]
+    try:
+        assert half.wait_ready(60), half.failure
+        assert half.describe()["dtype"] == "bfloat16"
+        got = half.extract([photos["rocket.jpg"]], ("avgpool",)).features["avgpool"]
+        assert got.dtype == np.float32
+        full = plane.extract([photos["rocket.jpg"]], ("avgpool",)).features["avgpool"]
+        cos = float((got * full).sum() / (np.linalg.norm(got) * np.linalg.norm(full)))
+        assert cos > 0.99
+    finally:
+        half.close()
+
+
+class Fatal(BaseException):
+    """Escapes the batch's error handling, as a crash of the model thread itself would."""
+
+
+def test_a_dead_model_thread_fails_requests_at_once_and_turns_health_red(weights_file, monkeypatch, photos):
+    app = create_app(Settings(weights=str(weights_file), device="cpu"))
+    plane = app.extensions["layertap.dataplane"]
+    assert plane.wait_ready(60)
+
+    def crash(tap, inputs, wanted):
+        raise Fatal("simulated")
+
+    monkeypatch.setattr(LayerTap, "capture", crash)
+    try:
+        started = time.monotonic()
+        with pytest.raises(InferenceFailed, match="thread stopped"):
+            plane.extract([photos["rocket.jpg"]], ("fc",))
+        assert time.monotonic() - started < 5, "no waiting for the deadline"
+        client = app.test_client()
+        assert client.get("/health").status_code == 503
+        assert "Fatal" in client.get("/health").json["reason"]
+        response = client.post("/features", data=photos["rocket.jpg"], content_type="image/jpeg")
+        assert response.status_code == 503 and response.json["error"]["code"] == "not_ready"
+    finally:
+        plane.close()
+
+
+# ---- several models in one server -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def two_models():
+    app = create_app(Settings(models="resnet18,vit_b_16", weights="random", device="cpu", max_queue_images=4,
+                              max_batch_size=4, max_images_per_request=4))  # fmt: skip
+    plane = app.extensions["layertap.dataplane"]
+    assert plane.wait_ready(120), plane.failure
+    yield app
+    plane.close()
+
+
+def test_several_models_answer_by_name_with_their_own_defaults(two_models, photos):
+    client = two_models.test_client()
+    assert client.get("/ready").json == {"status": "ready", "models": {"resnet18": "ready", "vit_b_16": "ready"}}
+    info = client.get("/info").json
+    assert (info["model"], info["models"], info["default_model"]) == ("resnet18", ["resnet18", "vit_b_16"], "resnet18")
+    vit = client.get("/info?model=vit_b_16").json
+    assert (vit["model"], vit["default_layer"], vit["classifier"], vit["layers"]) == (
+        "vit_b_16",
+        "encoder",
+        "heads",
+        139,
+    )
+    image = photos["rocket.jpg"]
+    default = client.post("/features", data=image, content_type="image/jpeg").json
+    assert default["model"] == "resnet18" and default["features"]["avgpool"]["shape"] == [1, 512, 1, 1]
+    tokens = client.post("/features?model=vit_b_16&pool=cls", data=image, content_type="image/jpeg").json
+    assert tokens["model"] == "vit_b_16" and tokens["features"]["encoder"]["shape"] == [1, 768]
+    shapes = client.get("/shapes?model=vit_b_16").json
+    layouts = {layer["name"]: layer["layout"] for layer in shapes["layers"]}
+    assert shapes["model"] == "vit_b_16" and (layouts["encoder"], layouts["conv_proj"]) == ("tokens", "nchw")
+    assert client.get("/shapes?model=vit_b_16&height=200").status_code == 400
+    assert client.get("/labels?model=vit_b_16").json == {"model": "vit_b_16", "classifier": "heads", "labels": None}
+    missing = client.post("/features?model=vgg99", data=image, content_type="image/jpeg")
+    assert missing.status_code == 404 and missing.json["error"]["code"] == "unknown_model"
+    assert "resnet18, vit_b_16" in missing.json["error"]["message"]
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'layertap_images_total{model="vit_b_16"}' in metrics and 'layertap_images_total{model="resnet18"}' in metrics
+
+
+def test_a_busy_model_does_not_hold_up_another(two_models, photos, monkeypatch):
+    client = two_models.test_client()
+    gate, entered = threading.Event(), threading.Event()
+    capture = LayerTap.capture
+
+    def slow_vit(tap, inputs, wanted):
+        if type(tap.model).__name__ == "VisionTransformer":
+            entered.set()
+            assert gate.wait(30)
+        return capture(tap, inputs, wanted)
+
+    monkeypatch.setattr(LayerTap, "capture", slow_vit)
+    image = photos["rocket.jpg"]
+    post = lambda model: client.post(f"/features?model={model}", data=image, content_type="image/jpeg")  # noqa: E731
+    with ThreadPoolExecutor(6) as pool:
+        busy = pool.submit(post, "vit_b_16")
+        assert entered.wait(30)
+        queued = [pool.submit(post, "vit_b_16") for _ in range(4)]  # the ViT queue holds 4 images
+        wait = time.monotonic() + 10
+        while client.get("/info?model=vit_b_16").json["queue_images"] < 4:
+            assert time.monotonic() < wait
+            time.sleep(0.01)
+        refused = post("vit_b_16")
+        assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
+        assert post("resnet18").status_code == 200, "the other model's thread and queue are its own"
+        gate.set()
+        assert busy.result(30).status_code == 200 and all(f.result(30).status_code == 200 for f in queued)
