@@ -34,8 +34,9 @@ lint: install  ## ruff, hadolint on the Dockerfile, kubernetes-validate on deplo
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/kubernetes-validate --strict --quiet $$(ls deploy/k8s/*.yaml | grep -v kustomization)
 
-bench: install  ## the real service vs the in-process limit, written to bench-results/ (see bench/README.md)
+bench: install  ## the real service vs the in-process limit, then a row per model entry, in bench-results/
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.models
 
 stress: install  ## bad inputs, 3× overload, 5,000-request soak, a killed worker; prints a summary table
 	$(BIN)/python -m stress
