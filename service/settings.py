@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     model_repository: Path = Field(DEFAULT_MODEL_REPOSITORY, description="Folder holding the model entries.")
     weights: str = Field(
         "imagenet",
-        description="`imagenet` (torchvision's DEFAULT weights via the torch cache), a state-dict path, or `random`.",
+        description="`imagenet` (each entry's DEFAULT weights, torch cache), `random`, or one model's state-dict file.",
     )
     allow_download: bool = Field(
         True, description="Whether `imagenet` weights missing from the torch cache may be downloaded at start."
