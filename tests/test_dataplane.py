@@ -12,7 +12,7 @@ import pytest
 
 from service.app import create_app
 from service.capture import LayerTap
-from service.errors import InferenceFailed, InvalidRequest, UnknownModel
+from service.errors import InferenceFailed, InvalidRequest, StartupError, UnknownModel
 from service.postprocess import OutputOptions, apply
 from service.settings import Settings
 
@@ -205,3 +205,8 @@ def test_a_busy_model_does_not_hold_up_another(two_models, photos, monkeypatch):
         assert post("resnet18").status_code == 200, "the other model's thread and queue are its own"
         gate.set()
         assert busy.result(30).status_code == 200 and all(f.result(30).status_code == 200 for f in queued)
+
+
+def test_one_weights_file_cannot_serve_several_models(weights_file):
+    with pytest.raises(StartupError, match="names one file, but LAYERTAP_MODELS serves 2 models"):
+        create_app(Settings(models="resnet18,vit_b_16", weights=str(weights_file), device="cpu"))
