@@ -155,6 +155,8 @@ class DataPlane:
         """Decode ``images`` here, run them through the model's thread, return the requested layers."""
         options = options or OutputOptions()
         runner, layers = self.check(model, layers, options)
+        if not images:
+            raise InvalidRequest("there is no image to extract features from")
         started = time.perf_counter()
         with runner.reserve(len(images)) as ticket:  # before decoding: refusing must cost next to nothing
             pixels = np.stack([runner.preprocess(data) for data in images])

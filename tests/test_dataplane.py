@@ -43,6 +43,8 @@ def test_a_request_larger_than_the_batch_size_runs_in_chunks(weights_file, photo
 def test_unknown_models_and_default_layers(plane, photos):
     with pytest.raises(UnknownModel, match="models: resnet18"):
         plane.extract([photos["rocket.jpg"]], model="vgg99")
+    with pytest.raises(InvalidRequest, match="no image"):
+        plane.extract([])
     result = plane.extract([photos["rocket.jpg"]])  # no layers: the entry's default layer
     assert result.model == "resnet18" and list(result.features) == ["avgpool"]
     with pytest.raises(InvalidRequest, match="pool=cls takes the class token"):
