@@ -48,6 +48,9 @@ def test_page_shows_shapes_heatmaps_and_top5_from_local_assets_only(imagenet_ser
         page.wait_for_function("document.querySelectorAll('#layer-select option').length > 0")
         assert page.locator("#shape-table tbody tr").count() == 75
         assert "resnet18" in page.locator("#model-line").inner_text()
+        assert page.locator("#model-select").input_value() == "resnet18"
+        chosen = page.eval_on_selector_all("#layer-select option:checked", "options => options.map(o => o.value)")
+        assert chosen == ["avgpool"], "the model's default layer, from /info"
         page.select_option("#layer-select", ["bn1", "layer1.0.relu_1", "layer4", "avgpool"])
         page.set_input_files("#file-input", str(photo))
         page.click("#run")
