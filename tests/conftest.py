@@ -65,20 +65,30 @@ def pytest_configure(config) -> None:
     config.pluginmanager.register(_SkipAudit(), "layertap-skip-audit")
 
 
-def make_state_dict(seed: int = 1234) -> dict[str, torch.Tensor]:
-    """A ResNet18 state dict with seeded random weights and non-trivial batch-norm statistics."""
+def seeded_state_dict(architecture: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Seeded random weights for any torchvision architecture, with non-trivial batch-norm statistics
+    (so normalization is not an identity) and no all-zero tensor (some heads start at zero)."""
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = torchvision.models.resnet18(weights=None)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            n = module.num_features
-            module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
-            module.running_var.copy_(torch.rand(n, generator=generator) * 0.5 + 0.75)
-            module.weight.data.copy_(torch.rand(n, generator=generator) * 0.5 + 0.75)
-            module.bias.data.copy_(torch.randn(n, generator=generator) * 0.1)
+        model = torchvision.models.get_model(architecture, weights=None)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                n = module.num_features
+                module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
+                module.running_var.copy_(torch.rand(n, generator=generator) * 0.5 + 0.75)
+                module.weight.copy_(torch.rand(n, generator=generator) * 0.5 + 0.75)
+                module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
+        for parameter in model.parameters():
+            if not parameter.any():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
     return model.state_dict()
+
+
+def make_state_dict(seed: int = 1234) -> dict[str, torch.Tensor]:
+    """The ResNet18 weights most tests use."""
+    return seeded_state_dict("resnet18", seed)
 
 
 @pytest.fixture(scope="session")

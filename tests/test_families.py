@@ -19,14 +19,13 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
-from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from service.app import create_app
 from service.model_repository import load_entry
 from service.postprocess import OutputOptions
 from service.settings import DEFAULT_MODEL_REPOSITORY, Settings
-from tests.conftest import encode, gradient_image
+from tests.conftest import encode, gradient_image, seeded_state_dict
 from tests.reference import every_call
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
@@ -79,26 +78,6 @@ def test_every_classification_builder_starts_and_answers(architecture, tmp_path)
 
 
 # ---- shipped entries against independent references ------------------------------------------
-def seeded_state_dict(architecture: str, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random weights with non-trivial batch-norm statistics, and no all-zero tensor (some heads start at zero)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = torchvision.models.get_model(architecture, weights=None)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                n = module.num_features
-                module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
-                module.running_var.copy_(torch.rand(n, generator=generator) * 0.5 + 0.75)
-                module.weight.copy_(torch.rand(n, generator=generator) * 0.5 + 0.75)
-                module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
-        for parameter in model.parameters():
-            if not parameter.any():
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
-    return model.state_dict()
-
-
 @pytest.fixture(scope="module", params=SHIPPED)
 def shipped(request, tmp_path_factory, photos):
     """(entry, plane serving it with seeded weights and exact preprocessing, reference model, input tensor)."""
