@@ -21,6 +21,7 @@ from .auth import OPEN_ENDPOINTS, OPEN_PREFIXES, check_bearer
 from .dataplane import DataPlane
 from .settings import Settings
 from .ui import ui
+from .upload_gate import UploadGate
 
 access_log = logging.getLogger("layertap.access")
 KNOWN_METHODS = frozenset({"GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"})
@@ -51,6 +52,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         get_swaggerui_blueprint("/docs", "/openapi.json", config={"app_name": "layertap"}), url_prefix="/docs"
     )
     register_error_handlers(app)
+    # Unread bodies: 100 Continue only once the app reads, and a large refused upload closes rather than drains.
+    app.wsgi_app = UploadGate(app.wsgi_app)
     plane.start()
     # Stop the model threads before the interpreter tears torch down under them.
     atexit.register(_close_at_exit, weakref.ref(plane))
@@ -78,7 +81,6 @@ def _install_request_hooks(app: Flask, settings: Settings) -> None:
         metrics.REQUESTS.labels(endpoint, method, status).inc()
         metrics.REQUEST_SECONDS.labels(endpoint, status).observe(elapsed)
         response.headers["X-Request-ID"] = g.get("request_id", "")
-        _settle_request_body(response, settings.max_body_bytes)
         if endpoint not in ("/health", "/ready", "/metrics") or response.status_code >= 400:
             access_log.info(
                 "%s %s %s",
@@ -96,23 +98,6 @@ def _install_request_hooks(app: Flask, settings: Settings) -> None:
                 },
             )
         return response
-
-
-def _settle_request_body(response: Response, max_body_bytes: int) -> None:
-    """Read what is left of the request body, so the connection can serve the next request.
-
-    A request refused before its body was read (an unknown layer, a 401) leaves the body on the
-    socket, and gunicorn then drops the kept-alive connection under the client's next request.
-    Bodies over the limit are not read: the response says ``Connection: close`` instead.
-    """
-    if request.content_length is not None and request.content_length > max_body_bytes:
-        response.headers["Connection"] = "close"
-        return
-    try:
-        while request.stream.read(1 << 16):
-            pass
-    except Exception:  # noqa: BLE001 - over the limit, or the client went away: do not reuse
-        response.headers["Connection"] = "close"
 
 
 def _close_at_exit(plane_ref: weakref.ref) -> None:

@@ -88,10 +88,12 @@ class Batcher:
         max_delay_s: float,
         max_queued: int,
         timeout_s: float,
+        admission_wait_s: float = 0.0,
     ):
         if max_queued < max_batch_size:
             raise ValueError(f"max_queued ({max_queued}) must be at least max_batch_size ({max_batch_size})")
         self.name = name
+        self.admission_wait_s = admission_wait_s
         self._handle = handle
         self.max_batch_size, self.max_delay_s, self.max_queued, self.timeout_s = (
             max_batch_size,
@@ -101,6 +103,7 @@ class Batcher:
         )
         self._queue: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)  # notified whenever queued items are released
         self._waiting = 0  # reserved and not yet taken by the thread (being prepared, or queued)
         self._preparing = 0  # reservations not submitted yet: worth waiting for when forming a batch
         self._thread: threading.Thread | None = None
@@ -131,16 +134,23 @@ class Batcher:
 
     # ---- request side ----------------------------------------------------------------------
     def check_capacity(self) -> None:
-        """Overloaded now if not even one more item would be admitted (to refuse before an upload)."""
-        if self._waiting >= self.max_queued:
-            raise self._overloaded()
+        """Overloaded if not even one more item would be admitted within the admission wait (to refuse
+        before an upload is read)."""
+        with self._lock:
+            if not self._room.wait_for(lambda: self._waiting < self.max_queued, self.admission_wait_s):
+                raise self._overloaded()
 
     def reserve(self, items: int) -> Ticket:
-        """Room for ``items``, or Overloaded at once; the deadline starts now."""
+        """Room for ``items``, waiting up to the admission wait for it, else Overloaded; the deadline starts now.
+
+        Waiting is what keeps goodput under overload: a client that ignores ``Retry-After`` and
+        resends at once would otherwise turn every freed slot into thousands of refusals, whose
+        parsing and uploads take the CPU from the work admitted (HAProxy's ``timeout queue``).
+        """
         if self.state == "failed":
             raise InferenceFailed(f"the {self.name} thread stopped ({self.failure}); the service must restart")
         with self._lock:
-            if self._waiting + items > self.max_queued:
+            if not self._room.wait_for(lambda: self._waiting + items <= self.max_queued, self.admission_wait_s):
                 raise self._overloaded()
             self._waiting += items
             self._preparing += 1
@@ -177,6 +187,7 @@ class Batcher:
             if preparing:
                 self._preparing -= 1
             metrics.QUEUE_IMAGES.labels(self.name).set(self._waiting)
+            self._room.notify_all()
 
     # ---- the thread --------------------------------------------------------------------------
     def _serve(self, setup: Callable[[], None]) -> None:

@@ -18,6 +18,7 @@ import tempfile
 from service.logs import gunicorn_logconfig
 from service.runtime import apply_openmp_defaults, tune_malloc
 from service.settings import Settings
+from service.upload_gate import defer_continue
 
 # Not imported from service.metrics: prometheus_client must not be imported in the master before
 # this variable is set, or forked workers would inherit its single-process mode.
@@ -73,6 +74,11 @@ def post_fork(server, worker) -> None:  # noqa: ARG001 - gunicorn's hook signatu
     # On the CPU, keep torch from loading Triton, a GPU kernel compiler (~80 MB).
     if _settings.device == "cpu" or (_settings.device == "auto" and not os.path.exists("/dev/nvidiactl")):
         sys.modules.setdefault("triton", None)  # `import triton` now fails, and torch carries on without it
+
+
+def pre_request(worker, req) -> None:  # noqa: ARG001 - gunicorn's hook signature
+    """Leave ``Expect: 100-continue`` to the app, so that a refusal comes before the upload (service/upload_gate.py)."""
+    defer_continue(req)
 
 
 def post_worker_init(worker) -> None:

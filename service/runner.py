@@ -80,6 +80,7 @@ class ModelRunner:
             max_delay_s=settings.max_batch_delay_ms / 1000,
             max_queued=settings.max_queue_images,
             timeout_s=settings.request_timeout_s,
+            admission_wait_s=settings.max_queue_wait_ms / 1000,
         )
         self._tap: LayerTap | None = None
         self._fast_tap: LayerTap | None = None

@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     max_queue_images: int = Field(
         32, gt=0, description="Images admitted (decoding or queued) before new work gets 429; ≥ max per request."
     )
+    max_queue_wait_ms: float = Field(
+        1000.0,
+        ge=0,
+        description="How long a request waits for room in a full queue before its 429 (keeps goodput under overload).",
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="Deadline of a request inside the service; past it, 503.")
     workers: int = Field(1, gt=0, description="gunicorn worker processes (each loads its own model).")
     threads: int = Field(

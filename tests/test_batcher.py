@@ -73,6 +73,31 @@ def test_a_full_queue_refuses_at_once_and_frees_its_room_as_work_is_taken(make):
     assert batcher.waiting == 0
 
 
+def test_a_full_queue_holds_new_work_for_the_admission_wait_and_admits_it_when_room_frees(make):
+    """Clients that resend at once after a 429 would spin; a short wait for room keeps them still."""
+    batcher = make(Gate(), max_queued=2, max_batch_size=2, admission_wait_s=30)
+    holder = batcher.reserve(2)
+    with ThreadPoolExecutor(2) as pool:
+        waiting = [pool.submit(batcher.reserve, 1), pool.submit(batcher.check_capacity)]
+        time.sleep(0.2)
+        assert not any(f.done() for f in waiting)  # still waiting for room, not refused
+        holder.release()
+        admitted, _ = (f.result(10) for f in waiting)
+    assert batcher.waiting == 1
+    admitted.release()
+
+
+def test_the_admission_wait_ends_in_a_refusal_when_no_room_frees(make):
+    batcher = make(Gate(), max_queued=2, max_batch_size=2, admission_wait_s=0.05)
+    holder = batcher.reserve(2)
+    with pytest.raises(Overloaded):
+        batcher.reserve(1)
+    with pytest.raises(Overloaded):
+        batcher.check_capacity()
+    holder.release()
+    assert batcher.waiting == 0
+
+
 def test_a_released_reservation_frees_its_room(make):
     batcher = make(Gate(), max_queued=2, max_batch_size=2)
     with pytest.raises(ValueError), batcher.reserve(2):

@@ -7,6 +7,7 @@ import http.client
 import io
 import json
 import signal
+import socket
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import requests
 import torch
 from PIL import Image
 
+from service.upload_gate import DRAIN_BYTES
 from stress.server import rss_mb, start_server
 from tests.conftest import encode, gradient_image
 
@@ -156,14 +158,20 @@ def test_unavailable_device_stops_the_service_with_one_clear_message(tmp_path):
 
 
 def test_keep_alive_survives_an_early_error_and_bad_chunking_is_400(server, photos):
-    """A request refused before its body is read must not poison the kept-alive connection."""
+    """A request refused before its body is read keeps its connection when the rest is small (drained)."""
     connection = http.client.HTTPConnection("127.0.0.1", int(server.url.rsplit(":", 1)[1]), timeout=30)
     headers = {"Content-Type": "application/octet-stream"}
+    small = photos["grace_hopper.jpg"]
+    assert len(small) < DRAIN_BYTES
+    sockets = set()
     for query, status in (("layers=nope", 400), ("layers=fc", 200), ("pool=median", 400), ("layers=fc", 200)):
-        connection.request("POST", f"/features?{query}", body=photos["rocket.jpg"], headers=headers)
+        connection.request("POST", f"/features?{query}", body=small, headers=headers)
+        sockets.add(id(connection.sock))
         response = connection.getresponse()
         response.read()
         assert response.status == status, query
+        assert response.getheader("Connection") == "keep-alive"
+    assert len(sockets) == 1  # one connection all along
     connection.close()
 
     def chunks():  # declared chunked, sent raw: not valid chunked encoding
@@ -174,4 +182,44 @@ def test_keep_alive_survives_an_early_error_and_bad_chunking_is_400(server, phot
     response = connection.getresponse()
     assert response.status == 400
     assert json.loads(response.read())["error"]["message"].startswith("the request body could not be read")
+    connection.close()
+
+
+def _raw_request(server, query: str, length: int, expect: bool) -> socket.socket:
+    """A socket that has sent the headers of a POST /features with a body of ``length`` bytes (not sent)."""
+    connection = socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=30)
+    head = f"POST /features?{query} HTTP/1.1\r\nHost: test\r\nContent-Type: image/jpeg\r\nContent-Length: {length}\r\n"
+    connection.sendall((head + ("Expect: 100-continue\r\n" if expect else "") + "\r\n").encode())
+    return connection
+
+
+def _read_response(connection: socket.socket) -> http.client.HTTPResponse:
+    response = http.client.HTTPResponse(connection)
+    response.begin()
+    response.read()
+    return response
+
+
+def test_expect_100_continue_refusals_come_before_the_upload_and_accepted_uploads_are_invited(server, photos):
+    """A client that asks first uploads nothing when the answer is already known from the URL (429, 400...)."""
+    photo = photos["rocket.jpg"]
+    refused = _raw_request(server, "layers=nope", len(photo), expect=True)
+    response = _read_response(refused)  # answered without a byte of the body sent
+    assert response.status == 400 and response.getheader("Connection") == "close"
+    refused.close()
+
+    accepted = _raw_request(server, "layers=fc", len(photo), expect=True)
+    assert accepted.recv(64) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    accepted.sendall(photo)
+    response = _read_response(accepted)
+    assert response.status == 200 and response.getheader("Connection") == "keep-alive"
+    accepted.close()
+
+
+def test_a_large_refused_upload_closes_the_connection_rather_than_draining_it(server):
+    body = bytes(900_000)  # under the server's 1 MB body limit, far over what is worth draining
+    connection = _raw_request(server, "layers=nope", len(body), expect=False)
+    connection.sendall(body)
+    response = _read_response(connection)
+    assert response.status == 400 and response.getheader("Connection") == "close"
     connection.close()
