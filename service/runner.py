@@ -29,6 +29,7 @@ from .batcher import Batcher, Ticket
 from .capture import LayerCall, LayerTap
 from .errors import LayerUnavailable, NotReady, StartupError, UnknownLayer
 from .folding import fold_batch_norms
+from .hardware import cpu_flags, fast_dtype
 from .model import DTYPES, build_model, place, resolve_device
 from .model_repository import ModelEntry
 from .preprocess import ImagePreprocessor
@@ -60,7 +61,7 @@ class ModelRunner:
             entry.preprocessing, settings.max_pixels, settings.preprocessing, settings.max_aspect_ratio
         )
         self.device = resolve_device(settings.device)
-        self.dtype = settings.dtype
+        self.dtype = _compute_dtype(settings, self.device)
         self._model = build_model(entry, weights)
         self.parameters = sum(p.numel() for p in self._model.parameters())
         self._shapes = ShapeTracer(entry.architecture, self._model)
@@ -166,6 +167,8 @@ class ModelRunner:
             "labels": self.weights.categories is not None,
             "device": str(self.device),
             "dtype": self.dtype,
+            "dtype_setting": self.settings.dtype,
+            "cpu_flags": list(cpu_flags()),
             "precision": self.settings.precision,
             "channels_last": self.settings.channels_last and self._int8 is None,
             "fold_batch_norm": self._fast_tap is not None,
@@ -293,6 +296,13 @@ def _roles(entry: ModelEntry, layers: list[LayerCall]) -> tuple[str, str]:
         if layer not in names:
             raise StartupError(f"model entry {entry.name!r}: its {role} {layer!r} is not one of its layers")
     return classifier, default_layer
+
+
+def _compute_dtype(settings: Settings, device: torch.device) -> str:
+    """The dtype the model runs in: the device's fast one for ``auto`` (service/hardware.py); int8 takes float32 in."""
+    if settings.precision == "int8":
+        return "float32"
+    return fast_dtype(device.type) if settings.dtype == "auto" else settings.dtype
 
 
 def _release_free_heap() -> None:

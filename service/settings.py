@@ -14,6 +14,8 @@ from typing import Literal, get_args
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .hardware import cuda_expected, default_sizing
+
 
 def _bundled(folder: str) -> Path:
     """A folder that ships with the server: inside the package once installed (the wheel maps the
@@ -60,8 +62,10 @@ class Settings(BaseSettings):
     )
     seed: int = Field(0, description="Seed for `random` weights, so that random models are reproducible.")
     device: str = Field("auto", description="`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`.")
-    dtype: Literal["float32", "float16", "bfloat16"] = Field(
-        "float32", description="Compute dtype of the model; half precision is meant for CUDA."
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto",
+        description="Compute dtype; `auto`: float16 on CUDA, bfloat16 on CPUs with AMX, else float32. "
+        "Outputs are float32.",
     )
     precision: Literal["float32", "int8"] = Field(
         "float32", description="`int8`: post-training static quantization on CPU (see the README's int8 table)."
@@ -94,12 +98,16 @@ class Settings(BaseSettings):
     max_aspect_ratio: float = Field(
         1000.0, ge=1, description="Longest side ÷ shortest side an image may have; beyond it, 400."
     )
-    max_batch_size: int = Field(16, gt=0, description="Most images in one forward pass of the batcher.")
+    max_batch_size: int = Field(
+        16, gt=0, description="Most images in one forward pass of the batcher (default 64 on CUDA)."
+    )
     max_batch_delay_ms: float = Field(
         2.0, ge=0, description="How long the batcher waits for more work before running a partial batch."
     )
     max_queue_images: int = Field(
-        32, gt=0, description="Images admitted (decoding or queued) before new work gets 429; ≥ max per request."
+        32,
+        gt=0,
+        description="Images admitted (decoding or queued) before new work waits, then gets 429 (default 256 on CUDA).",
     )
     max_queue_wait_ms: float = Field(
         1000.0,
@@ -107,7 +115,11 @@ class Settings(BaseSettings):
         description="How long a request waits for room in a full queue before its 429 (keeps goodput under overload).",
     )
     request_timeout_s: float = Field(30.0, gt=0, description="Deadline of a request inside the service; past it, 503.")
-    workers: int = Field(1, gt=0, description="gunicorn worker processes (each loads its own model).")
+    workers: int = Field(
+        1,
+        gt=0,
+        description="gunicorn worker processes, each with its own model (default on CUDA: cores ÷ 4, at most 4).",
+    )
     threads: int = Field(
         64, gt=0, description="gunicorn threads per worker; above max queue images, so that overload gets a fast 429."
     )
@@ -134,6 +146,16 @@ class Settings(BaseSettings):
         for old, new in RENAMED_VARIABLES.items():
             if old in present:
                 raise ValueError(f"{old} was renamed: use {new}")
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _device_aware_defaults(cls, data):
+        """Sizes a user did not set follow the device (service/hardware.py has the rules)."""
+        if isinstance(data, dict):
+            sizing = default_sizing(cuda_expected(str(data.get("device", "auto")).strip().lower()))
+            for name in ("workers", "max_batch_size", "max_queue_images"):
+                data.setdefault(name, getattr(sizing, name))
         return data
 
     @field_validator("models")

@@ -279,7 +279,7 @@ def test_health_ready_info(client, plane):
     assert client.get("/ready").json == {"status": "ready", "models": {"resnet18": "ready"}}
     info = client.get("/info").json
     assert info["model"] == "resnet18" and info["weights"] == plane.runner(None).weights.label
-    assert info["device"] == "cpu" and info["dtype"] == "float32"
+    assert info["device"] == "cpu" and info["dtype"] == info["dtype_setting"] == "float32"
     assert info["preprocessing"]["crop"] == 224 and info["preprocessing"]["resize"] == 256
     assert info["preprocessing"]["mode"] == "exact"  # the tests' settings; the service's default is fast
     assert info["preprocessing"]["resize_kernel"] == "pillow"

@@ -1,0 +1,70 @@
+"""What the hardware offers, and the defaults that follow from it: fast dtypes, batch sizes, processes.
+
+Importing this module does not import torch: gunicorn's master reads the defaults to decide how
+many workers to fork, and the master must never start torch (service/gunicorn_conf.py).
+
+The rules, each measured (README, "Hardware"):
+
+- **dtype** ``auto``: bfloat16 on a CPU with AMX (``amx_bf16``: Intel's matrix units run bf16
+  about 3× faster than float32), float16 on CUDA; float32 elsewhere. Every layer of every shipped
+  model stays within cosine 0.9995 of float32 in bfloat16 on the CPU, and within 0.999 in float16
+  on CUDA (bench/gpu.py checks it on the device); outputs are returned as float32 either way.
+- **CUDA sizing**: one process's GIL cannot feed a GPU (decoding, HTTP and JSON are Python), so
+  several workers share it; batches and queues are larger because a GPU batch of 64 costs
+  about what a batch of 16 does.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+# The flags that decide speed here, in the order a report should list them.
+REPORTED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
+@cache
+def cpu_flags() -> tuple[str, ...]:
+    """The REPORTED_FLAGS this CPU has (from /proc/cpuinfo; empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ()
+    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    present = set(line.partition(":")[2].split())
+    return tuple(flag for flag in REPORTED_FLAGS if flag in present)
+
+
+def fast_dtype(device_type: str, flags: tuple[str, ...] | None = None) -> str:
+    """The dtype ``LAYERTAP_DTYPE=auto`` picks on this device: float16 on CUDA, bfloat16 with AMX, else float32."""
+    if device_type == "cuda":
+        return "float16"
+    if device_type == "cpu" and "amx_bf16" in (cpu_flags() if flags is None else flags):
+        return "bfloat16"
+    return "float32"
+
+
+def cuda_expected(device: str) -> bool:
+    """Whether the ``LAYERTAP_DEVICE`` setting will give a GPU, judged without importing torch."""
+    if device.startswith("cuda"):
+        return True
+    return device == "auto" and os.path.exists("/dev/nvidiactl")
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """Device-aware defaults for the settings a user does not set."""
+
+    workers: int
+    max_batch_size: int
+    max_queue_images: int
+
+
+def default_sizing(cuda: bool, cores: int | None = None) -> Sizing:
+    """CPU: one worker with all the cores, batches of 16. CUDA: a worker per 4 cores (at most 4), batches of 64."""
+    if not cuda:
+        return Sizing(workers=1, max_batch_size=16, max_queue_images=32)
+    cores = cores or os.cpu_count() or 1
+    return Sizing(workers=max(1, min(4, cores // 4)), max_batch_size=64, max_queue_images=256)
