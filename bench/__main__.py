@@ -1,11 +1,15 @@
 """Benchmark the real service against the in-process pipeline, in one run, on this machine.
 
-1. In-process limit: decode + preprocess + batched forward (channels_last, and NCHW for the
-   record), no HTTP, with the service's own modules, for each layer.
-2. The real service (gunicorn, its config file) on a loopback port, driven with the photos in
-   ``models/photos/`` by N keep-alive clients for a fixed time per cell.
-3. A table of img/s, p50/p99 latency, errors and the ratio to the in-process limit; RSS of the
-   service at idle and at peak. Printed, and written to ``bench-results/`` as Markdown and JSON.
+1. In-process limit (bench/inprocess.py): decode + preprocess + batched forward, no HTTP, with
+   the service's own modules, for each layer, in float32, bfloat16 and int8.
+2. The real service (gunicorn, its config file, default settings) on a loopback port, driven with
+   the photos in ``models/photos/`` by N keep-alive clients for a fixed time per cell; then
+   64 and 256 clients that ignore ``Retry-After`` (bench/overload.py).
+3. TorchServe 0.12 (bench/torchserve.py), same weights, photos and clients, in the same run.
+4. The int8 service.
+5. A table of img/s, p50/p99 latency, errors and the ratios to the in-process limit and to
+   TorchServe; RSS of the service at idle and at peak; the CPU's flags. Printed, and written to
+   ``bench-results/`` as Markdown and JSON.
 
 Ratios are what to compare across runs; absolute numbers move with the machine's other load.
 """
@@ -15,19 +19,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import requests
+from service.hardware import cpu_flags
+
+from bench import overload
+from bench.inprocess import INT8_CACHE, in_process
+from bench.torchserve import TorchServe
 from service.runtime import apply_openmp_defaults, tune_malloc
 from service.settings import SAMPLE_PHOTOS
 from stress.load import Request, closed_loop, percentile
 from stress.server import rss_mb, sample_photos, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
-INT8_CACHE = ROOT / "bench-results" / "int8-cache"
-TORCHSERVE_IMG_S = 28.0  # TorchServe 0.12, batch 16, 16 clients, this machine class (issue #3)
 
 
 @dataclass
@@ -43,107 +50,14 @@ class Cell:
     limit_img_s: float
     ratio: float
     ratio_channels_last: float
-
-
-# ---- in-process limit -------------------------------------------------------------------------
-def in_process(images: list[bytes], layers: list[str], batch: int, seconds: float) -> dict:
-    """img/s of decode + preprocess + forward at `batch`, per layer and model variant; single-image latency.
-
-    Variants: `nchw` and `channels_last` are the plain model; `service` is what the service runs
-    (channels_last, batch norms folded where the layer allows): the limit the service is held to.
-    """
-    import numpy as np
-    import torch
-
-    from service.capture import LayerTap
-    from service.folding import fold_batch_norms
-    from service.model import build_model, place
-    from service.model_repository import load_entry
-    from service.preprocess import ImagePreprocessor
-    from service.quantize import build_int8
-    from service.settings import Settings
-    from service.weights import resolve_weights
-
-    settings = Settings(weights="random")
-    torch.set_num_threads(settings.effective_torch_threads())
-    entry = load_entry(settings.model_repository, settings.model_names[0])
-    preprocess = ImagePreprocessor(entry.preprocessing, settings.max_pixels, settings.preprocessing)
-    mean = torch.tensor(entry.preprocessing.mean).view(1, 3, 1, 1)
-    std = torch.tensor(entry.preprocessing.std).view(1, 3, 1, 1)
-    model = build_model(entry, resolve_weights("random", entry))
-    folded, _ = fold_batch_norms(model, torch.randn(2, 3, 224, 224))
-    variants = {
-        "nchw": (LayerTap(place(model, torch.device("cpu"), "float32", False)), False),
-        "channels_last": (
-            LayerTap(place(build_model(entry, resolve_weights("random", entry)), torch.device("cpu"), "float32", True)),
-            True,
-        ),
-        "service": (LayerTap(place(folded, torch.device("cpu"), "float32", True)), True),
-    }
-    int8 = build_int8(entry, resolve_weights("random", entry), preprocess, None, INT8_CACHE)
-    int8_tap = LayerTap(int8.model)
-
-    def run(variant: str, layer: str, n: int) -> float:
-        """Seconds for one batch of n images, decode to captured output."""
-        tap, channels_last = variants[variant]
-        started = time.perf_counter()
-        pixels = np.stack([preprocess(images[i % len(images)]) for i in range(n)])
-        x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div_(255).sub_(mean).div_(std)
-        if not channels_last:
-            x = x.contiguous()
-        with torch.inference_mode():
-            tap.capture(x, frozenset({layer}))
-        return time.perf_counter() - started
-
-    def run_int8(n: int) -> float:
-        started = time.perf_counter()
-        pixels = np.stack([preprocess(images[i % len(images)]) for i in range(n)])
-        x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div_(255).sub_(mean).div_(std).contiguous()
-        with torch.inference_mode():
-            int8_tap.capture(x, frozenset({int8.served["avgpool"]}))
-        return time.perf_counter() - started
-
-    results: dict = {"batch": batch, "variants": {name: {} for name in variants}}
-    run_int8(batch)
-    done, spent = 0, 0.0
-    while spent < seconds:
-        spent += run_int8(batch)
-        done += batch
-    results["int8_avgpool"] = done / spent
-    for layer in layers:
-        for variant in variants:
-            run(variant, layer, batch)  # warm-up
-            done, spent = 0, 0.0
-            while spent < seconds:
-                spent += run(variant, layer, batch)
-                done += batch
-            results["variants"][variant][layer] = done / spent
-    run("service", "avgpool", 1)
-    single = sorted(run("service", "avgpool", 1) for _ in range(30))
-    results["single_image_ms"] = statistics.median(single) * 1000
-    for mode in ("fast", "exact"):
-        one = ImagePreprocessor(entry.preprocessing, settings.max_pixels, mode)
-        results[f"preprocess_{mode}_ms"] = statistics.mean(_median_ms(one, data) for data in images)
-    return results
-
-
-def _median_ms(preprocess, data: bytes, repeats: int = 15) -> float:
-    return statistics.median(_timed(lambda: preprocess(data)) for _ in range(repeats))
-
-
-def _timed(fn) -> float:
-    started = time.perf_counter()
-    fn()
-    return (time.perf_counter() - started) * 1000
+    torchserve_img_s: float | None = None
 
 
 # ---- the real service -------------------------------------------------------------------------
-def drive(url: str, images: list[bytes], query: str, concurrency: int, seconds: float) -> tuple[list[float], int]:
-    """`concurrency` keep-alive clients POST photos for `seconds`; latencies (s) of 200s, and the error count."""
+def drive(url: str, images: list[bytes], path: str, concurrency: int, seconds: float) -> tuple[list[float], int]:
+    """`concurrency` keep-alive clients POST photos to `path` for `seconds`; latencies (s) of 200s, and errors."""
     headers = {"Content-Type": "application/octet-stream"}
-    outcomes = closed_loop(
-        url, lambda i: Request("POST", f"/features?{query}", images[i % len(images)], headers), concurrency, seconds
-    )
+    outcomes = closed_loop(url, lambda i: Request("POST", path, images[i % len(images)], headers), concurrency, seconds)
     return [o.seconds for o in outcomes if o.status == 200], sum(o.status != 200 for o in outcomes)
 
 
@@ -159,7 +73,7 @@ def measure(
     channels_last_img_s: float,
 ) -> Cell:
     """One table cell: drive `query` at `concurrency` for `seconds`, against its in-process limits."""
-    latencies, errors = drive(url, images, query, concurrency, seconds)
+    latencies, errors = drive(url, images, f"/features?{query}", concurrency, seconds)
     img_s = len(latencies) / seconds
     cell = Cell(
         layers=layer,
@@ -189,6 +103,7 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,4,16", help="client counts, comma-separated")
     parser.add_argument("--layers", default="avgpool,layer4,layer1", help="layers to bench, one per cell")
     parser.add_argument("--extra", default="layer1:encoding=base64", help="extra cells as layer:query, comma-separated")
+    parser.add_argument("--overload", default="64,256", help="client counts that ignore Retry-After")
     parser.add_argument("--out", default=str(ROOT / "bench-results"), help="folder for the Markdown and JSON reports")
     args = parser.parse_args()
     images = sample_photos()
@@ -212,7 +127,8 @@ def main() -> None:
     server.wait_ready()
     try:
         pids = [server.process.pid, *server.workers()]
-        drive(server.url, images, "layers=avgpool", 4, 2)  # warm-up: batch shapes, allocator
+        info = requests.get(f"{server.url}/info", timeout=10).json()
+        drive(server.url, images, "/features?layers=avgpool", 4, 2)  # warm-up: batch shapes, allocator
         time.sleep(1)
         idle = sum(rss_mb(pid) for pid in pids)
         cells: list[Cell] = []
@@ -223,8 +139,15 @@ def main() -> None:
                             limit["variants"]["service"][layer], limit["variants"]["channels_last"][layer])
                 )  # fmt: skip
         peak = sum(rss_mb(pid, "VmHWM") for pid in pids)
+        overload_clients = tuple(int(c) for c in args.overload.split(",") if c)
+        goodput = overload.goodput(server.url, images, "/features?layers=avgpool", overload_clients, args.seconds)
+        reference = requests.post(f"{server.url}/features?layers=avgpool", data=images[0], timeout=30).json()
     finally:
         server.stop()
+    torchserve = run_torchserve(Path(args.out), images, concurrencies, args.seconds, reference)
+    for cell in cells:
+        if cell.query == "layers=avgpool":
+            cell.torchserve_img_s = torchserve["img_s"].get(cell.concurrency)
     print("starting the int8 service ...", flush=True)
     env_int8 = {
         **env,
@@ -234,36 +157,76 @@ def main() -> None:
     server = start_server(Path(args.out), env_int8)
     server.wait_ready(180)
     try:
-        drive(server.url, images, "layers=avgpool", 4, 2)
+        drive(server.url, images, "/features?layers=avgpool", 4, 2)
         for concurrency in concurrencies:
             cells.append(
                 measure(server.url, images, "avgpool", "layers=avgpool", "layers=avgpool (int8)", concurrency,
                         args.seconds, limit["int8_avgpool"], limit["variants"]["channels_last"]["avgpool"])
             )  # fmt: skip
+            cells[-1].torchserve_img_s = torchserve["img_s"].get(concurrency)
     finally:
         server.stop()
-    report(limit, cells, idle, peak, Path(args.out))
+    report(limit, cells, goodput, torchserve, info, idle, peak, Path(args.out))
 
 
-def report(limit: dict, cells: list[Cell], idle: float, peak: float, out: Path) -> None:
+def run_torchserve(out: Path, images: list[bytes], concurrencies: list[int], seconds: float, reference: dict) -> dict:
+    """TorchServe on the service's seeded weights, same photos and clients; and its answer's cosine to layertap's."""
+    import numpy as np
+    import torch
+
+    from service.model import build_model
+    from service.model_repository import load_entry
+    from service.settings import Settings
+    from service.weights import resolve_weights
+
+    folder = out / "torchserve"
+    folder.mkdir(parents=True, exist_ok=True)
+    entry = load_entry(Settings().model_repository, "resnet18")
+    torch.save(build_model(entry, resolve_weights("random", entry)).state_dict(), folder / "state_dict.pt")
+    print("starting TorchServe ...", flush=True)
+    peer = TorchServe(folder, folder / "state_dict.pt")
+    peer.start()
+    try:
+        theirs = np.asarray(peer.embed(images[0]), dtype=np.float64)
+        ours = np.asarray(reference["features"]["avgpool"]["data"][0], dtype=np.float64)
+        cosine = float(theirs @ ours / (np.linalg.norm(theirs) * np.linalg.norm(ours)))
+        drive(peer.base_url, images, peer.path, 4, 2)  # warm-up
+        img_s = {}
+        for concurrency in concurrencies:
+            latencies, errors = drive(peer.base_url, images, peer.path, concurrency, seconds)
+            img_s[concurrency] = len(latencies) / seconds
+            print(f"  TorchServe c={concurrency:<3d} {img_s[concurrency]:7.1f} img/s  errors {errors}", flush=True)
+    finally:
+        peer.stop()
+    return {"img_s": img_s, "cosine_to_layertap": cosine, "workers": peer.workers, "threads": peer.threads}
+
+
+def report(
+    limit: dict, cells: list[Cell], goodput: list, torchserve: dict, info: dict, idle: float, peak: float, out: Path
+) -> None:
+    flags = cpu_flags()
     lines = [
         f"# layertap benchmark, {time.strftime('%Y-%m-%d %H:%M:%S')}",
         "",
-        f"Machine: {os.cpu_count()} cores; torch threads per worker = cores ÷ workers. "
-        f"Photos: {SAMPLE_PHOTOS}. Weights: random (speed does not depend on them).",
+        f"Machine: {os.cpu_count()} cores; CPU flags: {', '.join(flags) or 'none of avx2, avx512*, amx*'}; "
+        f"torch threads per worker = cores ÷ workers. Photos: {SAMPLE_PHOTOS}. "
+        "Weights: seeded random (speed does not depend on them).",
+        f"The service ran with its defaults: dtype {info['dtype']}, preprocessing {info['preprocessing']['mode']}, "
+        f"device {info['device']}.",
         "",
         "## In-process pipeline (decode + preprocess + forward at batch 16, no HTTP), img/s",
         "",
-        "`service` is what the service runs: channels_last with batch norms folded where the layer allows.",
+        "`service` is what the service runs in float32: channels_last with batch norms folded where the layer "
+        "allows; `bfloat16` is the same in bfloat16 (fast where the CPU has AMX).",
         "",
-        "| layer | NCHW | channels_last | service |",
-        "| --- | --- | --- | --- |",
+        "| layer | NCHW | channels_last | service | bfloat16 |",
+        "| --- | --- | --- | --- | --- |",
     ]
     variants = limit["variants"]
     for layer in variants["service"]:
         lines.append(
             f"| {layer} | {variants['nchw'][layer]:.1f} | {variants['channels_last'][layer]:.1f} | "
-            f"{variants['service'][layer]:.1f} |"
+            f"{variants['service'][layer]:.1f} | {variants['bfloat16'][layer]:.1f} |"
         )
     lines += [
         "",
@@ -271,19 +234,32 @@ def report(limit: dict, cells: list[Cell], idle: float, peak: float, out: Path) 
         f"preprocess alone, mean over the photos: {limit['preprocess_fast_ms']:.2f} ms "
         f"(`LAYERTAP_PREPROCESSING=exact`: {limit['preprocess_exact_ms']:.2f} ms).",
         "",
-        "## Service over loopback (gunicorn, 1 worker)",
+        "## Service over loopback (gunicorn, 1 worker), and TorchServe in the same run",
+        "",
+        f"TorchServe {TorchServe.version}: {torchserve['workers']} worker × {torchserve['threads']} torch threads, "
+        "batch 16, 5 ms (bench/torchserve_handler.py); its avgpool answer's cosine to layertap's: "
+        f"{torchserve['cosine_to_layertap']:.6f}.",
         "",
         "| request | clients | img/s | p50 ms | p99 ms | errors | × in-process service | "
-        "× in-process channels_last | × TorchServe (28 img/s) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "× in-process channels_last | TorchServe img/s | × TorchServe |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for c in cells:
+        peer = f"{c.torchserve_img_s:.1f} | {c.img_s / c.torchserve_img_s:.2f}" if c.torchserve_img_s else "| "
         lines.append(
             f"| `{c.query}` | {c.concurrency} | {c.img_s:.1f} | {c.p50_ms:.1f} | {c.p99_ms:.1f} | {c.errors} | "
-            f"{c.ratio:.2f} | {c.ratio_channels_last:.2f} | {c.img_s / TORCHSERVE_IMG_S:.2f} |"
+            f"{c.ratio:.2f} | {c.ratio_channels_last:.2f} | {peer} |"
         )
+    lines += [
+        "",
+        "## Overload: clients that ignore Retry-After (`layers=avgpool`)",
+        "",
+        *overload.table(goodput),
+        "",
+        f"RSS of the service (master + worker): idle {idle:.0f} MB, peak {peak:.0f} MB.",
+        "",
+    ]
     by = {(c.query, c.concurrency): c for c in cells}
-    lines += ["", f"RSS of the service (master + worker): idle {idle:.0f} MB, peak {peak:.0f} MB.", ""]
     checks = []
     top = max(c.concurrency for c in cells)
     if ("layers=avgpool", 1) in by:
@@ -294,7 +270,7 @@ def report(limit: dict, cells: list[Cell], idle: float, peak: float, out: Path) 
         checks.append(
             f"avgpool, {top} clients: ×{cell.ratio_channels_last:.2f} of in-process channels_last (target ≥ 0.9), "
             f"×{cell.ratio:.2f} of the in-process service path, "
-            f"×{cell.img_s / TORCHSERVE_IMG_S:.2f} of TorchServe (target ≥ 1.5)"
+            f"×{cell.img_s / cell.torchserve_img_s:.2f} of TorchServe side by side (target ≥ 3 on an AMX machine)"
         )
         for query in ("layers=layer1", "layers=layer1&encoding=base64"):
             if (query, top) in by:
@@ -305,11 +281,13 @@ def report(limit: dict, cells: list[Cell], idle: float, peak: float, out: Path) 
     if ("layers=avgpool (int8)", top) in by and ("layers=avgpool", top) in by:
         int8_cell, float_cell = by[("layers=avgpool (int8)", top)], by[("layers=avgpool", top)]
         checks.append(
-            f"int8 avgpool, {top} clients: ×{int8_cell.img_s / float_cell.img_s:.2f} of the float32 service "
-            f"(target ≥ 2), ×{int8_cell.img_s / TORCHSERVE_IMG_S:.2f} of TorchServe (target ≥ 3); "
-            f"in process int8 {limit['int8_avgpool']:.0f} img/s, of which preprocessing is "
-            f"{limit['preprocess_fast_ms'] * limit['int8_avgpool'] / 10:.0f}% of the time"
+            f"int8 avgpool, {top} clients: ×{int8_cell.img_s / float_cell.img_s:.2f} of the float32 service, "
+            f"×{int8_cell.img_s / int8_cell.torchserve_img_s:.2f} of TorchServe side by side; "
+            f"in process int8 {limit['int8_avgpool']:.0f} img/s"
         )
+    worst = min((row.ratio for row in goodput[1:]), default=None)
+    if worst is not None:
+        checks.append(f"overload goodput: worst ×{worst:.2f} of the 4-client capacity (target ≥ 0.8)")
     service = limit["variants"]["service"]
     if "layer1" in service and "avgpool" in service:
         checks.append(
@@ -322,12 +300,16 @@ def report(limit: dict, cells: list[Cell], idle: float, peak: float, out: Path) 
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (out / f"bench-{stamp}.md").write_text(text)
-    (out / f"bench-{stamp}.json").write_text(
-        json.dumps(
-            {"in_process": limit, "cells": [asdict(c) for c in cells], "rss_idle_mb": idle, "rss_peak_mb": peak},
-            indent=2,
-        )
-    )
+    record = {
+        "cpu_flags": flags,
+        "in_process": limit,
+        "cells": [asdict(c) for c in cells],
+        "overload": [asdict(row) for row in goodput],
+        "torchserve": torchserve,
+        "rss_idle_mb": idle,
+        "rss_peak_mb": peak,
+    }
+    (out / f"bench-{stamp}.json").write_text(json.dumps(record, indent=2, default=str))
     print(f"written to {out}/bench-{stamp}.md")
 
 

@@ -1,0 +1,172 @@
+"""TorchServe 0.12, run beside layertap in the same benchmark, on the same weights and photos.
+
+``ensure_venv()`` makes TorchServe its own venv under ``bench-results/torchserve-venv`` (TorchServe
+and its model archiver; torch, torchvision, numpy and orjson come from the project's ``.venv``
+through a ``.pth`` file, so both servers run the same builds). ``TorchServe`` archives
+bench/torchserve_handler.py with a ResNet18 state dict and serves it with server-side batching
+(16, 5 ms); its workers get the same cores per worker as layertap's. TorchServe needs Java 11 or
+later (``apt-get install openjdk-17-jre-headless`` on Debian).
+
+    python -m bench.torchserve   # start it, check one answer, print its throughput at 16 clients
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+VERSION = "0.12.0"
+HANDLER = Path(__file__).with_name("torchserve_handler.py")
+BATCH_SIZE, MAX_BATCH_DELAY_MS = 16, 5
+
+
+def ensure_venv(folder: Path) -> Path:
+    """A venv with TorchServe, reusing this interpreter's torch; returns its ``bin`` folder."""
+    bin_dir = folder / "bin"
+    if not (bin_dir / "torchserve").exists():
+        if shutil.which("java") is None:
+            raise RuntimeError("TorchServe needs Java 11 or later: apt-get install openjdk-17-jre-headless")
+        subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
+        pip = [str(bin_dir / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+        subprocess.run([*pip, f"torchserve=={VERSION}", f"torch-model-archiver=={VERSION}"], check=True)
+        site = subprocess.run(
+            [str(bin_dir / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True, capture_output=True, text=True,
+        ).stdout.strip()  # fmt: skip
+        Path(site, "layertap-venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return bin_dir
+
+
+class TorchServe:
+    """One TorchServe with one model (``avgpool``), ``workers`` workers of ``threads`` torch threads each."""
+
+    version = VERSION
+
+    def __init__(self, folder: Path, state_dict_path: Path, workers: int = 1, threads: int | None = None):
+        self.folder = folder
+        self.bin = ensure_venv(folder.parent / "torchserve-venv")
+        self.workers = workers
+        self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
+        self.port = _free_port()
+        self.base_url, self.path = f"http://127.0.0.1:{self.port}", "/predictions/avgpool"
+        self._state_dict = state_dict_path
+        self._process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 180) -> None:
+        store = self.folder / "model-store"
+        shutil.rmtree(store, ignore_errors=True)
+        store.mkdir(parents=True)
+        shutil.copy(self._state_dict, self.folder / "weights.pt")
+        subprocess.run(
+            [str(self.bin / "torch-model-archiver"), "--model-name", "avgpool", "--version", "1.0",
+             "--handler", str(HANDLER), "--serialized-file", str(self.folder / "weights.pt"),
+             "--export-path", str(store), "--force"],
+            check=True,
+        )  # fmt: skip
+        config = self.folder / "config.properties"
+        config.write_text(
+            "\n".join(
+                [
+                    f"inference_address=http://127.0.0.1:{self.port}",
+                    f"management_address=http://127.0.0.1:{_free_port()}",
+                    f"metrics_address=http://127.0.0.1:{_free_port()}",
+                    "disable_token_authorization=true",
+                    "enable_model_api=false",
+                    "install_py_dep_per_model=false",
+                    f"default_workers_per_model={self.workers}",
+                    "job_queue_size=1000",
+                    'models={"avgpool": {"1.0": {"marName": "avgpool.mar", '
+                    f'"minWorkers": {self.workers}, "maxWorkers": {self.workers}, "batchSize": {BATCH_SIZE}, '
+                    f'"maxBatchDelay": {MAX_BATCH_DELAY_MS}, "responseTimeout": 120}}}}}}',
+                    "load_models=avgpool.mar",
+                ]
+            )
+            + "\n"
+        )
+        env = {
+            **os.environ,
+            "PATH": f"{self.bin}:{os.environ['PATH']}",
+            "TS_TORCH_THREADS": str(self.threads),
+            "OMP_NUM_THREADS": str(self.threads),
+            "LOG_LOCATION": str(self.folder / "logs"),
+            "METRICS_LOCATION": str(self.folder / "logs"),
+        }
+        log = (self.folder / "torchserve.log").open("wb")
+        self._process = subprocess.Popen(
+            [str(self.bin / "torchserve"), "--start", "--foreground", "--ncs", "--model-store", str(store),
+             "--ts-config", str(config), "--disable-token-auth"],
+            cwd=self.folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"TorchServe exited; see {self.folder / 'torchserve.log'}")
+            try:
+                if requests.get(f"http://127.0.0.1:{self.port}/ping", timeout=2).json().get("status") == "Healthy":
+                    return
+            except (requests.RequestException, ValueError):
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"TorchServe not healthy within {timeout:g} s; see {self.folder / 'torchserve.log'}")
+
+    def embed(self, image: bytes) -> list[float]:
+        response = requests.post(
+            self.base_url + self.path, data=image, headers={"Content-Type": "application/octet-stream"}, timeout=60
+        )
+        response.raise_for_status()
+        return response.json()
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            os.killpg(self._process.pid, signal.SIGTERM)
+            try:
+                self._process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._process.pid, signal.SIGKILL)
+                self._process.wait(10)
+
+
+def _free_port() -> int:
+    from stress.server import free_port
+
+    return free_port()
+
+
+def main() -> None:
+    import numpy as np
+    import torch
+
+    from bench.__main__ import drive
+    from service.model import build_model
+    from service.model_repository import load_entry
+    from service.settings import Settings
+    from service.weights import resolve_weights
+    from stress.server import sample_photos
+
+    folder = ROOT / "bench-results" / "torchserve"
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = Settings(weights="random")
+    entry = load_entry(settings.model_repository, "resnet18")
+    torch.save(build_model(entry, resolve_weights("random", entry)).state_dict(), folder / "state_dict.pt")
+    server = TorchServe(folder, folder / "state_dict.pt")
+    server.start()
+    try:
+        photos = sample_photos()
+        print("one embedding:", np.asarray(server.embed(photos[0])).shape)
+        latencies, errors = drive(server.base_url, photos, server.path, 16, 10)
+        print(f"16 clients: {len(latencies) / 10:.1f} img/s, errors {errors}")
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
