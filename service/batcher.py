@@ -6,7 +6,8 @@ Request threads :meth:`~Batcher.reserve` room for their items (images) *before* 
 once, then takes the first job, gathers the jobs that arrive within ``max_delay_s`` (waiting
 only while reserved work is still being prepared, so a lone client never waits), up to
 ``max_batch_size`` items, and hands their payloads to ``handle`` in one call. ``handle``
-returns one result per payload; if it raises, only that batch's jobs fail.
+returns one result per payload, or a ServiceError for a payload that alone failed; if it
+raises, only that batch's jobs fail.
 
 A job whose client gave up (its future cancelled) or whose deadline passed before the thread
 reached it is never handled. Everything that waits on this thread is answered, even if the
@@ -269,7 +270,10 @@ class Batcher:
         run_ms = (time.perf_counter() - started) * 1000
         items = sum(job.items for job in jobs)
         for job, result in zip(jobs, results, strict=True):
-            job.future.set_result(Done(result, (started - job.enqueued_at) * 1000, run_ms, items))
+            if isinstance(result, ServiceError):  # this job alone failed (an image its batch could not decode)
+                job.future.set_exception(result)
+            else:
+                job.future.set_result(Done(result, (started - job.enqueued_at) * 1000, run_ms, items))
 
     def _fail_queued(self, error: ServiceError) -> None:
         """Answer every job still queued (arrived after the stop, or left by a dead thread)."""

@@ -6,8 +6,10 @@ first of ``LAYERTAP_MODELS``), and each model has its own runner: its own thread
 limits, so a slow model never holds up another.
 
 An extraction reserves room in the model's queue *before* the images are decoded (refusing under
-overload costs next to nothing), decodes them in the calling thread, waits for the model thread,
-and applies the output options (pooling, normalization) in the calling thread again.
+overload costs next to nothing), decodes them in the calling thread (or, for JPEGs on a CUDA
+device, checks their headers there and leaves the decoding to the model thread's batched
+decoder), waits for the model thread, and applies the output options (pooling, normalization) in
+the calling thread again.
 """
 
 from __future__ import annotations
@@ -159,10 +161,10 @@ class DataPlane:
             raise InvalidRequest("there is no image to extract features from")
         started = time.perf_counter()
         with runner.reserve(len(images)) as ticket:  # before decoding: refusing must cost next to nothing
-            pixels = np.stack([runner.preprocess(data) for data in images])
+            prepared = tuple(runner.inputs.prepare(data) for data in images)
             preprocess_s = time.perf_counter() - started
             metrics.PREPROCESS_SECONDS.labels(runner.name).observe(preprocess_s)
-            done = ticket.submit(Work(pixels=pixels, layers=layers))
+            done = ticket.submit(Work(images=prepared, layers=layers))
         features = done.result
         if options != OutputOptions():
             features = {name: postprocess.apply(a, options, runner.layout_of(name)) for name, a in features.items()}

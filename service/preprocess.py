@@ -91,7 +91,7 @@ class ImagePreprocessor:
         return "torch" if self._torch_resize else "pillow"
 
     def __call__(self, data: bytes) -> np.ndarray:
-        image = self._open(data)
+        image = self.open_header(data)
         if self.mode == "fast" and image.format in ("JPEG", "MPO"):
             # libjpeg scales by 1/2, 1/4 or 1/8 while decoding, never below the resize target:
             # a 12 Mpx photo decodes ~6× faster, and resizing then starts from far fewer pixels.
@@ -100,7 +100,8 @@ class ImagePreprocessor:
         image = _to_rgb(image)
         return self._resize_and_crop(image)
 
-    def _open(self, data: bytes) -> Image.Image:
+    def open_header(self, data: bytes) -> Image.Image:
+        """Open ``data`` from its header only, enforcing every limit; no pixel is decoded yet."""
         if not data:
             raise InvalidImage("the image is empty (0 bytes)")
         try:

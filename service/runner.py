@@ -27,9 +27,10 @@ import torchvision
 from . import metrics
 from .batcher import Batcher, Ticket
 from .capture import LayerCall, LayerTap
-from .errors import LayerUnavailable, NotReady, StartupError, UnknownLayer
+from .errors import LayerUnavailable, NotReady, ServiceError, StartupError, UnknownLayer
 from .folding import fold_batch_norms
 from .hardware import cpu_flags, fast_dtype
+from .inputs import Inputs, Prepared
 from .model import DTYPES, build_model, place, resolve_device
 from .model_repository import ModelEntry
 from .preprocess import ImagePreprocessor
@@ -43,9 +44,10 @@ log = logging.getLogger("layertap.runner")
 
 @dataclass(frozen=True)
 class Work:
-    """What one request hands the model thread: uint8 pixels ``(n, crop, crop, 3)`` and the layers it wants."""
+    """What one request hands the model thread: the layers it wants, and per image either its
+    pixels, ``(crop, crop, 3)`` uint8 decoded in the request thread, or a JPEG to decode on the device."""
 
-    pixels: np.ndarray
+    images: tuple[Prepared, ...]
     layers: tuple[str, ...]
 
 
@@ -62,6 +64,10 @@ class ModelRunner:
         )
         self.device = resolve_device(settings.device)
         self.dtype = _compute_dtype(settings, self.device)
+        decode_on_device = settings.jpeg_decoder == "device" or (
+            settings.jpeg_decoder == "auto" and self.device.type == "cuda"
+        )
+        self.inputs = Inputs(self.preprocess, self.device, decode_on_device)
         self._model = build_model(entry, weights)
         self.parameters = sum(p.numel() for p in self._model.parameters())
         self._shapes = ShapeTracer(entry.architecture, self._model)
@@ -176,6 +182,7 @@ class ModelRunner:
                 **self.entry.preprocessing.describe(),
                 "mode": self.settings.preprocessing,
                 "resize_kernel": self.preprocess.resize_kernel,
+                "jpeg_decoder": self.inputs.jpeg_decoder,
             },
             "layers": len(self.layers),
             "parameters": self.parameters,
@@ -206,8 +213,8 @@ class ModelRunner:
         self._tap = LayerTap(self._model)
         self._mean = torch.tensor(self.entry.preprocessing.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(self.entry.preprocessing.std, device=self.device).view(1, 3, 1, 1)
-        # Warm-up: the first pass allocates and picks kernels; readiness waits for it.
-        warm_up = np.zeros((1, crop, crop, 3), dtype=np.uint8)
+        # Warm-up: the first pass allocates and picks kernels (and starts the JPEG decoder); readiness waits for it.
+        warm_up = self.inputs.warm_up()
         self._forward(warm_up, frozenset({self.layers[-1].name}))
         if self._needs_original:
             self._forward(warm_up, self._needs_original)
@@ -224,23 +231,27 @@ class ModelRunner:
             extra={"pid": os.getpid()},
         )
 
-    def _run_batch(self, works: list[Work]) -> list[dict[str, np.ndarray]]:
+    def _run_batch(self, works: list[Work]) -> list[dict[str, np.ndarray] | ServiceError]:
         wanted = frozenset(name for work in works for name in work.layers)
-        pixels = works[0].pixels if len(works) == 1 else np.concatenate([work.pixels for work in works])
         started = time.perf_counter()
+        pixels, failures = self.inputs.assemble([image for work in works for image in work.images])
         outputs = self._forward(pixels, wanted)
         metrics.IMAGES.labels(self.name).inc(len(pixels))
         metrics.BATCH_IMAGES.labels(self.name).observe(len(pixels))
         metrics.INFERENCE_SECONDS.labels(self.name).observe(time.perf_counter() - started)
-        results, offset = [], 0
+        results: list[dict[str, np.ndarray] | ServiceError] = []
+        offset = 0
         for work in works:
-            count = len(work.pixels)
-            results.append({name: outputs[name][offset : offset + count] for name in work.layers})
+            count = len(work.images)
+            failed = [failures[i] for i in range(offset, offset + count) if i in failures]
+            results.append(
+                failed[0] if failed else {name: outputs[name][offset : offset + count] for name in work.layers}
+            )
             offset += count
         return results
 
-    def _forward(self, pixels: np.ndarray, wanted: frozenset[str]) -> dict[str, np.ndarray]:
-        """uint8 NHWC pixels → {layer: float32 array}, in chunks of at most max_batch_size."""
+    def _forward(self, pixels: torch.Tensor, wanted: frozenset[str]) -> dict[str, np.ndarray]:
+        """uint8 ``(n, 3, h, w)`` pixels on the device → {layer: float32 array}, in chunks of at most max_batch_size."""
         parts: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
         step = self.settings.max_batch_size
         tap = self._tap if self._fast_tap is None or wanted & self._needs_original else self._fast_tap
@@ -256,13 +267,9 @@ class ModelRunner:
                     parts[name].append(tensor.to(device="cpu", dtype=torch.float32).numpy())
         return {name: chunks[0] if len(chunks) == 1 else np.concatenate(chunks) for name, chunks in parts.items()}
 
-    def _to_input(self, pixels: np.ndarray) -> torch.Tensor:
-        """Normalize as torchvision does (x/255, then (x-mean)/std) in float32, on the model's device."""
-        batch = torch.from_numpy(pixels)
-        if self.device.type == "cuda":
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
-        # NHWC viewed as NCHW is already channels_last in memory: no copy needed for that layout.
-        batch = batch.permute(0, 3, 1, 2).float().div_(255).sub_(self._mean).div_(self._std)
+    def _to_input(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalize as torchvision does (x/255, then (x-mean)/std) in float32, then cast to the model's dtype."""
+        batch = pixels.float().div_(255).sub_(self._mean).div_(self._std)
         if not self.settings.channels_last or self._int8 is not None:
             batch = batch.contiguous()
         return batch.to(DTYPES[self.dtype])

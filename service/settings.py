@@ -84,6 +84,11 @@ class Settings(BaseSettings):
         "fast",
         description="`fast`: JPEG draft decoding, torch's uint8 resize (needs AVX2); `exact`: torchvision's pipeline.",
     )
+    jpeg_decoder: Literal["auto", "pillow", "device"] = Field(
+        "auto",
+        description="Where JPEGs are decoded: `device` in batches on the model's device (nvjpeg on CUDA), "
+        "`pillow` in request threads; `auto`: device on CUDA.",
+    )
     fold_batch_norm: bool = Field(
         True,
         description="Serve requests that need no conv/BN output from a copy with BN folded into convs (~20% faster).",

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import base64
+import io
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from service.app import create_app
 from service.capture import LayerTap
-from service.errors import InferenceFailed, InvalidRequest, StartupError, UnknownModel
+from service.errors import InferenceFailed, InvalidImage, InvalidRequest, StartupError, UnknownModel
 from service.postprocess import OutputOptions, apply
 from service.settings import Settings
 
@@ -216,3 +218,47 @@ def test_a_busy_model_does_not_hold_up_another(two_models, photos, monkeypatch):
 def test_one_weights_file_cannot_serve_several_models(weights_file):
     with pytest.raises(StartupError, match="names one file, but LAYERTAP_MODELS serves 2 models"):
         create_app(Settings(models="resnet18,vit_b_16", weights=str(weights_file), device="cpu"))
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = (x.reshape(len(x), -1).astype(np.float64) for x in (a, b))
+    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+
+
+def test_jpegs_decoded_in_batches_by_the_model_thread_match_the_cpu_path_and_a_bad_one_fails_alone(
+    weights_file, photos, plane
+):
+    """LAYERTAP_JPEG_DECODER=device (the default on CUDA), on the CPU: the same code as nvjpeg's, with libjpeg."""
+    settings = Settings(weights=str(weights_file), device="cpu", dtype="float32", jpeg_decoder="device")
+    device = create_app(settings).extensions["layertap.dataplane"]
+    try:
+        assert device.wait_ready(60), device.failure
+        assert device.describe()["preprocessing"]["jpeg_decoder"] == "device"
+        turned = io.BytesIO()
+        exif = Image.Exif()
+        exif[0x0112] = 6  # a phone photo taken upright: stored sideways, rotated on display
+        Image.open(io.BytesIO(photos["rocket.jpg"])).save(turned, "JPEG", quality=95, exif=exif)
+        images = [*photos.values(), turned.getvalue()]  # two PNGs take the CPU path in the same batch
+        layers = ("layer1", "avgpool")
+        got = device.extract(images, layers).features
+        exact = plane.extract(images, layers).features
+        assert _cosines(got["avgpool"], exact["avgpool"]).min() >= 0.9995
+        assert _cosines(got["layer1"], exact["layer1"]).min() >= 0.995
+
+        good = photos["grace_hopper.jpg"]
+        # Header intact, scan data random: it reaches the device's decoder, which fails its batch; the
+        # batch is decoded again image by image, and Pillow refuses this one.
+        scan = good.index(b"\xff\xda")
+        header_end = scan + 2 + int.from_bytes(good[scan + 2 : scan + 4], "big")
+        damaged = good[:header_end] + np.random.default_rng(0).bytes(4000) + b"\xff\xd9"
+        with ThreadPoolExecutor(2) as pool:  # two requests that may share a batch: only the bad one fails
+            bad = pool.submit(device.extract, [damaged], ("avgpool",))
+            fine = pool.submit(device.extract, [good], ("avgpool",))
+            with pytest.raises(InvalidImage):
+                bad.result(30)
+            at = list(photos).index("grace_hopper.jpg")
+            assert _cosines(fine.result(30).features["avgpool"], exact["avgpool"][at : at + 1]).min() >= 0.9995
+        with pytest.raises(InvalidImage):  # one bad image fails its whole request, as on the CPU path
+            device.extract([good, damaged], ("avgpool",))
+    finally:
+        device.close()
