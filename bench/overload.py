@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stress.load import Request, closed_loop, percentile
+from stress.load import Request, answered_within, closed_loop, percentile
 
 RAW = {"Content-Type": "application/octet-stream"}
 
@@ -34,7 +34,7 @@ def goodput(url: str, photos: list[bytes], path: str, clients: tuple[int, ...], 
 
     rows: list[GoodputRow] = []
     for count in (4, *clients):
-        outcomes = closed_loop(url, make, count, seconds=seconds)
+        outcomes = answered_within(closed_loop(url, make, count, seconds=seconds), seconds)
         ok = [o.seconds for o in outcomes if o.status == 200]
         refused = sum(o.status in (429, 503) for o in outcomes)
         good = len(ok) / seconds

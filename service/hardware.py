@@ -5,10 +5,12 @@ many workers to fork, and the master must never start torch (service/gunicorn_co
 
 The rules, each measured (README, "Hardware"):
 
-- **dtype** ``auto``: bfloat16 on a CPU with AMX (``amx_bf16``: Intel's matrix units run bf16
-  about 3× faster than float32), float16 on CUDA; float32 elsewhere. Every layer of every shipped
-  model stays within cosine 0.9995 of float32 in bfloat16 on the CPU, and within 0.999 in float16
-  on CUDA (bench/gpu.py checks it on the device); outputs are returned as float32 either way.
+- **dtype** ``auto``: float16 on CUDA; bfloat16 on a CPU with bf16 arithmetic, either AMX
+  (``amx_bf16``: Intel's matrix units, about 3× float32) or AVX-512 BF16 (``avx512_bf16``: 1.5 to
+  2.4× float32 across the shipped models, measured on 2 cores without AMX); float32 elsewhere,
+  where bfloat16 is emulated and slower. Every layer of every shipped model stays within cosine
+  0.9995 of float32 in bfloat16 on the CPU (worst 0.99988), and within 0.999 in float16 on CUDA
+  (bench/gpu.py checks it on the device); outputs are returned as float32 either way.
 - **CUDA sizing**: one process's GIL cannot feed a GPU (decoding, HTTP and JSON are Python), so
   several workers share it; batches and queues are larger because a GPU batch of 64 costs
   about what a batch of 16 does.
@@ -38,10 +40,11 @@ def cpu_flags() -> tuple[str, ...]:
 
 
 def fast_dtype(device_type: str, flags: tuple[str, ...] | None = None) -> str:
-    """The dtype ``LAYERTAP_DTYPE=auto`` picks on this device: float16 on CUDA, bfloat16 with AMX, else float32."""
+    """The dtype ``LAYERTAP_DTYPE=auto`` picks: float16 on CUDA, bfloat16 with AMX or AVX-512 BF16, else float32."""
     if device_type == "cuda":
         return "float16"
-    if device_type == "cpu" and "amx_bf16" in (cpu_flags() if flags is None else flags):
+    flags = cpu_flags() if flags is None else flags
+    if device_type == "cpu" and ("amx_bf16" in flags or "avx512_bf16" in flags):
         return "bfloat16"
     return "float32"
 

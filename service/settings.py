@@ -64,8 +64,8 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`.")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto",
-        description="Compute dtype; `auto`: float16 on CUDA, bfloat16 on CPUs with AMX, else float32. "
-        "Outputs are float32.",
+        description="Compute dtype; `auto`: float16 on CUDA, bfloat16 on CPUs with AMX or AVX-512 BF16, "
+        "else float32. Outputs are float32.",
     )
     precision: Literal["float32", "int8"] = Field(
         "float32", description="`int8`: post-training static quantization on CPU (see the README's int8 table)."

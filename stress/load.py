@@ -164,8 +164,43 @@ def open_loop(
     return senders.join(), skipped
 
 
+def answered_within(outcomes: list[Outcome], seconds: float) -> list[Outcome]:
+    """The outcomes answered within ``seconds`` of the first send: what a rate over ``seconds`` may count.
+
+    A closed loop stops *sending* after its time, and the requests then in flight are answered
+    later; with many clients and long queues, counting those would overstate the rate.
+    """
+    if not outcomes:
+        return []
+    end = min(o.sent_at for o in outcomes) + seconds
+    return [o for o in outcomes if o.sent_at + o.seconds <= end]
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def closed_loop_processes(
+    url: str, path: str, bodies: list[bytes], headers: dict[str, str], clients: int, seconds: float, processes: int
+) -> list[Outcome]:
+    """:func:`closed_loop` spread over ``processes`` processes, for rates one Python process cannot generate.
+
+    Each process runs ``clients ÷ processes`` keep-alive clients that POST ``bodies`` in turn to ``path``.
+    """
+    import multiprocessing
+
+    processes = max(1, min(processes, clients))
+    shares = [clients // processes + (i < clients % processes) for i in range(processes)]
+    context = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA or torch threads
+    with context.Pool(processes) as pool:
+        parts = pool.starmap(_closed_loop_part, [(url, path, bodies, headers, share, seconds) for share in shares])
+    return [outcome for part in parts for outcome in part]
+
+
+def _closed_loop_part(
+    url: str, path: str, bodies: list[bytes], headers: dict[str, str], clients: int, seconds: float
+) -> list[Outcome]:
+    return closed_loop(url, lambda i: Request("POST", path, bodies[i % len(bodies)], headers), clients, seconds)

@@ -17,7 +17,8 @@ from service.settings import Settings
     [
         ("cuda", (), "float16"),
         ("cpu", ("avx2", "avx512f", "amx_tile", "amx_bf16", "amx_int8"), "bfloat16"),
-        ("cpu", ("avx2", "avx512f", "avx512_bf16"), "float32"),  # bf16 instructions without AMX: not faster
+        ("cpu", ("avx2", "avx512f", "avx512_bf16"), "bfloat16"),  # 1.5-2.4× float32 without AMX too
+        ("cpu", ("avx2", "avx512f"), "float32"),  # bfloat16 would be emulated: slower
         ("cpu", (), "float32"),
     ],
 )
