@@ -18,7 +18,7 @@ import torch
 from stress.server import start_server
 
 SMALL_LIMITS = {
-    # float32: tests compare answers across batch compositions at 1e-4, which bfloat16 (auto on bf16 CPUs) would not meet
+    # float32: tests compare answers across batch compositions at 1e-4; bfloat16 (auto on bf16 CPUs) would not
     "LAYERTAP_DTYPE": "float32",
     "LAYERTAP_MAX_BODY_BYTES": "1000000",
     "LAYERTAP_MAX_PIXELS": "4000000",
