@@ -7,16 +7,16 @@ gunicorn, orjson or pydantic-settings: install those from wheels first (``pip in
 --no-index --find-links WHEELS flask gunicorn orjson pydantic-settings flask-swagger-ui``).
 It runs in under 5 minutes on one H100/H200 with 16 cores and prints:
 
-1. **accuracy**, per entry of ``models/`` (seeded random weights, ``exact`` preprocessing, the
-   sample photos): the worst cosine over photos and *every* layer between CUDA and CPU float32,
-   and between CUDA float16/bfloat16 and CUDA float32 (the rule behind ``LAYERTAP_DTYPE=auto``);
-2. **in process**: JPEG decode + resize + crop with Pillow (one thread) and on the GPU (batched
+1. **in process**: JPEG decode + resize + crop with Pillow (one thread) and on the GPU (batched
    nvjpeg, service/gpu_decode.py); ResNet18's forward pass to ``avgpool`` per dtype and batch; the
    whole GPU pipeline (decode on the GPU + float16 forward) at the service's batch size, which
    is the limit the service is held to;
-3. **the service** (gunicorn, default settings unless the row says otherwise) driven with the
+2. **the service** (gunicorn, default settings unless the row says otherwise) driven with the
    JPEG sample photos by N keep-alive clients spread over several load processes: img/s, p50,
    ratio to the in-process pipeline, GPU memory per worker.
+3. **accuracy**, per entry of ``models/`` (seeded random weights, ``exact`` preprocessing, the
+   sample photos): the worst cosine over photos and *every* layer between CUDA and CPU float32,
+   and between CUDA float16/bfloat16 and CUDA float32 (the rule behind ``LAYERTAP_DTYPE=auto``);
 """
 
 from __future__ import annotations
@@ -212,9 +212,8 @@ def main() -> None:
     photos = sorted(SAMPLE_PHOTOS.glob("*.jpg")) + sorted(SAMPLE_PHOTOS.glob("*.png"))
     images = [p.read_bytes() for p in photos]
     jpegs = [p.read_bytes() for p in photos if p.suffix == ".jpg"]
-    tables = accuracy_part(["resnet18"] if args.quick else args.models.split(","), images, args.device)
     rows, limit = in_process_part(jpegs, sizing.max_batch_size, args.device)
-    tables += ["", *rows]
+    tables = [*rows]
     device_env = {} if args.device == "cuda" else {"LAYERTAP_JPEG_DECODER": "device", "LAYERTAP_MAX_BATCH_SIZE": "64",
                                                    "LAYERTAP_MAX_QUEUE_IMAGES": "256"}  # fmt: skip
     configs = [
@@ -227,6 +226,7 @@ def main() -> None:
     if args.quick:
         configs = configs[:1]
     tables += ["", *service_part(jpegs, configs, args.seconds, limit, Path(args.out), args.device)]
+    tables += ["", *accuracy_part(["resnet18"] if args.quick else args.models.split(","), images, args.device)]
     print("\n" + "\n".join(tables) + f"\n\n{time.perf_counter() - started:.0f} s in all")
 
 
