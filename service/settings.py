@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`.")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto",
-        description="Compute dtype; `auto`: float16 on CUDA, bfloat16 on CPUs with AMX or AVX-512 BF16, "
+        description="Compute dtype; `auto`: bfloat16 on CUDA and on CPUs with AMX or AVX-512 BF16, "
         "else float32. Outputs are float32.",
     )
     precision: Literal["float32", "int8"] = Field(
@@ -123,7 +123,7 @@ class Settings(BaseSettings):
     workers: int = Field(
         1,
         gt=0,
-        description="gunicorn worker processes, each with its own model (default on CUDA: cores ÷ 4, at most 4).",
+        description="gunicorn worker processes, each with its own model (default on CUDA: cores ÷ 2, at most 8).",
     )
     threads: int = Field(
         64, gt=0, description="gunicorn threads per worker; above max queue images, so that overload gets a fast 429."

@@ -15,7 +15,7 @@ from service.settings import Settings
 @pytest.mark.parametrize(
     ("device", "flags", "expected"),
     [
-        ("cuda", (), "float16"),
+        ("cuda", (), "bfloat16"),  # float16 overflows inside MobileNetV3, EfficientNet, ConvNeXt
         ("cpu", ("avx2", "avx512f", "amx_tile", "amx_bf16", "amx_int8"), "bfloat16"),
         ("cpu", ("avx2", "avx512f", "avx512_bf16"), "bfloat16"),  # 1.5-2.4× float32 without AMX too
         ("cpu", ("avx2", "avx512f"), "float32"),  # bfloat16 would be emulated: slower
@@ -46,7 +46,8 @@ def _tiny_jpeg() -> bytes:
 
 def test_sizes_follow_the_device_unless_set():
     assert default_sizing(cuda=False) == default_sizing(cuda=False, cores=64)
-    assert default_sizing(cuda=True, cores=16).workers == 4 and default_sizing(cuda=True, cores=2).workers == 1
+    assert default_sizing(cuda=True, cores=16).workers == 8 and default_sizing(cuda=True, cores=2).workers == 1
+    assert default_sizing(cuda=True, cores=64).workers == 8
     cpu, gpu = Settings(device="cpu"), Settings(device="cuda")
     assert (cpu.workers, cpu.max_batch_size, cpu.max_queue_images) == (1, 16, 32)
     sizing = default_sizing(cuda=True)
