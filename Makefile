@@ -34,9 +34,14 @@ lint: install  ## ruff, hadolint on the Dockerfile, kubernetes-validate on deplo
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/kubernetes-validate --strict --quiet $$(ls deploy/k8s/*.yaml | grep -v kustomization)
 
-bench: install  ## the real service vs the in-process limit, then a row per model entry, in bench-results/
+# `make bench DEVICE=cuda`: the GPU benchmark instead (bench/gpu.py; under 5 minutes on one H100/H200).
+bench: install  ## the service vs the in-process limit and TorchServe, then a row per model entry, in bench-results/
+ifeq ($(DEVICE),cuda)
+	$(BIN)/python -m bench.gpu
+else
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.models
+endif
 
 stress: install  ## bad inputs, 3× overload, 5,000-request soak, a killed worker; prints a summary table
 	$(BIN)/python -m stress

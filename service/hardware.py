@@ -59,6 +59,22 @@ def cuda_expected(device: str) -> bool:
     return device == "auto" and os.path.exists("/dev/nvidiactl")
 
 
+def available_cores() -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a container's limit).
+
+    ``os.cpu_count()`` counts the host's cores, which in a pod limited to 4 CPUs would fork a worker
+    per 2 of the node's 64 cores, and give each of them far too many torch threads.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return max(1, cores)
+    if quota != "max" and int(period) > 0:
+        cores = min(cores, -(-int(quota) // int(period)))  # a quota of 2.5 CPUs can keep 3 threads busy
+    return max(1, cores)
+
+
 @dataclass(frozen=True)
 class Sizing:
     """Device-aware defaults for the settings a user does not set."""
@@ -72,5 +88,5 @@ def default_sizing(cuda: bool, cores: int | None = None) -> Sizing:
     """CPU: one worker with all the cores, batches of 16. CUDA: a worker per 2 cores (at most 8), batches of 64."""
     if not cuda:
         return Sizing(workers=1, max_batch_size=16, max_queue_images=32)
-    cores = cores or os.cpu_count() or 1
+    cores = cores or available_cores()
     return Sizing(workers=max(1, min(8, cores // 2)), max_batch_size=64, max_queue_images=256)

@@ -14,7 +14,7 @@ from typing import Literal, get_args
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .hardware import cuda_expected, default_sizing
+from .hardware import available_cores, cuda_expected, default_sizing
 
 
 def _bundled(folder: str) -> Path:
@@ -194,7 +194,7 @@ class Settings(BaseSettings):
         """Intra-op threads for one worker: all workers together should not oversubscribe the cores."""
         if self.torch_threads:
             return self.torch_threads
-        return max(1, (os.cpu_count() or 1) // self.workers)
+        return max(1, available_cores() // self.workers)
 
 
 def settings_table() -> str:

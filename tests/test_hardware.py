@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+import os
 
 import pytest
 from PIL import Image
 
 from service.app import create_app
-from service.hardware import cpu_flags, default_sizing, fast_dtype
+from service.hardware import available_cores, cpu_flags, default_sizing, fast_dtype
 from service.settings import Settings
 
 
@@ -65,3 +66,9 @@ def test_sizes_set_in_the_environment_win(monkeypatch):
     monkeypatch.setenv("LAYERTAP_WORKERS", "3")
     settings = Settings()
     assert (settings.max_batch_size, settings.workers, settings.max_queue_images) == (32, 3, 256)
+
+
+def test_cores_are_those_this_process_may_use():
+    """A container's CPU quota, not the host's core count, sizes workers and torch threads."""
+    assert 1 <= available_cores() <= len(os.sched_getaffinity(0))
+    assert Settings(workers=1).effective_torch_threads() == available_cores()
