@@ -126,7 +126,7 @@ class Settings(BaseSettings):
         description="gunicorn worker processes, each with its own model (default on CUDA: cores ÷ 2, at most 8).",
     )
     threads: int = Field(
-        64, gt=0, description="gunicorn threads per worker; above max queue images, so that overload gets a fast 429."
+        64, gt=0, description="gunicorn threads per worker: requests handled at once (decoding, queued or waiting)."
     )
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads per worker; 0 means CPU cores ÷ workers.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level of the service.")
