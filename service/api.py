@@ -94,9 +94,13 @@ def features() -> Response:
     options = OutputOptions(pool=_choice_arg("pool", POOLS), normalize=_bool_arg("normalize"))
     encoding = _choice_arg("encoding", ENCODINGS)
     plane.check(model, layers, options)  # before reading the body: a typo costs no upload decode
-    plane.check_capacity(model)  # and under overload, neither does a refusal
-    images = read_images(plane.settings.max_images_per_request)
-    result = plane.extract(images, layers, options, model)
+    # Under overload neither does a refusal: room is held before the body is read. A client that
+    # sent `Expect: 100-continue` waits about a second for the go-ahead before it uploads anyway,
+    # so it is refused at once rather than after the admission wait.
+    expects_continue = request.headers.get("Expect", "").lower() == "100-continue"
+    with plane.admit(model, wait=not expects_continue) as ticket:
+        images = read_images(plane.settings.max_images_per_request)
+        result = plane.extract(images, layers, options, model, ticket)
     encode = _base64_feature if encoding == "base64" else _json_feature
     body = {
         "model": result.model,

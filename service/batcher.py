@@ -16,6 +16,7 @@ thread dies.
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
@@ -65,6 +66,14 @@ class Ticket:
         self._open = False
         return self._batcher._submit(payload, self.items, self.deadline)
 
+    def resize(self, items: int) -> None:
+        """Hold room for ``items`` instead: fewer frees the rest, more waits in line for it (Overloaded if none)."""
+        if items > self.items:
+            self._batcher._acquire(items - self.items, wait=True)
+        elif items < self.items:
+            self._batcher._release(self.items - items)
+        self.items = items
+
     def release(self) -> None:
         if self._open:
             self._open = False
@@ -104,7 +113,8 @@ class Batcher:
         )
         self._queue: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
-        self._room = threading.Condition(self._lock)  # notified whenever queued items are released
+        self._room = threading.Condition(self._lock)  # notified whenever room frees or the state changes
+        self._line: collections.deque = collections.deque()  # requests waiting for room, first come first served
         self._waiting = 0  # reserved and not yet taken by the thread (being prepared, or queued)
         self._preparing = 0  # reservations not submitted yet: worth waiting for when forming a batch
         self._thread: threading.Thread | None = None
@@ -126,6 +136,8 @@ class Batcher:
         self._thread = None
         if self.state != "failed":
             self.state = "stopped"
+        with self._lock:
+            self._room.notify_all()  # requests waiting for room are refused now, not at their wait's end
         self._fail_queued(NotReady("the service is shutting down", retry_after_s=1))
 
     @property
@@ -134,29 +146,56 @@ class Batcher:
         return self._waiting
 
     # ---- request side ----------------------------------------------------------------------
-    def check_capacity(self) -> None:
-        """Overloaded if not even one more item would be admitted within the admission wait (to refuse
-        before an upload is read)."""
-        with self._lock:
-            if not self._room.wait_for(lambda: self._waiting < self.max_queued, self.admission_wait_s):
-                raise self._overloaded()
+    def reserve(self, items: int, wait: bool = True) -> Ticket:
+        """Room for ``items``, or Overloaded; the deadline starts now.
 
-    def reserve(self, items: int) -> Ticket:
-        """Room for ``items``, waiting up to the admission wait for it, else Overloaded; the deadline starts now.
-
-        Waiting is what keeps goodput under overload: a client that ignores ``Retry-After`` and
-        resends at once would otherwise turn every freed slot into thousands of refusals, whose
-        parsing and uploads take the CPU from the work admitted (HAProxy's ``timeout queue``).
+        With ``wait``, a request that finds the queue full waits in line, up to the admission wait,
+        for room. Waiting is what keeps goodput under overload: a client that ignores
+        ``Retry-After`` and resends at once would otherwise turn every freed slot into hundreds of
+        refusals, whose parsing and uploads take the CPU from the work admitted (HAProxy's
+        ``timeout queue``). The line is first come, first served, so a request for many images is
+        not overtaken forever by single images.
         """
+        self._acquire(items, wait)
+        with self._lock:
+            self._preparing += 1
+        return Ticket(self, items, time.monotonic() + self.timeout_s)
+
+    def _acquire(self, items: int, wait: bool) -> None:
+        with self._lock:
+            self._check_serving()
+            if not self._line and self._waiting + items <= self.max_queued:
+                self._take(items)
+                return
+            if not wait or self.admission_wait_s <= 0:
+                raise self._overloaded()
+            turn = object()
+            self._line.append(turn)
+            try:
+                admitted = self._room.wait_for(
+                    lambda: (
+                        self.state not in ("starting", "running")
+                        or (self._line[0] is turn and self._waiting + items <= self.max_queued)
+                    ),
+                    self.admission_wait_s,
+                )
+                self._check_serving()
+                if not admitted:
+                    raise self._overloaded()
+                self._take(items)
+            finally:
+                self._line.remove(turn)
+                self._room.notify_all()  # the next in line may fit now
+
+    def _take(self, items: int) -> None:
+        self._waiting += items
+        metrics.QUEUE_IMAGES.labels(self.name).set(self._waiting)
+
+    def _check_serving(self) -> None:
         if self.state == "failed":
             raise InferenceFailed(f"the {self.name} thread stopped ({self.failure}); the service must restart")
-        with self._lock:
-            if not self._room.wait_for(lambda: self._waiting + items <= self.max_queued, self.admission_wait_s):
-                raise self._overloaded()
-            self._waiting += items
-            self._preparing += 1
-            metrics.QUEUE_IMAGES.labels(self.name).set(self._waiting)
-        return Ticket(self, items, time.monotonic() + self.timeout_s)
+        if self.state == "stopped":
+            raise NotReady("the service is shutting down", retry_after_s=1)
 
     def _submit(self, payload: Any, items: int, deadline: float) -> Done:
         job = _Job(payload=payload, items=items, deadline=deadline)
@@ -197,6 +236,8 @@ class Batcher:
         except Exception as exc:
             self.failure = f"{type(exc).__name__}: {exc}"
             self.state = "failed"
+            with self._lock:
+                self._room.notify_all()
             log.exception("%s failed to start", self.name)
             self._fail_queued(InferenceFailed(f"{self.name} failed to start: {self.failure}"))
             return
@@ -214,6 +255,8 @@ class Batcher:
         except BaseException as exc:  # the loop itself broke: no request may wait on a dead thread
             self.failure = f"{type(exc).__name__}: {exc}"
             self.state = "failed"
+            with self._lock:
+                self._room.notify_all()
             log.exception("%s thread stopped", self.name)
             error = InferenceFailed(f"the {self.name} thread stopped ({type(exc).__name__}); the service must restart")
             for job in batch:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import metrics, postprocess
+from .batcher import Ticket
 from .capture import LayerCall
 from .errors import InvalidRequest, StartupError, UnknownModel
 from .model_repository import load_entry
@@ -143,9 +144,10 @@ class DataPlane:
                 raise InvalidRequest(str(exc)) from None
         return runner, layers
 
-    def check_capacity(self, model: str | None) -> None:
-        """Overloaded now if that model's queue is full, so a front-end can refuse before reading the upload."""
-        self.runner(model).check_capacity()
+    def admit(self, model: str | None, images: int = 1, wait: bool = True) -> Ticket:
+        """Room in the model's queue, held before the request's upload is read: a refusal then costs next
+        to nothing. Pass the ticket to :meth:`extract`, which resizes it to the images actually sent."""
+        return self.runner(model).reserve(images, wait)
 
     def extract(
         self,
@@ -153,14 +155,19 @@ class DataPlane:
         layers: tuple[str, ...] | None = None,
         options: OutputOptions | None = None,
         model: str | None = None,
+        ticket: Ticket | None = None,
     ) -> Extraction:
-        """Decode ``images`` here, run them through the model's thread, return the requested layers."""
+        """Prepare ``images`` here (decode, or check the headers of JPEGs the device decodes), run them
+        through the model's thread, return the requested layers."""
         options = options or OutputOptions()
         runner, layers = self.check(model, layers, options)
         if not images:
             raise InvalidRequest("there is no image to extract features from")
         started = time.perf_counter()
-        with runner.reserve(len(images)) as ticket:  # before decoding: refusing must cost next to nothing
+        if ticket is None:
+            ticket = runner.reserve(len(images))  # before decoding: refusing must cost next to nothing
+        with ticket:
+            ticket.resize(len(images))
             prepared = tuple(runner.inputs.prepare(data) for data in images)
             preprocess_s = time.perf_counter() - started
             metrics.PREPROCESS_SECONDS.labels(runner.name).observe(preprocess_s)

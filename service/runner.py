@@ -148,15 +148,11 @@ class ModelRunner:
         """How the layer's output is laid out (nchw, nhwc or tokens), from the model entry."""
         return self.entry.layout_of(self._modules.get(layer, layer))
 
-    def check_capacity(self) -> None:
-        """Overloaded now if the queue is full: lets a front-end refuse before reading an upload."""
-        self._batcher.check_capacity()
-
-    def reserve(self, images: int) -> Ticket:
-        """Room for ``images`` in this model's queue (Overloaded at once if there is none)."""
+    def reserve(self, images: int, wait: bool = True) -> Ticket:
+        """Room for ``images`` in this model's queue, waiting in line for it if ``wait`` (else Overloaded)."""
         if self.state not in ("ready", "draining"):
             raise NotReady(f"model {self.name} is {self.state}", retry_after_s=1)
-        return self._batcher.reserve(images)
+        return self._batcher.reserve(images, wait)
 
     def shapes(self, batch: int, height: int, width: int) -> tuple[LayerCall, ...]:
         """Every layer this model serves, for an input of this size, in the order the calls return."""

@@ -13,7 +13,7 @@ would still make the server pay for the upload it is about to refuse:
   body the client was never invited to send, closes the connection instead (``Connection: close``).
 
 The closing goes through gunicorn's response object (``start_response.__self__.force_close``);
-under another WSGI server the gate only drains.
+under another WSGI server the gate only drains what it may (bodies with a length, up to DRAIN_BYTES).
 """
 
 from __future__ import annotations
@@ -31,39 +31,51 @@ _deferred = threading.local()
 
 def defer_continue(req) -> None:
     """gunicorn ``pre_request`` hook: keep gunicorn from sending ``100 Continue`` before the app decides."""
-    # gunicorn 23 to 27 record the expectation here, and send the interim answer when it is set.
+    # gunicorn ≥ 27 records the expectation here and sends the interim answer after this hook when it
+    # is set (earlier versions sent it while parsing: there is then nothing to defer, and nothing breaks).
     _deferred.pending = bool(getattr(req, "_expected_100_continue", False))
     if _deferred.pending:
         req._expected_100_continue = False
 
 
-class _ContinueOnRead:
-    """``wsgi.input`` that sends the deferred ``100 Continue`` on the first read."""
+class _Body:
+    """``wsgi.input`` that counts what the app read, and sends a deferred ``100 Continue`` on the first read."""
 
-    def __init__(self, stream, sock):
-        self._stream, self._sock = stream, sock
-        self.invited = False
+    def __init__(self, stream, invite_through=None):
+        self._stream, self._socket = stream, invite_through
+        self.invited = invite_through is None  # nothing to invite: nobody asked, or gunicorn already answered
+        self.read_bytes = 0
+        self.at_end = False
 
     def _invite(self) -> None:
         if not self.invited:
             self.invited = True
-            self._sock.sendall(CONTINUE)
+            self._socket.sendall(CONTINUE)
+
+    def _count(self, data: bytes) -> bytes:
+        self.read_bytes += len(data)
+        self.at_end = self.at_end or not data
+        return data
 
     def read(self, *args):
         self._invite()
-        return self._stream.read(*args)
+        return self._count(self._stream.read(*args))
 
     def readline(self, *args):
         self._invite()
-        return self._stream.readline(*args)
+        return self._count(self._stream.readline(*args))
 
-    def readlines(self, *args):
-        self._invite()
-        return self._stream.readlines(*args)
+    def readlines(self, hint: int = -1):
+        lines, size = [], 0
+        for line in iter(self.readline, b""):
+            lines.append(line)
+            size += len(line)
+            if 0 < hint <= size:
+                break
+        return lines
 
     def __iter__(self):
-        self._invite()
-        return iter(self._stream)
+        return iter(self.readline, b"")
 
 
 class UploadGate:
@@ -73,14 +85,13 @@ class UploadGate:
         self.app = app
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        gate = None
-        if getattr(_deferred, "pending", False) and "gunicorn.socket" in environ:
-            _deferred.pending = False
-            gate = _ContinueOnRead(environ["wsgi.input"], environ["gunicorn.socket"])
-            environ["wsgi.input"] = gate
+        deferred = getattr(_deferred, "pending", False) and "gunicorn.socket" in environ
+        _deferred.pending = False
+        body = _Body(environ["wsgi.input"], environ["gunicorn.socket"] if deferred else None)
+        environ["wsgi.input"] = body
 
         def settle_then_start(status, headers, exc_info=None):
-            if _must_close(environ, gate):
+            if not _settle(body, environ):
                 force_close = getattr(getattr(start_response, "__self__", None), "force_close", None)
                 if force_close is not None:
                     force_close()  # gunicorn answers "Connection: close" and drops the rest unread
@@ -89,19 +100,26 @@ class UploadGate:
         return self.app(environ, settle_then_start)
 
 
-def _must_close(environ: dict, gate: _ContinueOnRead | None) -> bool:
-    """True when the unread body should not be read: never invited, or larger than DRAIN_BYTES."""
-    if gate is not None and not gate.invited:
-        return True
-    stream = gate._stream if gate is not None else environ.get("wsgi.input")
-    if stream is None:
+def _settle(body: _Body, environ: dict) -> bool:
+    """Read and drop a small unread remainder; False when the connection should close instead.
+
+    It closes when the client was never invited to send its body, when more than DRAIN_BYTES are
+    left, and when a chunked body was not read to its end (its remainder is unknown).
+    """
+    if not body.invited:
         return False
     try:
-        dropped = 0
-        while chunk := stream.read(min(1 << 14, DRAIN_BYTES + 1 - dropped)):
-            dropped += len(chunk)
-            if dropped > DRAIN_BYTES:
-                return True
-    except Exception:  # noqa: BLE001 - bad chunked encoding, or the client went away: do not reuse
-        return True
-    return False
+        length = int(environ.get("CONTENT_LENGTH") or -1)
+    except ValueError:
+        return False
+    if length < 0:  # no length: chunked (gunicorn), or no body at all
+        return body.at_end or "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+    remaining = length - body.read_bytes
+    if remaining > DRAIN_BYTES:
+        return False
+    try:
+        while remaining > 0 and (chunk := body.read(min(remaining, 1 << 14))):
+            remaining -= len(chunk)
+    except Exception:  # noqa: BLE001 - the client went away mid-body: do not reuse the connection
+        return False
+    return True

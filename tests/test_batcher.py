@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from service.batcher import Batcher
-from service.errors import DeadlineExceeded, InferenceFailed, Overloaded
+from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
 
 
 class Gate:
@@ -65,8 +65,6 @@ def test_a_full_queue_refuses_at_once_and_frees_its_room_as_work_is_taken(make):
         started = time.monotonic()
         with pytest.raises(Overloaded) as refused:
             batcher.reserve(1)
-        with pytest.raises(Overloaded):
-            batcher.check_capacity()
         assert time.monotonic() - started < 0.5 and refused.value.retry_after_s == 1
         gate.open.set()
         assert [f.result(10).result for f in (running, *queued)] == ["done:a", "done:b", "done:c"]
@@ -77,12 +75,14 @@ def test_a_full_queue_holds_new_work_for_the_admission_wait_and_admits_it_when_r
     """Clients that resend at once after a 429 would spin; a short wait for room keeps them still."""
     batcher = make(Gate(), max_queued=2, max_batch_size=2, admission_wait_s=30)
     holder = batcher.reserve(2)
-    with ThreadPoolExecutor(2) as pool:
-        waiting = [pool.submit(batcher.reserve, 1), pool.submit(batcher.check_capacity)]
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(batcher.reserve, 1)
         time.sleep(0.2)
-        assert not any(f.done() for f in waiting)  # still waiting for room, not refused
+        assert not waiting.done()  # still waiting for room, not refused
+        with pytest.raises(Overloaded):  # a caller that may not wait is refused at once
+            batcher.reserve(1, wait=False)
         holder.release()
-        admitted, _ = (f.result(10) for f in waiting)
+        admitted = waiting.result(10)
     assert batcher.waiting == 1
     admitted.release()
 
@@ -92,9 +92,60 @@ def test_the_admission_wait_ends_in_a_refusal_when_no_room_frees(make):
     holder = batcher.reserve(2)
     with pytest.raises(Overloaded):
         batcher.reserve(1)
-    with pytest.raises(Overloaded):
-        batcher.check_capacity()
     holder.release()
+    assert batcher.waiting == 0
+
+
+def test_the_line_for_room_is_first_come_first_served(make):
+    """A request for many images is not overtaken forever by single images arriving after it."""
+    batcher = make(Gate(), max_queued=4, max_batch_size=4, admission_wait_s=30)
+    holders = [batcher.reserve(1) for _ in range(4)]
+    admitted: list[str] = []
+
+    def wait_for_room(name: str, images: int):
+        ticket = batcher.reserve(images)
+        admitted.append(name)
+        return ticket
+
+    with ThreadPoolExecutor(2) as pool:
+        big = pool.submit(wait_for_room, "big", 3)
+        time.sleep(0.1)  # "big" is first in line
+        small = pool.submit(wait_for_room, "small", 1)
+        time.sleep(0.1)
+        holders.pop().release()  # room for one: "small" fits, but "big" is ahead of it
+        time.sleep(0.1)
+        assert not small.done()
+        for holder in holders:
+            holder.release()
+        big.result(10).release()
+        small.result(10)
+    assert admitted == ["big", "small"]
+
+
+def test_requests_waiting_for_room_are_refused_when_the_batcher_stops(make):
+    batcher = make(Gate(), max_queued=1, max_batch_size=1, admission_wait_s=30)
+    batcher.reserve(1)
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(batcher.reserve, 1)
+        time.sleep(0.1)
+        started = time.monotonic()
+        batcher.close(timeout=1)
+        with pytest.raises(NotReady):
+            waiting.result(10)
+    assert time.monotonic() - started < 5  # answered at the stop, not at the end of its 30 s wait
+
+
+def test_a_ticket_resized_to_the_images_sent_holds_exactly_that_room(make):
+    """Room for one is held before an upload is read, then resized to what the body held."""
+    batcher = make(Gate(), max_queued=4, max_batch_size=4)
+    ticket = batcher.reserve(1)
+    ticket.resize(3)
+    assert batcher.waiting == 3
+    with pytest.raises(Overloaded):
+        ticket.resize(5)
+    ticket.resize(2)
+    assert batcher.waiting == 2
+    ticket.release()
     assert batcher.waiting == 0
 
 

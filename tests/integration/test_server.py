@@ -8,6 +8,7 @@ import io
 import json
 import signal
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -204,6 +205,7 @@ def test_expect_100_continue_refusals_come_before_the_upload_and_accepted_upload
     """A client that asks first uploads nothing when the answer is already known from the URL (429, 400...)."""
     photo = photos["rocket.jpg"]
     refused = _raw_request(server, "layers=nope", len(photo), expect=True)
+    assert refused.recv(12, socket.MSG_PEEK) == b"HTTP/1.1 400"  # no "100 Continue" first
     response = _read_response(refused)  # answered without a byte of the body sent
     assert response.status == 400 and response.getheader("Connection") == "close"
     refused.close()
@@ -223,3 +225,24 @@ def test_a_large_refused_upload_closes_the_connection_rather_than_draining_it(se
     response = _read_response(connection)
     assert response.status == 400 and response.getheader("Connection") == "close"
     connection.close()
+
+
+def test_a_full_queue_refuses_an_expect_100_continue_request_before_its_upload(server, photos):
+    """Under overload, a client that asks first gets its 429 at once and uploads nothing."""
+    photo = photos["rocket.jpg"]
+    # 32 uploads that never finish hold all of the queue's room (LAYERTAP_MAX_QUEUE_IMAGES, default 32).
+    holders = [_raw_request(server, "layers=fc", len(photo), expect=False) for _ in range(32)]
+    try:
+        for holder in holders:
+            holder.sendall(photo[:1000])
+        time.sleep(0.5)
+        asking = _raw_request(server, "layers=fc", len(photo), expect=True)
+        assert asking.recv(12, socket.MSG_PEEK) == b"HTTP/1.1 429"  # no "100 Continue" first
+        response = _read_response(asking)
+        assert response.status == 429 and response.getheader("Connection") == "close"
+        assert response.getheader("Retry-After") == "1"
+        asking.close()
+    finally:
+        for holder in holders:
+            holder.close()
+    assert requests.post(f"{server.url}/features", data=photo, timeout=30).status_code == 200  # room again
