@@ -38,7 +38,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from .errors import ServiceError
 from .model_repository import Preprocessing
-from .preprocess import ImagePreprocessor
+from .preprocess import ImagePreprocessor, resized_size
 
 # torchvision 0.29 deprecates its decoders in favour of TorchCodec (which would be a new
 # dependency); the call is the same until then, and a warning per batch helps no operator.
@@ -47,6 +47,9 @@ warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvis
 # Where the resized image (before the crop) would be larger, the CPU path takes it: it resamples
 # only the cropped region, while resizing a 1×1000 strip here would make a 256×256000 intermediate.
 MAX_RESIZED_PIXELS = 1 << 22
+# Decoded pixels one decoder call may hold (3 bytes each: 192 MB): a batch of 64 photos of 40 Mpx
+# would otherwise need 7.7 GB of GPU memory at once, kept by the caching allocator afterwards.
+DECODE_PIXELS = 64_000_000
 _EXIF_ORIENTATION = 0x0112
 _END_OF_IMAGE = b"\xff\xd9"
 # EXIF orientation → the transposition that puts a (C, H, W) image upright, as ImageOps.exif_transpose.
@@ -105,14 +108,17 @@ class JpegBatchDecoder:
         self.fallback = fallback
 
     def __call__(self, images: list[EncodedJpeg]) -> list[torch.Tensor | ServiceError]:
-        batch = [i for i, image in enumerate(images) if _gpu_friendly(image.data, image.width, image.height, self.spec)]
-        decoded = self._decode([images[i].data for i in batch])
+        friendly = [
+            i for i, image in enumerate(images) if _gpu_friendly(image.data, image.width, image.height, self.spec)
+        ]
         results: dict[int, torch.Tensor | ServiceError] = {}
-        for k, i in enumerate(batch):
-            pixels, decoded[k] = decoded[k], None  # each full-size image is freed once resized
-            image = images[i]
-            if pixels is not None and pixels.shape == (3, image.height, image.width):
-                results[i] = self._resize_and_crop(_ORIENT.get(image.orientation, lambda x: x)(pixels))
+        for group in _by_pixels(friendly, images):
+            decoded = self._decode([images[i].data for i in group])
+            for k, i in enumerate(group):
+                pixels, decoded[k] = decoded[k], None  # each full-size image is freed once resized
+                image = images[i]
+                if pixels is not None and pixels.shape == (3, image.height, image.width):
+                    results[i] = self._resize_and_crop(_ORIENT.get(image.orientation, lambda x: x)(pixels))
         return [results[i] if i in results else self._on_cpu(image.data) for i, image in enumerate(images)]
 
     def _decode(self, encoded: list[bytes]) -> list[torch.Tensor | None]:
@@ -144,7 +150,7 @@ class JpegBatchDecoder:
         """ImagePreprocessor's ``resize(shorter side)`` then ``center_crop``, on a (3, H, W) uint8 tensor."""
         _, height, width = pixels.shape
         crop = self.spec.crop
-        new_width, new_height = _resized_size(self.spec.resize, width, height)
+        new_width, new_height = resized_size(self.spec.resize, width, height)
         left = round((new_width - crop) / 2.0)
         top = round((new_height - crop) / 2.0)
         if (new_width, new_height) == (width, height):
@@ -167,11 +173,19 @@ class JpegBatchDecoder:
         return torch.from_numpy(pixels).to(self.device).permute(2, 0, 1).contiguous()
 
 
-def _resized_size(resize: int, width: int, height: int) -> tuple[int, int]:
-    """torchvision's size for ``resize(shorter side)``, as ImagePreprocessor computes it."""
-    if width <= height:
-        return resize, int(resize * height / width)
-    return int(resize * width / height), resize
+def _by_pixels(indices: list[int], images: list[EncodedJpeg]) -> list[list[int]]:
+    """The images in groups of at most DECODE_PIXELS (at least one each): one decoder call per group, so
+    that a batch of large photos never holds more than that many decoded pixels at once."""
+    groups: list[list[int]] = []
+    pixels = DECODE_PIXELS
+    for i in indices:
+        size = images[i].width * images[i].height
+        if pixels + size > DECODE_PIXELS:
+            groups.append([])
+            pixels = 0
+        groups[-1].append(i)
+        pixels += size
+    return groups
 
 
 def _ycbcr_coded(image: Image.Image) -> bool:
@@ -186,5 +200,5 @@ def _ycbcr_coded(image: Image.Image) -> bool:
 def _gpu_friendly(data: bytes, width: int, height: int, spec: Preprocessing) -> bool:
     """Whether the GPU path should take it: complete (ends at an end-of-image marker: nvjpeg decodes a
     truncated file without an error, libjpeg refuses it), and with a resize small enough to do whole."""
-    new_width, new_height = _resized_size(spec.resize, width, height)
+    new_width, new_height = resized_size(spec.resize, width, height)
     return data.endswith(_END_OF_IMAGE) and new_width * new_height <= MAX_RESIZED_PIXELS

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 
+from service.hardware import cuda_expected
 from service.logs import gunicorn_logconfig
 from service.runtime import apply_openmp_defaults, tune_malloc
 from service.settings import Settings
@@ -72,7 +73,7 @@ def post_fork(server, worker) -> None:  # noqa: ARG001 - gunicorn's hook signatu
     applied = tune_malloc()  # see service/runtime.py
     worker.log.debug("malloc options applied: %s", applied or "none (not glibc)")
     # On the CPU, keep torch from loading Triton, a GPU kernel compiler (~80 MB).
-    if _settings.device == "cpu" or (_settings.device == "auto" and not os.path.exists("/dev/nvidiactl")):
+    if not cuda_expected(_settings.device):
         sys.modules.setdefault("triton", None)  # `import triton` now fails, and torch carries on without it
 
 

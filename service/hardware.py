@@ -21,6 +21,7 @@ The rules, each measured (README, "Hardware"):
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from functools import cache
@@ -56,23 +57,50 @@ def cuda_expected(device: str) -> bool:
     """Whether the ``LAYERTAP_DEVICE`` setting will give a GPU, judged without importing torch."""
     if device.startswith("cuda"):
         return True
-    return device == "auto" and os.path.exists("/dev/nvidiactl")
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1")
+    return device == "auto" and not hidden and os.path.exists("/dev/nvidiactl")
 
 
 def available_cores() -> int:
-    """The cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a container's limit).
+    """The cores this process may use: its CPU affinity, capped by its cgroup's CPU quota (a container's limit).
 
     ``os.cpu_count()`` counts the host's cores, which in a pod limited to 4 CPUs would fork a worker
     per 2 of the node's 64 cores, and give each of them far too many torch threads.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-    except (OSError, ValueError):
-        return max(1, cores)
-    if quota != "max" and int(period) > 0:
-        cores = min(cores, -(-int(quota) // int(period)))  # a quota of 2.5 CPUs can keep 3 threads busy
+    quota = cgroup_cpu_quota()
+    if quota is not None:
+        cores = min(cores, math.ceil(quota))  # a quota of 2.5 CPUs can keep 3 threads busy
     return max(1, cores)
+
+
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup"), cgroup: Path = Path("/proc/self/cgroup")) -> float | None:
+    """CPUs this process's cgroup may use (cgroup v2 ``cpu.max``, or v1 ``cpu.cfs_quota_us``); None: no limit."""
+    try:
+        lines = cgroup.read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # cgroup v2: one hierarchy; a container sees its own group as the root
+            for folder in (root / path.lstrip("/"), root):
+                limit = _read(folder / "cpu.max")
+                if limit:
+                    quota, period = limit.split()[:2]
+                    return None if quota == "max" else int(quota) / int(period)
+        elif "cpu" in controllers.split(","):
+            for folder in (root / "cpu" / path.lstrip("/"), root / "cpu"):
+                quota, period = _read(folder / "cpu.cfs_quota_us"), _read(folder / "cpu.cfs_period_us")
+                if quota and period:
+                    return None if int(quota) <= 0 else int(quota) / int(period)
+    return None
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -80,6 +108,7 @@ class Sizing:
     """Device-aware defaults for the settings a user does not set."""
 
     workers: int
+    threads: int  # request threads per worker: above the queue, so that single images can fill it
     max_batch_size: int
     max_queue_images: int
 
@@ -87,6 +116,6 @@ class Sizing:
 def default_sizing(cuda: bool, cores: int | None = None) -> Sizing:
     """CPU: one worker with all the cores, batches of 16. CUDA: a worker per 2 cores (at most 8), batches of 64."""
     if not cuda:
-        return Sizing(workers=1, max_batch_size=16, max_queue_images=32)
+        return Sizing(workers=1, threads=64, max_batch_size=16, max_queue_images=32)
     cores = cores or available_cores()
-    return Sizing(workers=max(1, min(8, cores // 2)), max_batch_size=64, max_queue_images=256)
+    return Sizing(workers=max(1, min(8, cores // 2)), threads=320, max_batch_size=64, max_queue_images=256)

@@ -95,7 +95,7 @@ class ImagePreprocessor:
         if self.mode == "fast" and image.format in ("JPEG", "MPO"):
             # libjpeg scales by 1/2, 1/4 or 1/8 while decoding, never below the resize target:
             # a 12 Mpx photo decodes ~6× faster, and resizing then starts from far fewer pixels.
-            image.draft(None, self._resized_size(*image.size))
+            image.draft(None, resized_size(self.spec.resize, *image.size))
         image = self._decode(image)
         image = _to_rgb(image)
         return self._resize_and_crop(image)
@@ -150,7 +150,7 @@ class ImagePreprocessor:
         """
         width, height = image.size
         crop = self.spec.crop
-        new_width, new_height = self._resized_size(width, height)
+        new_width, new_height = resized_size(self.spec.resize, width, height)
         left = round((new_width - crop) / 2.0)
         top = round((new_height - crop) / 2.0)
         if new_width * new_height > _MAX_INTERMEDIATE_PIXELS:
@@ -168,12 +168,12 @@ class ImagePreprocessor:
         # numpy, not torch, makes the HWC copy: a torch copy this large may start an OpenMP team.
         return np.ascontiguousarray(resized[0, :, top : top + crop, left : left + crop].numpy().transpose(1, 2, 0))
 
-    def _resized_size(self, width: int, height: int) -> tuple[int, int]:
-        """torchvision's size for ``resize(shorter side)``: the shorter side becomes ``resize``."""
-        resize = self.spec.resize
-        if width <= height:
-            return resize, int(resize * height / width)
-        return int(resize * width / height), resize
+
+def resized_size(resize: int, width: int, height: int) -> tuple[int, int]:
+    """torchvision's size for ``resize(shorter side)``: the shorter side becomes ``resize``."""
+    if width <= height:
+        return resize, int(resize * height / width)
+    return int(resize * width / height), resize
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -24,12 +24,11 @@ import numpy as np
 import torch
 import torchvision
 
-from . import metrics
+from . import hardware, metrics
 from .batcher import Batcher, Ticket
 from .capture import LayerCall, LayerTap
 from .errors import LayerUnavailable, NotReady, ServiceError, StartupError, UnknownLayer
 from .folding import fold_batch_norms
-from .hardware import cpu_flags, fast_dtype
 from .inputs import Inputs, Prepared
 from .model import DTYPES, build_model, place, resolve_device
 from .model_repository import ModelEntry
@@ -64,8 +63,9 @@ class ModelRunner:
         )
         self.device = resolve_device(settings.device)
         self.dtype = _compute_dtype(settings, self.device)
+        # auto: on CUDA, unless exact preprocessing was asked for (nvjpeg is within the fast tolerances only)
         decode_on_device = settings.jpeg_decoder == "device" or (
-            settings.jpeg_decoder == "auto" and self.device.type == "cuda"
+            settings.jpeg_decoder == "auto" and self.device.type == "cuda" and settings.preprocessing == "fast"
         )
         self.inputs = Inputs(self.preprocess, self.device, decode_on_device)
         self._model = build_model(entry, weights)
@@ -170,7 +170,7 @@ class ModelRunner:
             "device": str(self.device),
             "dtype": self.dtype,
             "dtype_setting": self.settings.dtype,
-            "cpu_flags": list(cpu_flags()),
+            "cpu_flags": list(hardware.cpu_flags()),
             "precision": self.settings.precision,
             "channels_last": self.settings.channels_last and self._int8 is None,
             "fold_batch_norm": self._fast_tap is not None,
@@ -305,7 +305,7 @@ def _compute_dtype(settings: Settings, device: torch.device) -> str:
     """The dtype the model runs in: the device's fast one for ``auto`` (service/hardware.py); int8 takes float32 in."""
     if settings.precision == "int8":
         return "float32"
-    return fast_dtype(device.type) if settings.dtype == "auto" else settings.dtype
+    return hardware.fast_dtype(device.type) if settings.dtype == "auto" else settings.dtype
 
 
 def _release_free_heap() -> None:

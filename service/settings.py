@@ -86,8 +86,8 @@ class Settings(BaseSettings):
     )
     jpeg_decoder: Literal["auto", "pillow", "device"] = Field(
         "auto",
-        description="Where JPEGs are decoded: `device` in batches on the model's device (nvjpeg on CUDA), "
-        "`pillow` in request threads; `auto`: device on CUDA.",
+        description="Where JPEGs are decoded: `device` in batches on the model's device (nvjpeg; on a CPU "
+        "only slower), `pillow` in request threads; `auto`: device on CUDA with `fast` preprocessing.",
     )
     fold_batch_norm: bool = Field(
         True,
@@ -126,7 +126,9 @@ class Settings(BaseSettings):
         description="gunicorn worker processes, each with its own model (default on CUDA: cores ÷ 2, at most 8).",
     )
     threads: int = Field(
-        64, gt=0, description="gunicorn threads per worker: requests handled at once (decoding, queued or waiting)."
+        64,
+        gt=0,
+        description="gunicorn threads per worker: requests handled at once (decoding, queued or waiting; 320 on CUDA).",
     )
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads per worker; 0 means CPU cores ÷ workers.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level of the service.")
@@ -159,7 +161,7 @@ class Settings(BaseSettings):
         """Sizes a user did not set follow the device (service/hardware.py has the rules)."""
         if isinstance(data, dict):
             sizing = default_sizing(cuda_expected(str(data.get("device", "auto")).strip().lower()))
-            for name in ("workers", "max_batch_size", "max_queue_images"):
+            for name in ("workers", "threads", "max_batch_size", "max_queue_images"):
                 data.setdefault(name, getattr(sizing, name))
         return data
 

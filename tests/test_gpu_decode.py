@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from service import gpu_decode
 from service.capture import LayerTap
 from service.errors import ImageTooLarge, InvalidImage
 from service.gpu_decode import EncodedJpeg, JpegBatchDecoder, inspect_jpeg
@@ -194,3 +195,19 @@ def test_what_reaches_the_decoder_anyway_takes_the_cpu_path(device):
     [result] = JpegBatchDecoder(SPEC, torch.device(device), exact())([EncodedJpeg(strip, *image.size)])
     assert np.array_equal(result.cpu().permute(1, 2, 0).numpy(), exact()(strip))
     assert JpegBatchDecoder(SPEC, torch.device(device), exact())([]) == []
+
+
+def test_a_batch_of_large_photos_is_decoded_a_few_at_a_time(jpegs, monkeypatch):
+    """Decoded pixels in one decoder call stay under DECODE_PIXELS, whatever the batch holds."""
+    encoded = [inspect_jpeg(jpegs[name], exact()) for name in ("rocket.jpg", "grace_hopper.jpg", "rocket.jpg")]
+    whole = JpegBatchDecoder(SPEC, torch.device("cpu"), exact())(encoded)
+    calls: list[int] = []
+    real = gpu_decode.decode_jpeg
+    monkeypatch.setattr(
+        gpu_decode, "decode_jpeg", lambda tensors, **kw: calls.append(len(tensors)) or real(tensors, **kw)
+    )
+    largest = max(image.width * image.height for image in encoded)
+    monkeypatch.setattr(gpu_decode, "DECODE_PIXELS", largest)
+    parts = JpegBatchDecoder(SPEC, torch.device("cpu"), exact())(encoded)
+    assert calls == [1, 1, 1]
+    assert all(torch.equal(a, b) for a, b in zip(whole, parts, strict=True))

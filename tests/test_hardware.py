@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import io
-import os
 
 import pytest
 from PIL import Image
 
+from service import hardware
 from service.app import create_app
-from service.hardware import available_cores, cpu_flags, default_sizing, fast_dtype
+from service.hardware import available_cores, cgroup_cpu_quota, cuda_expected, default_sizing, fast_dtype
 from service.settings import Settings
 
 
@@ -27,16 +27,18 @@ def test_auto_dtype_is_the_device_fast_one(device, flags, expected):
     assert fast_dtype(device, flags) == expected
 
 
-def test_auto_dtype_is_what_the_model_runs_in_and_info_says_so(weights_file):
-    plane = create_app(Settings(weights=str(weights_file), device="cpu")).extensions["layertap.dataplane"]
-    try:
-        assert plane.wait_ready(60), plane.failure
-        info = plane.describe()
-        assert info["dtype_setting"] == "auto" and info["dtype"] == fast_dtype("cpu")
-        assert info["cpu_flags"] == list(cpu_flags())
-        assert plane.extract([_tiny_jpeg()]).features["avgpool"].dtype.name == "float32"
-    finally:
-        plane.close()
+def test_auto_dtype_is_what_the_model_runs_in_and_info_says_so(weights_file, monkeypatch):
+    """With the CPU's flags made to lack bf16, auto runs float32; with AVX-512 BF16, bfloat16, and says so."""
+    for flags, expected in (((), "float32"), (("avx512f", "avx512_bf16"), "bfloat16")):
+        monkeypatch.setattr(hardware, "cpu_flags", lambda flags=flags: flags)
+        plane = create_app(Settings(weights=str(weights_file), device="cpu")).extensions["layertap.dataplane"]
+        try:
+            assert plane.wait_ready(60), plane.failure
+            info = plane.describe()
+            assert (info["dtype_setting"], info["dtype"], info["cpu_flags"]) == ("auto", expected, list(flags))
+            assert plane.extract([_tiny_jpeg()]).features["avgpool"].dtype.name == "float32"
+        finally:
+            plane.close()
 
 
 def _tiny_jpeg() -> bytes:
@@ -46,17 +48,12 @@ def _tiny_jpeg() -> bytes:
 
 
 def test_sizes_follow_the_device_unless_set():
-    assert default_sizing(cuda=False) == default_sizing(cuda=False, cores=64)
     assert default_sizing(cuda=True, cores=16).workers == 8 and default_sizing(cuda=True, cores=2).workers == 1
     assert default_sizing(cuda=True, cores=64).workers == 8
     cpu, gpu = Settings(device="cpu"), Settings(device="cuda")
-    assert (cpu.workers, cpu.max_batch_size, cpu.max_queue_images) == (1, 16, 32)
-    sizing = default_sizing(cuda=True)
-    assert (gpu.workers, gpu.max_batch_size, gpu.max_queue_images) == (
-        sizing.workers,
-        sizing.max_batch_size,
-        sizing.max_queue_images,
-    )
+    assert (cpu.workers, cpu.threads, cpu.max_batch_size, cpu.max_queue_images) == (1, 64, 16, 32)
+    assert (gpu.threads, gpu.max_batch_size, gpu.max_queue_images) == (320, 64, 256)
+    assert gpu.workers == max(1, min(8, available_cores() // 2))
     assert Settings(device="cuda", max_batch_size=8, workers=2).max_batch_size == 8
 
 
@@ -68,7 +65,29 @@ def test_sizes_set_in_the_environment_win(monkeypatch):
     assert (settings.max_batch_size, settings.workers, settings.max_queue_images) == (32, 3, 256)
 
 
-def test_cores_are_those_this_process_may_use():
-    """A container's CPU quota, not the host's core count, sizes workers and torch threads."""
-    assert 1 <= available_cores() <= len(os.sched_getaffinity(0))
-    assert Settings(workers=1).effective_torch_threads() == available_cores()
+def test_hidden_gpus_mean_cpu_sizes(monkeypatch):
+    monkeypatch.setattr(hardware.os.path, "exists", lambda path: path == "/dev/nvidiactl")
+    assert cuda_expected("auto")
+    for hidden in ("", "-1"):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
+        assert not cuda_expected("auto") and cuda_expected("cuda")
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"proc": "0::/pod/app\n", "pod/app/cpu.max": "250000 100000\n"}, 2.5),  # cgroup v2, nested
+        ({"proc": "0::/\n", "cpu.max": "max 100000\n"}, None),  # v2, no limit
+        ({"proc": "4:cpu,cpuacct:/kubepods/x\n", "cpu/kubepods/x/cpu.cfs_quota_us": "400000",
+          "cpu/kubepods/x/cpu.cfs_period_us": "100000"}, 4.0),  # cgroup v1
+        ({"proc": "4:cpu,cpuacct:/\n", "cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),
+        ({}, None),  # no cgroup file at all
+    ],
+)  # fmt: skip
+def test_the_cgroup_cpu_quota_is_read_from_v1_and_v2(tmp_path, files, expected):
+    root = tmp_path / "sys"
+    for name, text in files.items():
+        path = tmp_path / "self-cgroup" if name == "proc" else root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert cgroup_cpu_quota(root, tmp_path / "self-cgroup") == expected

@@ -50,7 +50,7 @@ def test_a_renamed_variable_is_refused_with_its_new_name(monkeypatch, name):
 
 
 def test_torch_threads_divide_the_cores(monkeypatch):
-    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.setattr("service.settings.available_cores", lambda: 8)
     assert Settings(workers=2).effective_torch_threads() == 4
     assert Settings(workers=16).effective_torch_threads() == 1
     assert Settings(workers=2, torch_threads=3).effective_torch_threads() == 3
