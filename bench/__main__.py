@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -147,7 +148,18 @@ def main() -> None:
         reference = requests.post(f"{server.url}/features?layers=avgpool", data=images[0], timeout=30).json()
     finally:
         server.stop()
-    torchserve = run_torchserve(Path(args.out), images, concurrencies, args.seconds, reference)
+    print("the same service without the admission wait (LAYERTAP_MAX_QUEUE_WAIT_MS=0) ...", flush=True)
+    server = start_server(Path(args.out), {**env, "LAYERTAP_MAX_QUEUE_WAIT_MS": "0"})
+    server.wait_ready()
+    try:
+        no_wait = overload.goodput(server.url, images, "/features?layers=avgpool", overload_clients, args.seconds)
+    finally:
+        server.stop()
+    try:
+        torchserve = run_torchserve(Path(args.out), images, concurrencies, args.seconds, reference, info["dtype"])
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:  # no Java, no package index: say so
+        print(f"TorchServe skipped: {exc}", flush=True)
+        torchserve = {"img_s": {}, "skipped": str(exc)}
     for cell in cells:
         if cell.query == "layers=avgpool":
             cell.torchserve_img_s = torchserve["img_s"].get(cell.concurrency)
@@ -169,10 +181,12 @@ def main() -> None:
             cells[-1].torchserve_img_s = torchserve["img_s"].get(concurrency)
     finally:
         server.stop()
-    report(limit, cells, goodput, torchserve, info, idle, peak, Path(args.out))
+    report(limit, cells, (goodput, no_wait), torchserve, info, idle, peak, Path(args.out))
 
 
-def run_torchserve(out: Path, images: list[bytes], concurrencies: list[int], seconds: float, reference: dict) -> dict:
+def run_torchserve(
+    out: Path, images: list[bytes], concurrencies: list[int], seconds: float, reference: dict, dtype: str
+) -> dict:
     """TorchServe on the service's seeded weights, same photos and clients; and its answer's cosine to layertap's."""
     import numpy as np
     import torch
@@ -187,7 +201,7 @@ def run_torchserve(out: Path, images: list[bytes], concurrencies: list[int], sec
     entry = load_entry(Settings().model_repository, "resnet18")
     torch.save(build_model(entry, resolve_weights("random", entry)).state_dict(), folder / "state_dict.pt")
     print("starting TorchServe ...", flush=True)
-    peer = TorchServe(folder, folder / "state_dict.pt")
+    peer = TorchServe(folder, folder / "state_dict.pt", dtype=dtype)
     peer.start()
     try:
         theirs = np.asarray(peer.embed(images[0]), dtype=np.float64).ravel()
@@ -201,12 +215,26 @@ def run_torchserve(out: Path, images: list[bytes], concurrencies: list[int], sec
             print(f"  TorchServe c={concurrency:<3d} {img_s[concurrency]:7.1f} img/s  errors {errors}", flush=True)
     finally:
         peer.stop()
-    return {"img_s": img_s, "cosine_to_layertap": cosine, "workers": peer.workers, "threads": peer.threads}
+    return {
+        "img_s": img_s,
+        "cosine_to_layertap": cosine,
+        "workers": peer.workers,
+        "threads": peer.threads,
+        "dtype": dtype,
+    }
 
 
 def report(
-    limit: dict, cells: list[Cell], goodput: list, torchserve: dict, info: dict, idle: float, peak: float, out: Path
+    limit: dict,
+    cells: list[Cell],
+    goodputs: tuple[list, list],
+    torchserve: dict,
+    info: dict,
+    idle: float,
+    peak: float,
+    out: Path,
 ) -> None:
+    goodput, no_wait = goodputs
     flags = cpu_flags()
     lines = [
         f"# layertap benchmark, {time.strftime('%Y-%m-%d %H:%M:%S')}",
@@ -220,7 +248,7 @@ def report(
         "## In-process pipeline (decode + preprocess + forward at batch 16, no HTTP), img/s",
         "",
         "`service` is what the service runs in float32: channels_last with batch norms folded where the layer "
-        "allows; `bfloat16` is the same in bfloat16 (fast where the CPU has AMX).",
+        "allows; `bfloat16` is the same in bfloat16 (fast where the CPU has AMX or AVX-512 BF16).",
         "",
         "| layer | NCHW | channels_last | service | bfloat16 |",
         "| --- | --- | --- | --- | --- |",
@@ -237,11 +265,15 @@ def report(
         f"preprocess alone, mean over the photos: {limit['preprocess_fast_ms']:.2f} ms "
         f"(`LAYERTAP_PREPROCESSING=exact`: {limit['preprocess_exact_ms']:.2f} ms).",
         "",
-        "## Service over loopback (gunicorn, 1 worker), and TorchServe in the same run",
+        f"## Service over loopback (gunicorn, {info.get('workers', 1)} worker(s)), and TorchServe in the same run",
         "",
-        f"TorchServe {TorchServe.version}: {torchserve['workers']} worker × {torchserve['threads']} torch threads, "
-        "batch 16, 5 ms (bench/torchserve_handler.py); its avgpool answer's cosine to layertap's: "
-        f"{torchserve['cosine_to_layertap']:.6f}.",
+        (
+            f"TorchServe {TorchServe.version}: {torchserve['workers']} worker × {torchserve['threads']} torch threads, "
+            f"{torchserve['dtype']}, batch 16, 5 ms (bench/torchserve_handler.py); its avgpool answer's cosine to "
+            f"layertap's: {torchserve['cosine_to_layertap']:.6f}."
+            if "skipped" not in torchserve
+            else f"TorchServe skipped: {torchserve['skipped']}"
+        ),
         "",
         "| request | clients | img/s | p50 ms | p99 ms | errors | × in-process, same path and dtype | "
         "× in-process float32 channels_last | TorchServe img/s | × TorchServe |",
@@ -257,7 +289,13 @@ def report(
         "",
         "## Overload: clients that ignore Retry-After (`layers=avgpool`)",
         "",
+        "With the default admission wait (`LAYERTAP_MAX_QUEUE_WAIT_MS`):",
+        "",
         *overload.table(goodput),
+        "",
+        "The same service refusing at once (`LAYERTAP_MAX_QUEUE_WAIT_MS=0`), in the same run:",
+        "",
+        *overload.table(no_wait),
         "",
         f"RSS of the service (master + worker): idle {idle:.0f} MB, peak {peak:.0f} MB.",
         "",
@@ -273,7 +311,11 @@ def report(
         checks.append(
             f"avgpool, {top} clients: ×{cell.ratio:.2f} of the in-process pipeline in the service's dtype "
             f"(target ≥ 0.9), ×{cell.ratio_channels_last:.2f} of in-process float32 channels_last, "
-            f"×{cell.img_s / cell.torchserve_img_s:.2f} of TorchServe side by side (target ≥ 3 on an AMX machine)"
+            + (
+                f"×{cell.img_s / cell.torchserve_img_s:.2f} of TorchServe side by side, same dtype"
+                if cell.torchserve_img_s
+                else "TorchServe not measured"
+            )
         )
         for query in ("layers=layer1", "layers=layer1&encoding=base64"):
             if (query, top) in by:
@@ -284,8 +326,7 @@ def report(
     if ("layers=avgpool (int8)", top) in by and ("layers=avgpool", top) in by:
         int8_cell, float_cell = by[("layers=avgpool (int8)", top)], by[("layers=avgpool", top)]
         checks.append(
-            f"int8 avgpool, {top} clients: ×{int8_cell.img_s / float_cell.img_s:.2f} of the float32 service, "
-            f"×{int8_cell.img_s / int8_cell.torchserve_img_s:.2f} of TorchServe side by side; "
+            f"int8 avgpool, {top} clients: ×{int8_cell.img_s / float_cell.img_s:.2f} of the default service; "
             f"in process int8 {limit['int8_avgpool']:.0f} img/s"
         )
     worst = min((row.ratio for row in goodput[1:]), default=None)
@@ -308,6 +349,7 @@ def report(
         "in_process": limit,
         "cells": [asdict(c) for c in cells],
         "overload": [asdict(row) for row in goodput],
+        "overload_without_wait": [asdict(row) for row in no_wait],
         "torchserve": torchserve,
         "rss_idle_mb": idle,
         "rss_peak_mb": peak,

@@ -3,7 +3,7 @@
 What the service is held to in ``make bench``. Variants of the model: ``nchw`` and
 ``channels_last`` are the plain model; ``service`` is what the service runs (channels_last,
 batch norms folded where the layer allows); ``bfloat16`` is the service path in bfloat16, the
-CPU's fast dtype where it has AMX; int8 is measured on ``avgpool``.
+CPU's fast dtype where it has AMX or AVX-512 BF16; int8 is measured on ``avgpool``.
 """
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import requests
 
+from service.hardware import available_cores
+
 ROOT = Path(__file__).resolve().parents[1]
 VERSION = "0.12.0"
 HANDLER = Path(__file__).with_name("torchserve_handler.py")
@@ -51,11 +53,19 @@ class TorchServe:
 
     version = VERSION
 
-    def __init__(self, folder: Path, state_dict_path: Path, workers: int = 1, threads: int | None = None):
+    def __init__(
+        self,
+        folder: Path,
+        state_dict_path: Path,
+        workers: int = 1,
+        threads: int | None = None,
+        dtype: str = "float32",
+    ):
         self.folder = folder
         self.bin = ensure_venv(folder.parent / "torchserve-venv")
         self.workers = workers
-        self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
+        self.threads = threads or max(1, available_cores() // workers)
+        self.dtype = dtype
         self.port = _free_port()
         self.base_url, self.path = f"http://127.0.0.1:{self.port}", "/predictions/avgpool"
         self._state_dict = state_dict_path
@@ -96,6 +106,7 @@ class TorchServe:
             **os.environ,
             "PATH": f"{self.bin}:{os.environ['PATH']}",
             "TS_TORCH_THREADS": str(self.threads),
+            "TS_DTYPE": self.dtype,
             "OMP_NUM_THREADS": str(self.threads),
             "LOG_LOCATION": str(self.folder / "logs"),
             "METRICS_LOCATION": str(self.folder / "logs"),

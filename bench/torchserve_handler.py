@@ -7,6 +7,7 @@ careful TorchServe user would make it, so that the comparison flatters nobody:
 - JPEGs are decoded with libjpeg's draft scaling and resized with torch's antialiased uint8 kernel
   (what layertap's ``fast`` preprocessing does), then normalized once per batch;
 - channels_last, ``inference_mode``, torch threads = the cores given to the one worker;
+- the dtype layertap runs in (``TS_DTYPE``: bfloat16 where the CPU has bf16 arithmetic), outputs float32;
 - the classifier is replaced by ``Identity``, so the forward pass stops at ``avgpool``;
 - responses are rendered with orjson when it is importable.
 
@@ -46,6 +47,7 @@ class AvgpoolEmbeddings:
 
     def __init__(self):
         self.model = None
+        self.dtype = torch.float32
 
     def initialize(self, context) -> None:
         torch.set_num_threads(int(os.environ.get("TS_TORCH_THREADS", "1")))
@@ -53,15 +55,16 @@ class AvgpoolEmbeddings:
         model = torchvision.models.resnet18()
         model.load_state_dict(torch.load(os.path.join(model_dir, "weights.pt"), weights_only=True))
         model.fc = torch.nn.Identity()
-        self.model = model.eval().to(memory_format=torch.channels_last)
+        self.dtype = getattr(torch, os.environ.get("TS_DTYPE", "float32"))
+        self.model = model.eval().to(dtype=self.dtype, memory_format=torch.channels_last)
         with torch.inference_mode():  # first-pass allocations and kernel choice, before traffic
-            self.model(torch.zeros(1, 3, CROP, CROP).to(memory_format=torch.channels_last))
+            self.model(torch.zeros(1, 3, CROP, CROP, dtype=self.dtype).to(memory_format=torch.channels_last))
 
     def handle(self, data: list[dict], context) -> list[bytes]:  # noqa: ARG002 - TorchServe's signature
         pixels = np.stack([_preprocess(row.get("data") or row.get("body")) for row in data])
-        batch = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().sub_(MEAN).div_(STD)
+        batch = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().sub_(MEAN).div_(STD).to(self.dtype)
         with torch.inference_mode():
-            embeddings = self.model(batch).numpy()
+            embeddings = self.model(batch).float().numpy()
         return [_dumps(row) for row in embeddings]
 
 

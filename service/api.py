@@ -214,6 +214,7 @@ def info() -> Response:
             **plane.describe(request.args.get("model")),
             "version": __version__,
             "threads": threading.active_count(),
+            "workers": settings.workers,
             "torch_threads": settings.effective_torch_threads(),
             "limits": {
                 "max_body_bytes": settings.max_body_bytes,
@@ -222,6 +223,7 @@ def info() -> Response:
                 "max_batch_size": settings.max_batch_size,
                 "max_batch_delay_ms": settings.max_batch_delay_ms,
                 "max_queue_images": settings.max_queue_images,
+                "max_queue_wait_ms": settings.max_queue_wait_ms,
                 "request_timeout_s": settings.request_timeout_s,
             },
         }

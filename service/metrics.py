@@ -33,10 +33,16 @@ BATCH_IMAGES = Histogram(
 )
 QUEUE_IMAGES = Gauge("layertap_queue_images", "Images waiting for a model.", ["model"], multiprocess_mode="livesum")
 PREPROCESS_SECONDS = Histogram(
-    "layertap_preprocess_seconds", "Decoding and preprocessing time per request.", ["model"], buckets=_LATENCY_BUCKETS
+    "layertap_preprocess_seconds",
+    "Request-thread preparation per request: Pillow decoding, or the header check of JPEGs decoded on the device.",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
 )
 INFERENCE_SECONDS = Histogram(
-    "layertap_inference_seconds", "Duration of forward passes.", ["model"], buckets=_LATENCY_BUCKETS
+    "layertap_inference_seconds",
+    "Duration of batches in the model thread: device-side JPEG decoding, if any, and forward passes.",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
 )
 MODEL_LOAD_SECONDS = Gauge(
     "layertap_model_load_seconds",
