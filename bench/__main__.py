@@ -17,41 +17,22 @@ Ratios are what to compare across runs; absolute numbers move with the machine's
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import requests
 
 from bench import overload
 from bench.inprocess import INT8_CACHE, in_process
+from bench.report import Cell, report
 from bench.torchserve import TorchServe
-from service.hardware import cpu_flags
 from service.runtime import apply_openmp_defaults, tune_malloc
-from service.settings import SAMPLE_PHOTOS
 from stress.load import Request, answered_within, closed_loop, percentile
 from stress.server import rss_mb, sample_photos, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@dataclass
-class Cell:
-    layers: str
-    query: str
-    concurrency: int
-    requests: int
-    errors: int
-    img_s: float
-    p50_ms: float
-    p99_ms: float
-    limit_img_s: float
-    ratio: float
-    ratio_channels_last: float
-    torchserve_img_s: float | None = None
 
 
 # ---- the real service -------------------------------------------------------------------------
@@ -155,14 +136,19 @@ def main() -> None:
         no_wait = overload.goodput(server.url, images, "/features?layers=avgpool", overload_clients, args.seconds)
     finally:
         server.stop()
-    try:
-        torchserve = run_torchserve(Path(args.out), images, concurrencies, args.seconds, reference, info["dtype"])
-    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:  # no Java, no package index: say so
-        print(f"TorchServe skipped: {exc}", flush=True)
-        torchserve = {"img_s": {}, "skipped": str(exc)}
+    # TorchServe in the service's dtype (like for like) and, where that differs, in float32 (its out-of-the-box).
+    torchserve: dict[str, dict] = {}
+    for dtype in dict.fromkeys((info["dtype"], "float32")):
+        try:
+            torchserve[dtype] = run_torchserve(Path(args.out), images, concurrencies, args.seconds, reference, dtype)
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:  # no Java, no package index: say so
+            print(f"TorchServe skipped: {exc}", flush=True)
+            torchserve[dtype] = {"img_s": {}, "skipped": str(exc), "dtype": dtype}
+    same = torchserve[info["dtype"]]["img_s"]
     for cell in cells:
         if cell.query == "layers=avgpool":
-            cell.torchserve_img_s = torchserve["img_s"].get(cell.concurrency)
+            cell.torchserve_img_s = same.get(cell.concurrency)
+            cell.torchserve_float32_img_s = torchserve["float32"]["img_s"].get(cell.concurrency)
     print("starting the int8 service ...", flush=True)
     env_int8 = {
         **env,
@@ -178,7 +164,8 @@ def main() -> None:
                 measure(server.url, images, "avgpool", "layers=avgpool", "layers=avgpool (int8)", concurrency,
                         args.seconds, limit["int8_avgpool"], limit["variants"]["channels_last"]["avgpool"])
             )  # fmt: skip
-            cells[-1].torchserve_img_s = torchserve["img_s"].get(concurrency)
+            cells[-1].torchserve_img_s = same.get(concurrency)
+            cells[-1].torchserve_float32_img_s = torchserve["float32"]["img_s"].get(concurrency)
     finally:
         server.stop()
     report(limit, cells, (goodput, no_wait), torchserve, info, idle, peak, Path(args.out))
@@ -222,140 +209,6 @@ def run_torchserve(
         "threads": peer.threads,
         "dtype": dtype,
     }
-
-
-def report(
-    limit: dict,
-    cells: list[Cell],
-    goodputs: tuple[list, list],
-    torchserve: dict,
-    info: dict,
-    idle: float,
-    peak: float,
-    out: Path,
-) -> None:
-    goodput, no_wait = goodputs
-    flags = cpu_flags()
-    lines = [
-        f"# layertap benchmark, {time.strftime('%Y-%m-%d %H:%M:%S')}",
-        "",
-        f"Machine: {os.cpu_count()} cores; CPU flags: {', '.join(flags) or 'none of avx2, avx512*, amx*'}; "
-        f"torch threads per worker = cores ÷ workers. Photos: {SAMPLE_PHOTOS}. "
-        "Weights: seeded random (speed does not depend on them).",
-        f"The service ran with its defaults: dtype {info['dtype']}, preprocessing {info['preprocessing']['mode']}, "
-        f"device {info['device']}.",
-        "",
-        "## In-process pipeline (decode + preprocess + forward at batch 16, no HTTP), img/s",
-        "",
-        "`service` is what the service runs in float32: channels_last with batch norms folded where the layer "
-        "allows; `bfloat16` is the same in bfloat16 (fast where the CPU has AMX or AVX-512 BF16).",
-        "",
-        "| layer | NCHW | channels_last | service | bfloat16 |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    variants = limit["variants"]
-    for layer in variants["service"]:
-        lines.append(
-            f"| {layer} | {variants['nchw'][layer]:.1f} | {variants['channels_last'][layer]:.1f} | "
-            f"{variants['service'][layer]:.1f} | {variants['bfloat16'][layer]:.1f} |"
-        )
-    lines += [
-        "",
-        f"Single image, in process (decode + preprocess + forward, avgpool): p50 {limit['single_image_ms']:.1f} ms; "
-        f"preprocess alone, mean over the photos: {limit['preprocess_fast_ms']:.2f} ms "
-        f"(`LAYERTAP_PREPROCESSING=exact`: {limit['preprocess_exact_ms']:.2f} ms).",
-        "",
-        f"## Service over loopback (gunicorn, {info.get('workers', 1)} worker(s)), and TorchServe in the same run",
-        "",
-        (
-            f"TorchServe {TorchServe.version}: {torchserve['workers']} worker × {torchserve['threads']} torch threads, "
-            f"{torchserve['dtype']}, batch 16, 5 ms (bench/torchserve_handler.py); its avgpool answer's cosine to "
-            f"layertap's: {torchserve['cosine_to_layertap']:.6f}."
-            if "skipped" not in torchserve
-            else f"TorchServe skipped: {torchserve['skipped']}"
-        ),
-        "",
-        "| request | clients | img/s | p50 ms | p99 ms | errors | × in-process, same path and dtype | "
-        "× in-process float32 channels_last | TorchServe img/s | × TorchServe |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for c in cells:
-        peer = f"{c.torchserve_img_s:.1f} | {c.img_s / c.torchserve_img_s:.2f}" if c.torchserve_img_s else "| "
-        lines.append(
-            f"| `{c.query}` | {c.concurrency} | {c.img_s:.1f} | {c.p50_ms:.1f} | {c.p99_ms:.1f} | {c.errors} | "
-            f"{c.ratio:.2f} | {c.ratio_channels_last:.2f} | {peer} |"
-        )
-    lines += [
-        "",
-        "## Overload: clients that ignore Retry-After (`layers=avgpool`)",
-        "",
-        "With the default admission wait (`LAYERTAP_MAX_QUEUE_WAIT_MS`):",
-        "",
-        *overload.table(goodput),
-        "",
-        "The same service refusing at once (`LAYERTAP_MAX_QUEUE_WAIT_MS=0`), in the same run:",
-        "",
-        *overload.table(no_wait),
-        "",
-        f"RSS of the service (master + worker): idle {idle:.0f} MB, peak {peak:.0f} MB.",
-        "",
-    ]
-    by = {(c.query, c.concurrency): c for c in cells}
-    checks = []
-    top = max(c.concurrency for c in cells)
-    if ("layers=avgpool", 1) in by:
-        gap = by[("layers=avgpool", 1)].p50_ms - limit["single_image_ms"]
-        checks.append(f"single-client p50 − in-process single image = {gap:+.1f} ms (target ≤ 5)")
-    if ("layers=avgpool", top) in by:
-        cell = by[("layers=avgpool", top)]
-        checks.append(
-            f"avgpool, {top} clients: ×{cell.ratio:.2f} of the in-process pipeline in the service's dtype "
-            f"(target ≥ 0.9), ×{cell.ratio_channels_last:.2f} of in-process float32 channels_last, "
-            + (
-                f"×{cell.img_s / cell.torchserve_img_s:.2f} of TorchServe side by side, same dtype"
-                if cell.torchserve_img_s
-                else "TorchServe not measured"
-            )
-        )
-        for query in ("layers=layer1", "layers=layer1&encoding=base64"):
-            if (query, top) in by:
-                checks.append(
-                    f"`{query}` ÷ avgpool throughput at {top} clients: "
-                    f"×{by[(query, top)].img_s / cell.img_s:.2f} (target ≥ 2.5)"
-                )
-    if ("layers=avgpool (int8)", top) in by and ("layers=avgpool", top) in by:
-        int8_cell, float_cell = by[("layers=avgpool (int8)", top)], by[("layers=avgpool", top)]
-        checks.append(
-            f"int8 avgpool, {top} clients: ×{int8_cell.img_s / float_cell.img_s:.2f} of the default service; "
-            f"in process int8 {limit['int8_avgpool']:.0f} img/s"
-        )
-    worst = min((row.ratio for row in goodput[1:]), default=None)
-    if worst is not None:
-        checks.append(f"overload goodput: worst ×{worst:.2f} of the 4-client capacity (target ≥ 0.8)")
-    service = limit["variants"]["service"]
-    if "layer1" in service and "avgpool" in service:
-        checks.append(
-            f"in process, layer1 ÷ avgpool: ×{service['layer1'] / service['avgpool']:.2f} (the early-exit gain)"
-        )
-    checks.append(f"idle RSS {idle:.0f} MB (target ≤ 800)")
-    lines += ["## Against the targets", "", *[f"- {c}" for c in checks], ""]
-    text = "\n".join(lines)
-    print("\n" + text)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (out / f"bench-{stamp}.md").write_text(text)
-    record = {
-        "cpu_flags": flags,
-        "in_process": limit,
-        "cells": [asdict(c) for c in cells],
-        "overload": [asdict(row) for row in goodput],
-        "overload_without_wait": [asdict(row) for row in no_wait],
-        "torchserve": torchserve,
-        "rss_idle_mb": idle,
-        "rss_peak_mb": peak,
-    }
-    (out / f"bench-{stamp}.json").write_text(json.dumps(record, indent=2, default=str))
-    print(f"written to {out}/bench-{stamp}.md")
 
 
 if __name__ == "__main__":

@@ -59,6 +59,12 @@ def cosine(a, b) -> float:
     return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
 
 
+def row_cosines(a, b) -> np.ndarray:
+    """The cosine of each row (image) of two batches of any shape, in float64."""
+    a, b = (np.asarray(x, dtype=np.float64).reshape(len(x), -1) for x in (a, b))
+    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+
+
 def every_call(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Every module call's output, cloned the moment it returns, named as torchvision FX names calls.
 

@@ -17,6 +17,7 @@ from service.capture import LayerTap
 from service.errors import InferenceFailed, InvalidImage, InvalidRequest, StartupError, UnknownModel
 from service.postprocess import OutputOptions, apply
 from service.settings import Settings
+from tests.reference import row_cosines
 
 
 def test_a_request_larger_than_the_batch_size_runs_in_chunks(weights_file, photos, monkeypatch):
@@ -112,9 +113,7 @@ def test_bfloat16_on_cpu_keeps_every_layer_within_cosine_0_9995_and_returns_floa
         full = plane.extract(images, layers).features
         for name in layers:
             assert got[name].dtype == np.float32
-            a, b = (x.reshape(len(images), -1).astype(np.float64) for x in (got[name], full[name]))
-            cosines = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
-            assert cosines.min() >= 0.9995, (name, cosines.min())
+            assert row_cosines(got[name], full[name]).min() >= 0.9995, name
     finally:
         half.close()
 
@@ -220,11 +219,6 @@ def test_one_weights_file_cannot_serve_several_models(weights_file):
         create_app(Settings(models="resnet18,vit_b_16", weights=str(weights_file), device="cpu"))
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = (x.reshape(len(x), -1).astype(np.float64) for x in (a, b))
-    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
-
-
 def test_jpegs_decoded_in_batches_by_the_model_thread_match_the_cpu_path_and_a_bad_one_fails_alone(
     weights_file, photos, plane
 ):
@@ -242,8 +236,8 @@ def test_jpegs_decoded_in_batches_by_the_model_thread_match_the_cpu_path_and_a_b
         layers = ("layer1", "avgpool")
         got = device.extract(images, layers).features
         exact = plane.extract(images, layers).features
-        assert _cosines(got["avgpool"], exact["avgpool"]).min() >= 0.9995
-        assert _cosines(got["layer1"], exact["layer1"]).min() >= 0.995
+        assert row_cosines(got["avgpool"], exact["avgpool"]).min() >= 0.9995
+        assert row_cosines(got["layer1"], exact["layer1"]).min() >= 0.995
 
         good = photos["grace_hopper.jpg"]
         # Header intact, scan data random: it reaches the device's decoder, which fails its batch; the
@@ -257,7 +251,7 @@ def test_jpegs_decoded_in_batches_by_the_model_thread_match_the_cpu_path_and_a_b
             with pytest.raises(InvalidImage):
                 bad.result(30)
             at = list(photos).index("grace_hopper.jpg")
-            assert _cosines(fine.result(30).features["avgpool"], exact["avgpool"][at : at + 1]).min() >= 0.9995
+            assert row_cosines(fine.result(30).features["avgpool"], exact["avgpool"][at : at + 1]).min() >= 0.9995
         with pytest.raises(InvalidImage):  # one bad image fails its whole request, as on the CPU path
             device.extract([good, damaged], ("avgpool",))
     finally:

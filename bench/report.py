@@ -1,0 +1,175 @@
+"""The Markdown and JSON report of ``make bench``: tables, ratios, and the targets they are held to."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bench import overload
+from bench.torchserve import TorchServe
+from service.hardware import cpu_flags
+from service.settings import SAMPLE_PHOTOS
+
+
+@dataclass
+class Cell:
+    layers: str
+    query: str
+    concurrency: int
+    requests: int
+    errors: int
+    img_s: float
+    p50_ms: float
+    p99_ms: float
+    limit_img_s: float
+    ratio: float
+    ratio_channels_last: float
+    torchserve_img_s: float | None = None  # TorchServe in the service's dtype, same run
+    torchserve_float32_img_s: float | None = None
+
+
+def report(
+    limit: dict,
+    cells: list[Cell],
+    goodputs: tuple[list, list],
+    torchserve: dict[str, dict],
+    info: dict,
+    idle: float,
+    peak: float,
+    out: Path,
+) -> None:
+    goodput, no_wait = goodputs
+    flags = cpu_flags()
+    lines = [
+        f"# layertap benchmark, {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        "",
+        f"Machine: {os.cpu_count()} cores; CPU flags: {', '.join(flags) or 'none of avx2, avx512*, amx*'}; "
+        f"torch threads per worker = cores ÷ workers. Photos: {SAMPLE_PHOTOS}. "
+        "Weights: seeded random (speed does not depend on them).",
+        f"The service ran with its defaults: dtype {info['dtype']}, preprocessing {info['preprocessing']['mode']}, "
+        f"device {info['device']}.",
+        "",
+        "## In-process pipeline (decode + preprocess + forward at batch 16, no HTTP), img/s",
+        "",
+        "`service` is what the service runs in float32: channels_last with batch norms folded where the layer "
+        "allows; `bfloat16` is the same in bfloat16 (fast where the CPU has AMX or AVX-512 BF16).",
+        "",
+        "| layer | NCHW | channels_last | service | bfloat16 |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    variants = limit["variants"]
+    for layer in variants["service"]:
+        lines.append(
+            f"| {layer} | {variants['nchw'][layer]:.1f} | {variants['channels_last'][layer]:.1f} | "
+            f"{variants['service'][layer]:.1f} | {variants['bfloat16'][layer]:.1f} |"
+        )
+    lines += [
+        "",
+        f"Single image, in process (decode + preprocess + forward, avgpool): p50 {limit['single_image_ms']:.1f} ms; "
+        f"preprocess alone, mean over the photos: {limit['preprocess_fast_ms']:.2f} ms "
+        f"(`LAYERTAP_PREPROCESSING=exact`: {limit['preprocess_exact_ms']:.2f} ms).",
+        "",
+        f"## Service over loopback (gunicorn, {info.get('workers', 1)} worker(s)), and TorchServe in the same run",
+        "",
+        *[
+            f"TorchServe {TorchServe.version}, {peer['dtype']}: {peer['workers']} worker × {peer['threads']} torch "
+            "threads, batch 16, 5 ms (bench/torchserve_handler.py); its avgpool answer's cosine to layertap's: "
+            f"{peer['cosine_to_layertap']:.6f}."
+            if "skipped" not in peer
+            else f"TorchServe {peer['dtype']} skipped: {peer['skipped']}"
+            for peer in torchserve.values()
+        ],
+        "",
+        "",
+        f"| request | clients | img/s | p50 ms | p99 ms | errors | × in-process, same path and dtype | "
+        f"× in-process float32 channels_last | TorchServe {info['dtype']} img/s | × it | TorchServe float32 | × it |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in cells:
+        peer = " | ".join(
+            f"{other:.1f} | {c.img_s / other:.2f}" if other else " | "
+            for other in (c.torchserve_img_s, c.torchserve_float32_img_s)
+        )
+        lines.append(
+            f"| `{c.query}` | {c.concurrency} | {c.img_s:.1f} | {c.p50_ms:.1f} | {c.p99_ms:.1f} | {c.errors} | "
+            f"{c.ratio:.2f} | {c.ratio_channels_last:.2f} | {peer} |"
+        )
+    lines += [
+        "",
+        "## Overload: clients that ignore Retry-After (`layers=avgpool`)",
+        "",
+        "With the default admission wait (`LAYERTAP_MAX_QUEUE_WAIT_MS`):",
+        "",
+        *overload.table(goodput),
+        "",
+        "The same service refusing at once (`LAYERTAP_MAX_QUEUE_WAIT_MS=0`), in the same run:",
+        "",
+        *overload.table(no_wait),
+        "",
+        f"RSS of the service (master + worker): idle {idle:.0f} MB, peak {peak:.0f} MB.",
+        "",
+    ]
+    by = {(c.query, c.concurrency): c for c in cells}
+    checks = []
+    top = max(c.concurrency for c in cells)
+    if ("layers=avgpool", 1) in by:
+        gap = by[("layers=avgpool", 1)].p50_ms - limit["single_image_ms"]
+        checks.append(f"single-client p50 − in-process single image = {gap:+.1f} ms (target ≤ 5)")
+    if ("layers=avgpool", top) in by:
+        cell = by[("layers=avgpool", top)]
+        checks.append(
+            f"avgpool, {top} clients: ×{cell.ratio:.2f} of the in-process pipeline in the service's dtype "
+            f"(target ≥ 0.9), ×{cell.ratio_channels_last:.2f} of in-process float32 channels_last, "
+            + (
+                f"×{cell.img_s / cell.torchserve_img_s:.2f} of TorchServe side by side in the same dtype"
+                if cell.torchserve_img_s
+                else "TorchServe not measured"
+            )
+            + (
+                f", ×{cell.img_s / cell.torchserve_float32_img_s:.2f} of TorchServe in float32"
+                if cell.torchserve_float32_img_s and info["dtype"] != "float32"
+                else ""
+            )
+        )
+        for query in ("layers=layer1", "layers=layer1&encoding=base64"):
+            if (query, top) in by:
+                checks.append(
+                    f"`{query}` ÷ avgpool throughput at {top} clients: "
+                    f"×{by[(query, top)].img_s / cell.img_s:.2f} (target ≥ 2.5)"
+                )
+    if ("layers=avgpool (int8)", top) in by and ("layers=avgpool", top) in by:
+        int8_cell, float_cell = by[("layers=avgpool (int8)", top)], by[("layers=avgpool", top)]
+        checks.append(
+            f"int8 avgpool, {top} clients: ×{int8_cell.img_s / float_cell.img_s:.2f} of the default service; "
+            f"in process int8 {limit['int8_avgpool']:.0f} img/s"
+        )
+    worst = min((row.ratio for row in goodput[1:]), default=None)
+    if worst is not None:
+        checks.append(f"overload goodput: worst ×{worst:.2f} of the 4-client capacity (target ≥ 0.8)")
+    service = limit["variants"]["service"]
+    if "layer1" in service and "avgpool" in service:
+        checks.append(
+            f"in process, layer1 ÷ avgpool: ×{service['layer1'] / service['avgpool']:.2f} (the early-exit gain)"
+        )
+    checks.append(f"idle RSS {idle:.0f} MB (target ≤ 800)")
+    lines += ["## Against the targets", "", *[f"- {c}" for c in checks], ""]
+    text = "\n".join(lines)
+    print("\n" + text)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (out / f"bench-{stamp}.md").write_text(text)
+    record = {
+        "cpu_flags": flags,
+        "in_process": limit,
+        "cells": [asdict(c) for c in cells],
+        "overload": [asdict(row) for row in goodput],
+        "overload_without_wait": [asdict(row) for row in no_wait],
+        "torchserve": torchserve,
+        "rss_idle_mb": idle,
+        "rss_peak_mb": peak,
+    }
+    (out / f"bench-{stamp}.json").write_text(json.dumps(record, indent=2, default=str))
+    print(f"written to {out}/bench-{stamp}.md")
