@@ -60,7 +60,7 @@ def main() -> int:
         print(f"bad inputs: {len(items)} kinds, {len(wrong)} wrong {wrong}", flush=True)
 
         result = overload(server, photos, factor=3, seconds=8 if args.short else 20)
-        passed = result.lost == 0 and result.shed > 0 and result.max_s < 10 and result.recovery_status == 200
+        passed = result.lost == 0 and result.max_s < 10 and result.recovery_status == 200
         target = "met" if result.accepted_rate >= 0.9 * result.capacity else "missed"
         rows.append(
             (

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from service.hardware import default_sizing
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +47,12 @@ def test_deployments_probe_the_real_endpoints_as_non_root():
         assert str(pod["securityContext"]["runAsUser"]) == image_user
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
         env = {e["name"]: e.get("value") for e in container["env"]}
-        assert env["LAYERTAP_WORKERS"] == "1", "one worker per pod (per GPU)"
+        if env.get("LAYERTAP_DEVICE") == "cuda":  # sized by the device-aware defaults: a worker per 2 pod CPUs
+            cpus = int(container["resources"]["limits"]["cpu"])
+            assert "LAYERTAP_WORKERS" not in env and default_sizing(cuda=True, cores=cpus).workers == cpus // 2
+            assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+        else:
+            assert env["LAYERTAP_WORKERS"] == "1", "one worker per pod, using all its cores"
         # gunicorn's graceful timeout plus the preStop pause must fit in the grace period
         assert pod["terminationGracePeriodSeconds"] >= 30 + 5
         for variable in env:

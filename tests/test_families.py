@@ -52,7 +52,7 @@ def test_every_classification_builder_starts_and_answers(architecture, tmp_path)
         f'architecture = "{architecture}"\nweights = "{weights}"\n[preprocessing]\nresize = {side}\ncrop = {side}\n'
         "mean = [0.485, 0.456, 0.406]\nstd = [0.229, 0.224, 0.225]\n"
     )
-    settings = Settings(models=architecture, model_repository=tmp_path, weights="random", device="cpu")
+    settings = Settings(models=architecture, model_repository=tmp_path, weights="random", device="cpu", dtype="float32")
     app = create_app(settings)
     plane = app.extensions["layertap.dataplane"]
     try:
@@ -85,7 +85,7 @@ def shipped(request, tmp_path_factory, photos):
     state_dict = seeded_state_dict(entry.architecture)
     path = tmp_path_factory.mktemp("weights") / f"{entry.name}.pt"
     torch.save(state_dict, path)
-    settings = Settings(models=entry.name, weights=str(path), device="cpu", preprocessing="exact")
+    settings = Settings(models=entry.name, weights=str(path), device="cpu", dtype="float32", preprocessing="exact")
     app = create_app(settings)
     plane = app.extensions["layertap.dataplane"]
     assert plane.wait_ready(300), plane.failure

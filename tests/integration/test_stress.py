@@ -15,14 +15,17 @@ def photo_list(photos) -> list[bytes]:
     return list(photos.values())
 
 
-def test_overload_sheds_fast_keeps_throughput_and_recovers(server, photo_list):
+def test_overload_keeps_throughput_loses_nothing_and_recovers(server, photo_list):
+    """Three times capacity: the queue is full, requests wait in line for room (some may be refused
+    after LAYERTAP_MAX_QUEUE_WAIT_MS), and the service keeps serving at its capacity."""
     result = overload(server, photo_list, factor=3, seconds=6)
     assert result.lost == 0, result  # every request got a 200, 429 or 503: no timeout, no other status
-    assert result.shed > 0, "three times capacity must be refused in part"
     # `make stress` holds this to 0.9 over longer windows; six seconds on a shared two-core machine,
     # with the load generator on the same cores, move the ratio by ±5%, hence the margin here.
     assert result.accepted_rate >= 0.8 * result.capacity, result
-    assert result.p99_shed_s < 0.5 and result.max_s < 10, result
+    assert result.max_s < 10, result
+    if result.shed:  # a refusal comes once the admission wait (1 s) has run out, not much later
+        assert result.p99_shed_s < 3, result
     assert result.recovery_status == 200 and result.recovery_s < 1, result
 
 
