@@ -183,7 +183,7 @@ def run_torchserve(
     from service.settings import Settings
     from service.weights import resolve_weights
 
-    folder = out / "torchserve"
+    folder = out / f"torchserve-{dtype}"
     folder.mkdir(parents=True, exist_ok=True)
     entry = load_entry(Settings().model_repository, "resnet18")
     torch.save(build_model(entry, resolve_weights("random", entry)).state_dict(), folder / "state_dict.pt")

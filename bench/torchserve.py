@@ -102,6 +102,9 @@ class TorchServe:
             )
             + "\n"
         )
+        tmp = self.folder / "tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
         env = {
             **os.environ,
             "PATH": f"{self.bin}:{os.environ['PATH']}",
@@ -109,6 +112,7 @@ class TorchServe:
             "TS_DTYPE": self.dtype,
             "OMP_NUM_THREADS": str(self.threads),
             "LOG_LOCATION": str(self.folder / "logs"),
+            "TMPDIR": str(tmp),  # TorchServe keeps its pid file there: one per instance, none left behind
             "METRICS_LOCATION": str(self.folder / "logs"),
         }
         log = (self.folder / "torchserve.log").open("wb")
@@ -137,13 +141,23 @@ class TorchServe:
         return response.json()
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            os.killpg(self._process.pid, signal.SIGTERM)
+        """Stop the launcher and its Java server (the whole process group), and wait until all are gone."""
+        if self._process is None:
+            return
+        group = self._process.pid
+        for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
             try:
-                self._process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._process.pid, signal.SIGKILL)
-                self._process.wait(10)
+                os.killpg(group, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline:
+                self._process.poll()
+                try:
+                    os.killpg(group, 0)  # anyone left in the group?
+                except ProcessLookupError:
+                    return
+                time.sleep(0.2)
 
 
 def _free_port() -> int:
