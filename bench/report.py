@@ -75,14 +75,13 @@ def report(
         f"## Service over loopback (gunicorn, {info.get('workers', 1)} worker(s)), and TorchServe in the same run",
         "",
         *[
-            f"TorchServe {TorchServe.version}, {peer['dtype']}: {peer['workers']} worker × {peer['threads']} torch "
+            f"- TorchServe {TorchServe.version}, {peer['dtype']}: {peer['workers']} worker × {peer['threads']} torch "
             "threads, batch 16, 5 ms (bench/torchserve_handler.py); its avgpool answer's cosine to layertap's: "
             f"{peer['cosine_to_layertap']:.6f}."
             if "skipped" not in peer
-            else f"TorchServe {peer['dtype']} skipped: {peer['skipped']}"
+            else f"- TorchServe {peer['dtype']} skipped: {peer['skipped']}"
             for peer in torchserve.values()
         ],
-        "",
         "",
         f"| request | clients | img/s | p50 ms | p99 ms | errors | × in-process, same path and dtype | "
         f"× in-process float32 channels_last | TorchServe {info['dtype']} img/s | × it | TorchServe float32 | × it |",
