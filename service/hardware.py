@@ -62,11 +62,13 @@ def cuda_expected(device: str) -> bool:
     return device == "auto" and not hidden and os.path.exists("/dev/nvidiactl")
 
 
+@cache
 def available_cores() -> int:
     """The cores this process may use: its CPU affinity, capped by its cgroup's CPU quota (a container's limit).
 
     ``os.cpu_count()`` counts the host's cores, which in a pod limited to 4 CPUs would fork a worker
-    per 2 of the node's 64 cores, and give each of them far too many torch threads.
+    per 2 of the node's 64 cores, and give each of them far too many torch threads. Read once per
+    process (``/info`` asks on every call).
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     quota = cgroup_cpu_quota()

@@ -16,6 +16,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .hardware import available_cores, cuda_expected, default_sizing
 
+# The device-aware sizes (service/hardware.py) are the defaults here too: one place holds the numbers.
+_CPU_SIZING = default_sizing(cuda=False)
+_CUDA_SIZING = default_sizing(cuda=True, cores=1)  # its workers depend on the cores; the rest does not
+
 
 def _bundled(folder: str) -> Path:
     """A folder that ships with the server: inside the package once installed (the wheel maps the
@@ -104,15 +108,18 @@ class Settings(BaseSettings):
         1000.0, ge=1, description="Longest side ÷ shortest side an image may have; beyond it, 400."
     )
     max_batch_size: int = Field(
-        16, gt=0, description="Most images in one forward pass of the batcher (default 64 on CUDA)."
+        _CPU_SIZING.max_batch_size,
+        gt=0,
+        description=f"Most images in one forward pass of the batcher (default {_CUDA_SIZING.max_batch_size} on CUDA).",
     )
     max_batch_delay_ms: float = Field(
         2.0, ge=0, description="How long the batcher waits for more work before running a partial batch."
     )
     max_queue_images: int = Field(
-        32,
+        _CPU_SIZING.max_queue_images,
         gt=0,
-        description="Images admitted (decoding or queued) before new work waits, then gets 429 (default 256 on CUDA).",
+        description="Images admitted (decoding or queued) before new work waits, then gets 429 "
+        f"(default {_CUDA_SIZING.max_queue_images} on CUDA).",
     )
     max_queue_wait_ms: float = Field(
         1000.0,
@@ -121,14 +128,15 @@ class Settings(BaseSettings):
     )
     request_timeout_s: float = Field(30.0, gt=0, description="Deadline of a request inside the service; past it, 503.")
     workers: int = Field(
-        1,
+        _CPU_SIZING.workers,
         gt=0,
         description="gunicorn worker processes, each with its own model (default on CUDA: cores ÷ 2, at most 8).",
     )
     threads: int = Field(
-        64,
+        _CPU_SIZING.threads,
         gt=0,
-        description="gunicorn threads per worker: requests handled at once (decoding, queued or waiting; 320 on CUDA).",
+        description="gunicorn threads per worker: requests handled at once (decoding, queued or waiting; "
+        f"{_CUDA_SIZING.threads} on CUDA).",
     )
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads per worker; 0 means CPU cores ÷ workers.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level of the service.")
