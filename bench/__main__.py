@@ -176,19 +176,11 @@ def run_torchserve(
 ) -> dict:
     """TorchServe on the service's seeded weights, same photos and clients; and its answer's cosine to layertap's."""
     import numpy as np
-    import torch
-
-    from service.model import build_model
-    from service.model_repository import load_entry
-    from service.settings import Settings
-    from service.weights import resolve_weights
 
     folder = out / f"torchserve-{dtype}"
     folder.mkdir(parents=True, exist_ok=True)
-    entry = load_entry(Settings().model_repository, "resnet18")
-    torch.save(build_model(entry, resolve_weights("random", entry)).state_dict(), folder / "state_dict.pt")
     print("starting TorchServe ...", flush=True)
-    peer = TorchServe(folder, folder / "state_dict.pt", dtype=dtype)
+    peer = TorchServe(folder, dtype=dtype)
     peer.start()
     try:
         theirs = np.asarray(peer.embed(images[0]), dtype=np.float64).ravel()

@@ -53,14 +53,7 @@ class TorchServe:
 
     version = VERSION
 
-    def __init__(
-        self,
-        folder: Path,
-        state_dict_path: Path,
-        workers: int = 1,
-        threads: int | None = None,
-        dtype: str = "float32",
-    ):
+    def __init__(self, folder: Path, workers: int = 1, threads: int | None = None, dtype: str = "float32"):
         self.folder = folder
         self.bin = ensure_venv(folder.parent / "torchserve-venv")
         self.workers = workers
@@ -68,14 +61,13 @@ class TorchServe:
         self.dtype = dtype
         self.port = _free_port()
         self.base_url, self.path = f"http://127.0.0.1:{self.port}", "/predictions/avgpool"
-        self._state_dict = state_dict_path
         self._process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 180) -> None:
         store = self.folder / "model-store"
         shutil.rmtree(store, ignore_errors=True)
         store.mkdir(parents=True)
-        shutil.copy(self._state_dict, self.folder / "weights.pt")
+        save_seeded_weights(self.folder / "weights.pt")
         subprocess.run(
             [str(self.bin / "torch-model-archiver"), "--model-name", "avgpool", "--version", "1.0",
              "--handler", str(HANDLER), "--serialized-file", str(self.folder / "weights.pt"),
@@ -160,6 +152,19 @@ class TorchServe:
                 time.sleep(0.2)
 
 
+def save_seeded_weights(path: Path) -> None:
+    """ResNet18's state dict with the weights layertap serves under ``LAYERTAP_WEIGHTS=random`` (seed 0)."""
+    import torch
+
+    from service.model import build_model
+    from service.model_repository import load_entry
+    from service.settings import DEFAULT_MODEL_REPOSITORY
+    from service.weights import resolve_weights
+
+    entry = load_entry(DEFAULT_MODEL_REPOSITORY, "resnet18")
+    torch.save(build_model(entry, resolve_weights("random", entry)).state_dict(), path)
+
+
 def _free_port() -> int:
     from stress.server import free_port
 
@@ -168,21 +173,13 @@ def _free_port() -> int:
 
 def main() -> None:
     import numpy as np
-    import torch
 
     from bench.__main__ import drive
-    from service.model import build_model
-    from service.model_repository import load_entry
-    from service.settings import Settings
-    from service.weights import resolve_weights
     from stress.server import sample_photos
 
     folder = ROOT / "bench-results" / "torchserve"
     folder.mkdir(parents=True, exist_ok=True)
-    settings = Settings(weights="random")
-    entry = load_entry(settings.model_repository, "resnet18")
-    torch.save(build_model(entry, resolve_weights("random", entry)).state_dict(), folder / "state_dict.pt")
-    server = TorchServe(folder, folder / "state_dict.pt")
+    server = TorchServe(folder)
     server.start()
     try:
         photos = sample_photos()
