@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,7 @@ from . import metrics, postprocess
 from .batcher import Ticket
 from .capture import LayerCall
 from .errors import InvalidRequest, StartupError, UnknownModel
+from .inputs import ImageInput
 from .model_repository import load_entry
 from .postprocess import OutputOptions
 from .runner import ModelRunner, Work
@@ -31,6 +33,9 @@ from .settings import Settings
 from .weights import resolve_weights
 
 log = logging.getLogger("layertap.dataplane")
+
+# One set of output options for every layer, or a set per layer (a layer left out gets the defaults).
+Options = OutputOptions | Mapping[str, OutputOptions]
 
 
 @dataclass
@@ -131,7 +136,7 @@ class DataPlane:
             raise UnknownModel(f"no model {name[:100]!r} here; models: {', '.join(self.runners)}") from None
 
     def check(
-        self, model: str | None, layers: tuple[str, ...] | None, options: OutputOptions
+        self, model: str | None, layers: tuple[str, ...] | None, options: Options
     ) -> tuple[ModelRunner, tuple[str, ...]]:
         """The runner and the layers (its default layer when none are named); raises on any bad name or option."""
         runner = self.runner(model)
@@ -139,7 +144,7 @@ class DataPlane:
         runner.check_layers(layers)
         for name in layers:
             try:
-                postprocess.check_pool(options.pool, name, runner.layout_of(name))
+                postprocess.check_pool(_options_for(options, name).pool, name, runner.layout_of(name))
             except ValueError as exc:
                 raise InvalidRequest(str(exc)) from None
         return runner, layers
@@ -151,14 +156,14 @@ class DataPlane:
 
     def extract(
         self,
-        images: list[bytes],
+        images: Sequence[ImageInput],
         layers: tuple[str, ...] | None = None,
-        options: OutputOptions | None = None,
+        options: Options | None = None,
         model: str | None = None,
         ticket: Ticket | None = None,
     ) -> Extraction:
         """Prepare ``images`` here (decode, or check the headers of JPEGs the device decodes), run them
-        through the model's thread, return the requested layers."""
+        through the model's thread, return the requested layers, pooled or normalized as ``options`` say."""
         options = options or OutputOptions()
         runner, layers = self.check(model, layers, options)
         if not images:
@@ -173,8 +178,10 @@ class DataPlane:
             metrics.PREPROCESS_SECONDS.labels(runner.name).observe(preprocess_s)
             done = ticket.submit(Work(images=prepared, layers=layers))
         features = done.result
-        if options != OutputOptions():
-            features = {name: postprocess.apply(a, options, runner.layout_of(name)) for name, a in features.items()}
+        for name, array in features.items():
+            wanted = _options_for(options, name)
+            if wanted != OutputOptions():
+                features[name] = postprocess.apply(array, wanted, runner.layout_of(name))
         timings = Timings(preprocess_s * 1000, done.queue_ms, done.run_ms, done.batch_items)
         return Extraction(model=runner.name, weights=runner.weights.label, features=features, timings=timings)
 
@@ -187,3 +194,9 @@ class DataPlane:
     def describe(self, model: str | None = None) -> dict:
         """The model's description, with the server's models and which is the default."""
         return {**self.runner(model).describe(), "models": list(self.runners), "default_model": self.default_model}
+
+
+def _options_for(options: Options, layer: str) -> OutputOptions:
+    if isinstance(options, OutputOptions):
+        return options
+    return options.get(layer, OutputOptions())

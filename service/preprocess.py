@@ -100,6 +100,14 @@ class ImagePreprocessor:
         image = _to_rgb(image)
         return self._resize_and_crop(image)
 
+    def from_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Decoded RGB ``(height, width, 3)`` uint8 → the crop, under the same limits and the same resize as uploads."""
+        if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+            raise InvalidImage(f"pixels must be uint8 (height, width, 3) RGB, not {pixels.dtype} {list(pixels.shape)}")
+        height, width = pixels.shape[:2]
+        self._check_size(width, height)
+        return self._resize_and_crop(Image.fromarray(np.ascontiguousarray(pixels), "RGB"))
+
     def open_header(self, data: bytes) -> Image.Image:
         """Open ``data`` from its header only, enforcing every limit; no pixel is decoded yet."""
         if not data:
@@ -114,7 +122,11 @@ class ImagePreprocessor:
             ) from None
         except Exception as exc:  # noqa: BLE001 - Pillow raises many types on malformed headers
             raise InvalidImage(f"cannot read the image header: {exc}") from None
-        width, height = image.size
+        self._check_size(*image.size)
+        return image
+
+    def _check_size(self, width: int, height: int) -> None:
+        """The pixel limit and the aspect-ratio limit, from the dimensions alone."""
         if width <= 0 or height <= 0:
             raise InvalidImage(f"image has no pixels ({width}×{height})")
         if width * height > self.max_pixels:
@@ -127,7 +139,6 @@ class ImagePreprocessor:
                 f"image is {width}×{height}, an aspect ratio over {self.max_aspect_ratio:g}:1 "
                 "(LAYERTAP_MAX_ASPECT_RATIO); crop it to the region of interest first"
             )
-        return image
 
     def _decode(self, image: Image.Image) -> Image.Image:
         try:

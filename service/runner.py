@@ -43,8 +43,9 @@ log = logging.getLogger("layertap.runner")
 
 @dataclass(frozen=True)
 class Work:
-    """What one request hands the model thread: the layers it wants, and per image either its
-    pixels, ``(crop, crop, 3)`` uint8 decoded in the request thread, or a JPEG to decode on the device."""
+    """What one request hands the model thread: the layers it wants, and per image its pixels
+    (``(crop, crop, 3)`` uint8, decoded in the request thread), a JPEG to decode on the device, or
+    the client's own normalized tensor."""
 
     images: tuple[Prepared, ...]
     layers: tuple[str, ...]
@@ -207,8 +208,6 @@ class ModelRunner:
         else:
             self._model = place(self._model, self.device, self.dtype, self.settings.channels_last)
         self._tap = LayerTap(self._model)
-        self._mean = torch.tensor(self.entry.preprocessing.mean, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(self.entry.preprocessing.std, device=self.device).view(1, 3, 1, 1)
         # Warm-up: the first pass allocates and picks kernels (and starts the JPEG decoder); readiness waits for it.
         warm_up = self.inputs.warm_up()
         self._forward(warm_up, frozenset({self.layers[-1].name}))
@@ -230,10 +229,10 @@ class ModelRunner:
     def _run_batch(self, works: list[Work]) -> list[dict[str, np.ndarray] | ServiceError]:
         wanted = frozenset(name for work in works for name in work.layers)
         started = time.perf_counter()
-        pixels, failures = self.inputs.assemble([image for work in works for image in work.images])
-        outputs = self._forward(pixels, wanted)
-        metrics.IMAGES.labels(self.name).inc(len(pixels))
-        metrics.BATCH_IMAGES.labels(self.name).observe(len(pixels))
+        batch, failures = self.inputs.assemble([image for work in works for image in work.images])
+        outputs = self._forward(batch, wanted)
+        metrics.IMAGES.labels(self.name).inc(len(batch))
+        metrics.BATCH_IMAGES.labels(self.name).observe(len(batch))
         metrics.INFERENCE_SECONDS.labels(self.name).observe(time.perf_counter() - started)
         results: list[dict[str, np.ndarray] | ServiceError] = []
         offset = 0
@@ -246,16 +245,16 @@ class ModelRunner:
             offset += count
         return results
 
-    def _forward(self, pixels: torch.Tensor, wanted: frozenset[str]) -> dict[str, np.ndarray]:
-        """uint8 ``(n, 3, h, w)`` pixels on the device → {layer: float32 array}, in chunks of at most max_batch_size."""
+    def _forward(self, batch: torch.Tensor, wanted: frozenset[str]) -> dict[str, np.ndarray]:
+        """The normalized ``(n, 3, h, w)`` batch on the device → {layer: float32 array}, in chunks of max_batch_size."""
         parts: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
         step = self.settings.max_batch_size
         tap = self._tap if self._fast_tap is None or wanted & self._needs_original else self._fast_tap
         # int8 modules carry some float names under another module's name (service/quantize.py)
         calls = {name: self._int8.served[name] if self._int8 else name for name in wanted}
         with torch.inference_mode():
-            for start in range(0, len(pixels), step):
-                captured = tap.capture(self._to_input(pixels[start : start + step]), frozenset(calls.values()))
+            for start in range(0, len(batch), step):
+                captured = tap.capture(self._to_input(batch[start : start + step]), frozenset(calls.values()))
                 for name, call in calls.items():
                     tensor = captured[call]
                     if tensor.is_quantized:
@@ -263,9 +262,8 @@ class ModelRunner:
                     parts[name].append(tensor.to(device="cpu", dtype=torch.float32).numpy())
         return {name: chunks[0] if len(chunks) == 1 else np.concatenate(chunks) for name, chunks in parts.items()}
 
-    def _to_input(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Normalize as torchvision does (x/255, then (x-mean)/std) in float32, then cast to the model's dtype."""
-        batch = pixels.float().div_(255).sub_(self._mean).div_(self._std)
+    def _to_input(self, batch: torch.Tensor) -> torch.Tensor:
+        """The normalized float32 batch in the model's memory layout and dtype."""
         if not self.settings.channels_last or self._int8 is not None:
             batch = batch.contiguous()
         return batch.to(DTYPES[self.dtype])
