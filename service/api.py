@@ -1,9 +1,10 @@
 """The layertap REST API: parse and validate requests, call the data plane, render with orjson.
 
-Nothing here touches torch. The data plane raises domain errors (``service/errors.py``); this
-front-end alone decides their HTTP status (``STATUSES``), their ``Retry-After`` header and the
-hints that name its URLs, and renders them, like werkzeug's own errors, as
-``{"error": {"code", "message", "request_id"}}``.
+Nothing here touches torch. The data plane raises domain errors (``service/errors.py``); they
+take their HTTP status and ``Retry-After`` from service/http_status.py, and this front-end adds
+the hints that name its URLs and renders them, like werkzeug's own errors, as
+``{"error": {"code", "message", "request_id"}}``. The Open Inference Protocol is the other
+front-end (service/oip/), over the same data plane.
 """
 
 from __future__ import annotations
@@ -11,30 +12,16 @@ from __future__ import annotations
 import base64
 import logging
 import threading
-import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from . import __version__, metrics
-from .auth import Unauthorized
-from .errors import (
-    DeadlineExceeded,
-    InternalError,
-    InvalidRequest,
-    NotReady,
-    Overloaded,
-    ServiceError,
-    TooLarge,
-    Unavailable,
-    UnknownLayer,
-    UnknownModel,
-    UnsupportedMediaType,
-)
-from .openapi import build_spec
+from .errors import DeadlineExceeded, InvalidRequest, NotReady, Overloaded, ServiceError, UnknownLayer
+from .http_shared import headers_of, status_of, timing_headers
 from .postprocess import POOLS, OutputOptions
 from .uploads import body_limit_error, read_images
 
@@ -47,22 +34,10 @@ api = Blueprint("api", __name__)
 
 
 GET_ENDPOINTS = ("/", "/shapes", "/info", "/labels", "/health", "/ready", "/metrics", "/openapi.json", "/docs")
-TIMING_HEADERS = ("X-Preprocess-Time", "X-Queue-Time", "X-Inference-Time", "X-Total-Time")
 ENCODINGS = ("json", "base64")
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
-# Domain error → HTTP status, most specific first.
-STATUSES: tuple[tuple[type[Exception], int], ...] = (
-    (Unauthorized, 401),
-    (UnknownModel, 404),
-    (UnsupportedMediaType, 415),
-    (TooLarge, 413),
-    (InvalidRequest, 400),
-    (Overloaded, 429),
-    (Unavailable, 503),
-    (InternalError, 500),
-)
 # What to add to a domain error's message in this protocol's words.
 HINTS: dict[type[Exception], str] = {
     UnknownLayer: "GET /shapes lists them all",
@@ -107,18 +82,7 @@ def features() -> Response:
         "weights": result.weights,
         "features": {name: encode(array) for name, array in result.features.items()},
     }
-    response = json_response(body)
-    timings = result.timings
-    response.headers.update(
-        {
-            "X-Preprocess-Time": f"{timings.preprocess_ms:.2f}",
-            "X-Queue-Time": f"{timings.queue_ms:.2f}",
-            "X-Inference-Time": f"{timings.inference_ms:.2f}",
-            "X-Batch-Size": str(timings.batch_images),
-            "X-Total-Time": f"{(time.perf_counter() - g.started) * 1000:.2f}",
-        }
-    )
-    return response
+    return json_response(body, headers=timing_headers(result.timings, g.started))
 
 
 def _json_feature(array: np.ndarray) -> dict:
@@ -197,12 +161,6 @@ def labels() -> Response:
     return json_response(
         {"model": runner.name, "classifier": runner.classifier, "labels": categories and list(categories)}
     )
-
-
-@api.get("/openapi.json")
-def openapi() -> Response:
-    plane = _plane()
-    return json_response(build_spec(plane, TIMING_HEADERS))
 
 
 @api.get("/info")
@@ -286,39 +244,31 @@ def error_response(code: str, message: str, status: int, headers: dict[str, str]
 
 def render_service_error(exc: ServiceError) -> Response:
     """A domain error in this protocol: its status, its hint, Retry-After and the bearer challenge."""
-    status = next((code for kind, code in STATUSES if isinstance(exc, kind)), 500)
+    status = status_of(exc)
     message = exc.message
     hint = next((text for kind, text in HINTS.items() if isinstance(exc, kind)), None)
     if hint:
         message = f"{message} ({hint})"
-    headers = {}
-    if exc.retry_after_s is not None:
-        headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
-    if isinstance(exc, Unauthorized):
-        headers["WWW-Authenticate"] = 'Bearer realm="layertap"'
     if status >= 500:
         log.error("%s: %s", exc.code, exc.message)
-    return error_response(exc.code, message, status, headers)
+    return error_response(exc.code, message, status, headers_of(exc))
 
 
-def register_error_handlers(app: Flask) -> None:
-    app.register_error_handler(ServiceError, render_service_error)
+def render_http_error(exc: HTTPException) -> Response:
+    """werkzeug's own errors (no route, wrong method, body over Flask's limit) in this protocol's body."""
+    code = (exc.name or "error").lower().replace(" ", "_")
+    message = exc.description or exc.name
+    if exc.code == 413:
+        error = body_limit_error()
+        code, message = error.code, error.message
+    elif exc.code == 404:
+        message = f"no route {request.path[:200]!r}; endpoints: POST /features, GET {', '.join(GET_ENDPOINTS)}"
+    response = error_response(code, message, exc.code or 500)
+    if exc.code == 405 and exc.valid_methods:
+        response.headers["Allow"] = ", ".join(exc.valid_methods)
+    return response
 
-    @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException) -> Response:
-        code = (exc.name or "error").lower().replace(" ", "_")
-        message = exc.description or exc.name
-        if exc.code == 413:
-            error = body_limit_error()
-            code, message = error.code, error.message
-        elif exc.code == 404:
-            message = f"no route {request.path[:200]!r}; endpoints: POST /features, GET {', '.join(GET_ENDPOINTS)}"
-        response = error_response(code, message, exc.code or 500)
-        if exc.code == 405 and exc.valid_methods:
-            response.headers["Allow"] = ", ".join(exc.valid_methods)
-        return response
 
-    @app.errorhandler(Exception)
-    def _unexpected(exc: Exception) -> Response:
-        log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
-        return error_response("internal_error", "an internal error occurred; it has been logged", 500)
+def render_unexpected(exc: Exception) -> Response:
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    return error_response("internal_error", "an internal error occurred; it has been logged", 500)

@@ -14,11 +14,14 @@ import weakref
 
 from flask import Flask, Response, g, request
 from flask_swagger_ui import get_swaggerui_blueprint
+from werkzeug.exceptions import HTTPException
 
-from . import logs, metrics
-from .api import api, register_error_handlers
+from . import api, logs, metrics
 from .auth import OPEN_ENDPOINTS, OPEN_PREFIXES, check_bearer
 from .dataplane import DataPlane
+from .errors import ServiceError
+from .oip import routes as oip
+from .openapi import docs
 from .settings import Settings
 from .ui import ui
 from .upload_gate import UploadGate
@@ -45,19 +48,32 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["layertap.dataplane"] = plane
     app.extensions["layertap.settings"] = settings
     _install_request_hooks(app, settings)
-    app.register_blueprint(api)
+    app.register_blueprint(api.api)
+    app.register_blueprint(oip.oip)
+    app.register_blueprint(docs)
     app.register_blueprint(ui)
     # Swagger UI from the package's own copy of its assets: nothing is fetched from the internet.
     app.register_blueprint(
         get_swaggerui_blueprint("/docs", "/openapi.json", config={"app_name": "layertap"}), url_prefix="/docs"
     )
-    register_error_handlers(app)
+    _register_error_handlers(app)
     # Unread bodies: 100 Continue only once the app reads, and a large refused upload closes rather than drains.
     app.wsgi_app = UploadGate(app.wsgi_app)
     plane.start()
     # Stop the model threads before the interpreter tears torch down under them.
     atexit.register(_close_at_exit, weakref.ref(plane))
     return app
+
+
+def _register_error_handlers(app: Flask) -> None:
+    """Errors in the words of the front-end whose URL was asked: the Open Inference Protocol's under /v2."""
+
+    def front_end():
+        return oip if oip.owns(request.path) else api
+
+    app.register_error_handler(ServiceError, lambda exc: front_end().render_service_error(exc))
+    app.register_error_handler(HTTPException, lambda exc: front_end().render_http_error(exc))
+    app.register_error_handler(Exception, lambda exc: front_end().render_unexpected(exc))
 
 
 def _install_request_hooks(app: Flask, settings: Settings) -> None:

@@ -15,7 +15,9 @@ class Unauthorized(ServiceError):
 
 # Endpoints that stay open even with a key, so that probes and scrapers need no secret,
 # unless LAYERTAP_AUTH_ALL_ENDPOINTS is on.
-OPEN_ENDPOINTS = frozenset({"/", "/health", "/ready", "/metrics", "/openapi.json"})
+OPEN_ENDPOINTS = frozenset(
+    {"/", "/health", "/ready", "/metrics", "/openapi.json", "/v2/health/live", "/v2/health/ready"}
+)
 OPEN_PREFIXES = ("/docs", "/ui/")
 
 

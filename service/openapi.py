@@ -1,355 +1,312 @@
-"""The OpenAPI 3 description of the HTTP API, served at ``/openapi.json`` and rendered at ``/docs``.
+"""The OpenAPI 3.1 description of both front-ends, served at ``/openapi.json`` and rendered at ``/docs``.
 
-Written by hand, next to the code it describes, and kept true by tests: the route list must match
-the Flask app's, and schemathesis drives the running service with inputs generated from this
-document, checking every response against it.
+Generated wherever the code knows the answer:
+
+- paths, methods and path parameters from the Flask app's routes; a route that is not described
+  here makes :func:`build_spec` fail, so no route goes undocumented and none is documented twice;
+- every body's schema from the pydantic models that define it: service/messages.py (the
+  layertap API) and service/oip/schema.py (the Open Inference Protocol);
+- enums and limits from the modules and settings that own them (pools, encodings, the served
+  models, the image limits);
+- the bearer scheme only when ``LAYERTAP_API_KEY`` is set, on exactly the operations that check
+  it (service/auth.py leaves probes, metrics and this document open).
+
+What is written here is what no code says: summaries, parameter descriptions and which statuses
+each operation answers. schemathesis drives the running service with this document and checks
+every response against it (tests/integration/test_contract.py).
 """
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
-from . import __version__
-from .model_repository import LAYOUTS
+from flask import Blueprint, Response, current_app
+from pydantic.json_schema import models_json_schema
+
+from . import __version__, messages
+from .api import BOOLEANS, ENCODINGS, json_response
+from .auth import OPEN_ENDPOINTS
+from .http_shared import TIMING_HEADERS
+from .oip import routes as oip
+from .oip import schema as v2
 from .postprocess import POOLS
 from .shapes import MAX_BATCH, MAX_SIDE
 
 if TYPE_CHECKING:
+    from werkzeug.routing import Map
+
     from .dataplane import DataPlane
 
-_SHAPE = {"type": "array", "items": {"type": "integer", "minimum": 0}}
+docs = Blueprint("docs", __name__)
+
+MESSAGES = (
+    messages.Features,
+    messages.Shapes,
+    messages.Status,
+    messages.Labels,
+    messages.Info,
+    messages.Error,
+    v2.InferenceRequest,
+    v2.InferenceResponse,
+    v2.ServerMetadata,
+    v2.ModelMetadata,
+    v2.ServerLive,
+    v2.ServerReady,
+    v2.ModelReady,
+    v2.ErrorResponse,
+)
+# What each status means, per front-end (the layertap API's Error body, or the protocol's {"error"}).
+STATUS_TEXT = {
+    "400": "Bad request: unknown layer or output, bad parameter, undecodable or unsupported image",
+    "401": "Missing or wrong API key",
+    "404": "Unknown model (or version)",
+    "413": "Body over LAYERTAP_MAX_BODY_BYTES, an image over LAYERTAP_MAX_PIXELS, or too many images",
+    "415": "Unsupported content type or content encoding",
+    "429": "Overloaded: retry after the Retry-After header's seconds",
+    "503": "Not ready, or the request's deadline passed",
+}
 
 
-def _nested_numbers() -> dict:
-    """A number, or arrays of arrays ... of numbers (JSON Schema cannot say 'of depth len(shape)')."""
-    return {"oneOf": [{"type": "number"}, {"type": "array", "items": {"$ref": "#/components/schemas/NestedNumbers"}}]}
+@docs.get("/openapi.json")
+def openapi() -> Response:
+    return json_response(build_spec(current_app.extensions["layertap.dataplane"], current_app.url_map))
 
 
-def build_spec(plane: DataPlane, timing_headers: tuple[str, ...]) -> dict:
-    """The document for this server: its models, their default layers and input sizes, its limits."""
-    max_images = plane.settings.max_images_per_request
-    max_body_bytes = plane.settings.max_body_bytes
+def build_spec(plane: DataPlane, url_map: Map) -> dict:
+    """The document for this server: its routes, its models, their default layers and input sizes, its limits."""
+    operations = _operations(plane)
+    protected = plane.settings.api_key is not None
+    paths: dict[str, dict] = {}
+    for rule in sorted(url_map.iter_rules(), key=lambda r: r.rule):
+        if rule.endpoint == "static" or rule.endpoint.startswith("swagger_ui") or rule.rule.startswith("/ui/"):
+            continue  # the debug page's and the docs page's own files
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            if rule.endpoint not in operations:
+                raise ValueError(f"route {method} {rule.rule} ({rule.endpoint}) is not described in service/openapi.py")
+            operation = dict(operations[rule.endpoint])
+            versioned = "_version" if "version" in rule.arguments else ""  # one view serves both forms
+            operation["operationId"] = rule.endpoint.replace(".", "_") + versioned
+            parameters = [_path_parameter(name, plane) for name in sorted(rule.arguments)]
+            operation["parameters"] = parameters + operation.get("parameters", [])
+            if protected and (plane.settings.auth_all_endpoints or rule.rule not in OPEN_ENDPOINTS):
+                operation["security"] = [{"bearer": []}]
+                operation["responses"] = {**operation["responses"], **_errors(oip.owns(rule.rule), "401")}
+            paths.setdefault(path, {})[method.lower()] = operation
+    components: dict = {
+        "schemas": models_json_schema(
+            [(model, "serialization") for model in MESSAGES], ref_template="#/components/schemas/{model}"
+        )[1]["$defs"],
+        "headers": {
+            "RequestId": {"description": "The client's X-Request-ID, or a generated one", "schema": {"type": "string"}},
+            "Milliseconds": {"description": "Time spent, in milliseconds", "schema": {"type": "string"}},
+            "BatchSize": {"description": "Images in the forward pass it shared", "schema": {"type": "string"}},
+        },
+    }
+    if protected:
+        components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "layertap",
+            "version": __version__,
+            "description": "The true outputs of any named layers of a torchvision model, for uploaded images: "
+            "the layertap API, and the Open Inference Protocol (KServe v2) under /v2.",
+        },
+        "paths": paths,
+        "components": components,
+    }
+
+
+def _operations(plane: DataPlane) -> dict[str, dict]:
+    """Each endpoint's operation, by Flask endpoint name (path parameters and security are added from the route)."""
+    settings = plane.settings
     runner = plane.runner(None)
-    default = runner.entry
+    crop = runner.entry.preprocessing.crop
+    max_images = settings.max_images_per_request
     model = {
         "name": "model",
         "in": "query",
         "description": f"A served model (default {plane.default_model})",
         "schema": {"type": "string", "enum": list(plane.runners), "default": plane.default_model},
     }
-    error_statuses = {
-        "400": "Bad request: unknown layer, bad parameter, undecodable or unsupported image",
-        "404": "Unknown model",
-        "401": "Missing or wrong API key (only when LAYERTAP_API_KEY is set)",
-        "413": f"Body over {max_body_bytes:,} bytes, image over the pixel limit, or more than {max_images} images",
-        "415": "Unsupported content type",
-        "429": "Overloaded: retry after the Retry-After header's seconds",
-        "503": "Model not ready, or the request's deadline passed",
+    images = {"type": "string", "format": "binary"}
+    timing = {h: {"$ref": "#/components/headers/Milliseconds"} for h in TIMING_HEADERS}
+    answered_headers = {
+        "X-Request-ID": {"$ref": "#/components/headers/RequestId"},
+        "X-Batch-Size": {"$ref": "#/components/headers/BatchSize"},
+        **timing,
     }
-    errors = {status: {"description": text, "content": _json_ref("Error")} for status, text in error_statuses.items()}
-    request_id = {"X-Request-ID": {"$ref": "#/components/headers/RequestId"}}
     return {
-        "openapi": "3.0.3",
-        "info": {
-            "title": "layertap",
-            "version": __version__,
-            "description": "The true outputs of any named layers of a torchvision model, for uploaded images.",
-        },
-        "paths": {
-            "/features": {
-                "post": {
-                    "summary": "Outputs of the named layers for one or more images",
-                    "operationId": "features",
-                    "parameters": [
-                        {
-                            "name": "layers",
-                            "in": "query",
-                            "description": "Comma-separated layer names from GET /shapes (default: the model's "
-                            f"default layer, {runner.default_layer} for {default.name})",
-                            "schema": {"type": "string", "example": runner.default_layer},
-                        },
-                        model,
-                        {"name": "pool", "in": "query", "schema": {"type": "string", "enum": list(POOLS)}},
-                        {
-                            "name": "normalize",
-                            "in": "query",
-                            "schema": {"type": "string", "enum": ["true", "false", "1", "0", "yes", "no"]},
-                        },
-                        {"name": "encoding", "in": "query", "schema": {"type": "string", "enum": ["json", "base64"]}},
-                    ],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "image/*": {"schema": {"type": "string", "format": "binary"}},
-                            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-                            "multipart/form-data": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["image"],
-                                    "properties": {
-                                        "image": {
-                                            "type": "array",
-                                            "description": f"One part per image, at most {max_images} (else 413)",
-                                            "items": {"type": "string", "format": "binary"},
-                                        }
-                                    },
-                                }
-                            },
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["images"],
-                                    "properties": {
-                                        "images": {
-                                            "type": "array",
-                                            "description": f"At most {max_images} images (else 413)",
-                                            "items": {"type": "string", "format": "byte", "description": "base64"},
-                                        }
-                                    },
-                                }
-                            },
-                        },
-                    },
-                    "responses": {
-                        "200": {
-                            "description": "One entry per requested layer, in request order",
-                            "headers": {
-                                **request_id,
-                                **{h: {"$ref": "#/components/headers/Milliseconds"} for h in timing_headers},
-                            },
-                            "content": _json_ref("Features"),
-                        },
-                        **errors,
-                    },
-                }
-            },
-            "/shapes": {
-                "get": {
-                    "summary": "Every module call, in execution order, with its output shape",
-                    "operationId": "shapes",
-                    "parameters": [
-                        _int_query("height", default.preprocessing.crop, MAX_SIDE),
-                        _int_query("width", default.preprocessing.crop, MAX_SIDE),
-                        _int_query("batch", 1, MAX_BATCH),
-                        model,
-                    ],
-                    "responses": {
-                        "200": {"description": "The layer table", "content": _json_ref("Shapes")},
-                        "400": errors["400"],
-                        "401": errors["401"],
-                        "404": errors["404"],
-                    },
-                }
-            },
-            "/health": _probe("Liveness", "health", up="The process serves", down="The model thread has failed"),
-            "/ready": _probe("Readiness", "ready", up="Model loaded and warm", down="Loading, draining or failed"),
-            "/info": {
-                "get": {
-                    "summary": "Model, weights, device, preprocessing, versions and limits",
-                    "operationId": "info",
-                    "parameters": [model],
-                    "responses": {
-                        "200": {"description": "Service description", "content": _json_ref("Info")},
-                        "401": errors["401"],
-                        "404": errors["404"],
-                    },
-                }
-            },
-            "/labels": {
-                "get": {
-                    "summary": "Class names of the model's classifier outputs (ImageNet weights), or null",
-                    "operationId": "labels",
-                    "parameters": [model],
-                    "responses": {
-                        "200": {
-                            "description": "Labels in the order of the classifier's outputs",
-                            "content": {
-                                "application/json": {
-                                    "schema": {
-                                        "type": "object",
-                                        "required": ["labels"],
-                                        "properties": {
-                                            "model": {"type": "string"},
-                                            "classifier": {"type": "string"},
-                                            "labels": {"type": "array", "items": {"type": "string"}, "nullable": True},
-                                        },
-                                    }
-                                }
-                            },
-                        },
-                        "401": errors["401"],
-                        "404": errors["404"],
-                    },
-                }
-            },
-            "/": {
-                "get": {
-                    "summary": "The debug page: pick layers, upload an image, see activation maps",
-                    "operationId": "page",
-                    "responses": {
-                        "200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}
-                    },
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics, summed over workers",
-                    "operationId": "metrics",
-                    "responses": {
-                        "200": {
-                            "description": "Prometheus text format",
-                            "content": {"text/plain": {"schema": {"type": "string"}}},
-                        }
-                    },
-                }
-            },
-            "/openapi.json": {
-                "get": {
-                    "summary": "This document",
-                    "operationId": "openapi",
-                    "responses": {
-                        "200": {
-                            "description": "OpenAPI 3",
-                            "content": {"application/json": {"schema": {"type": "object"}}},
-                        }
-                    },
-                }
-            },
-        },
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "headers": {
-                "RequestId": {
-                    "description": "The client's X-Request-ID, or a generated one",
-                    "schema": {"type": "string"},
-                },
-                "Milliseconds": {"description": "Time spent, in milliseconds", "schema": {"type": "string"}},
-            },
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": {
-                        "error": {
-                            "type": "object",
-                            "required": ["code", "message"],
-                            "properties": {
-                                "code": {"type": "string"},
-                                "message": {"type": "string"},
-                                "request_id": {"type": "string", "nullable": True},
-                            },
-                        }
-                    },
-                },
-                "NestedNumbers": _nested_numbers(),
-                "Feature": {
-                    "type": "object",
-                    "required": ["shape", "data"],
-                    "properties": {
-                        "shape": _SHAPE,
-                        "data": {
-                            "description": "Nested lists matching shape, or base64 of little-endian float32",
-                            "oneOf": [
-                                {"type": "array", "items": {"$ref": "#/components/schemas/NestedNumbers"}},
-                                {"type": "string"},
-                            ],
-                        },
-                        "dtype": {"type": "string", "enum": ["float32"]},
-                        "byteorder": {"type": "string", "enum": ["little"]},
-                        "encoding": {"type": "string", "enum": ["base64"]},
-                    },
-                },
-                "Features": {
-                    "type": "object",
-                    "required": ["model", "weights", "features"],
-                    "properties": {
-                        "model": {"type": "string"},
-                        "weights": {"type": "string"},
-                        "features": {
-                            "type": "object",
-                            "additionalProperties": {"$ref": "#/components/schemas/Feature"},
-                        },
-                    },
-                },
-                "Shapes": {
-                    "type": "object",
-                    "required": ["model", "input", "layers"],
-                    "properties": {
-                        "model": {"type": "string"},
-                        "input": {
-                            "type": "object",
-                            "properties": {k: {"type": "integer"} for k in ("batch", "channels", "height", "width")},
-                        },
-                        "layers": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "required": ["name", "module", "type", "call", "calls", "shape"],
-                                "properties": {
-                                    "name": {"type": "string"},
-                                    "module": {"type": "string"},
-                                    "type": {"type": "string"},
-                                    "call": {"type": "integer"},
-                                    "calls": {"type": "integer"},
-                                    "shape": {**_SHAPE, "nullable": True},
-                                    "layout": {"type": "string", "enum": list(LAYOUTS)},
-                                },
-                            },
-                        },
-                    },
-                },
-                "Status": {
-                    "type": "object",
-                    "required": ["status"],
-                    "properties": {
-                        "status": {"type": "string"},
-                        "reason": {"type": "string", "nullable": True},
-                        "models": {"type": "object", "additionalProperties": {"type": "string"}},
-                    },
-                },
-                "Info": {
-                    "type": "object",
-                    "required": ["model", "weights", "device", "dtype", "preprocessing", "version", "limits"],
-                    "properties": {
-                        "model": {"type": "string"},
-                        "models": {"type": "array", "items": {"type": "string"}},
-                        "default_model": {"type": "string"},
-                        "default_layer": {"type": "string"},
-                        "classifier": {"type": "string"},
-                        "weights": {"type": "string"},
-                        "device": {"type": "string"},
-                        "dtype": {"type": "string"},
-                        "preprocessing": {"type": "object"},
-                        "version": {"type": "string"},
-                        "limits": {"type": "object", "additionalProperties": {"type": "number"}},
+        "api.features": {
+            "summary": "Outputs of the named layers for one or more images",
+            "parameters": [
+                _query(
+                    "layers",
+                    {"type": "string", "example": runner.default_layer},
+                    "Comma-separated layer names from GET /shapes (default: the model's default layer, "
+                    f"{runner.default_layer} for {runner.name})",
+                ),
+                model,
+                _query("pool", {"type": "string", "enum": list(POOLS)}, "Pool each map to one vector per image"),
+                _query("normalize", {"type": "string", "enum": list(BOOLEANS)}, "Scale each image's values to norm 1"),
+                _query("encoding", {"type": "string", "enum": list(ENCODINGS)}, "Nested JSON lists, or base64 float32"),
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "image/*": {"schema": images},
+                    "application/octet-stream": {"schema": images},
+                    "multipart/form-data": {"schema": _image_list("image", images, max_images)},
+                    "application/json": {
+                        "schema": _image_list("images", {"type": "string", "contentEncoding": "base64"}, max_images)
                     },
                 },
             },
-        },
-    }
-
-
-def _probe(summary: str, operation_id: str, up: str, down: str) -> dict:
-    """A probe endpoint: GET, a Status body with 200 when ``up`` and 503 when ``down``."""
-    return {
-        "get": {
-            "summary": summary,
-            "operationId": operation_id,
             "responses": {
-                "200": {"description": up, "content": _json_ref("Status")},
-                "503": {"description": down, "content": _json_ref("Status")},
+                "200": {"description": "One entry per layer", "headers": answered_headers, **_body("Features")},
+                **_errors(False, "400", "404", "413", "415", "429", "503"),
             },
-        }
+        },
+        "api.shapes": {
+            "summary": "Every module call, in execution order, with its output shape",
+            "parameters": [
+                _int_query("height", crop, MAX_SIDE),
+                _int_query("width", crop, MAX_SIDE),
+                _int_query("batch", 1, MAX_BATCH),
+                model,
+            ],
+            "responses": {"200": {"description": "The layer table", **_body("Shapes")}, **_errors(False, "400", "404")},
+        },
+        "api.health": _probe("Liveness", "The process serves", "The model thread has failed"),
+        "api.ready": _probe("Readiness", "Every model loaded and warm", "Loading, draining or failed"),
+        "api.info": {
+            "summary": "Model, weights, device, dtype, preprocessing, versions and limits",
+            "parameters": [model],
+            "responses": {"200": {"description": "Service description", **_body("Info")}, **_errors(False, "404")},
+        },
+        "api.labels": {
+            "summary": "Class names of the model's classifier outputs (ImageNet weights), or null",
+            "parameters": [model],
+            "responses": {"200": {"description": "Labels", **_body("Labels")}, **_errors(False, "404")},
+        },
+        "api.metrics_endpoint": {
+            "summary": "Prometheus metrics, summed over workers",
+            "responses": {"200": {"description": "Prometheus text format", "content": _text("text/plain")}},
+        },
+        "ui.page": {
+            "summary": "The debug page: pick layers, upload an image, see activation maps",
+            "responses": {"200": {"description": "HTML", "content": _text("text/html")}},
+        },
+        "docs.openapi": {
+            "summary": "This document",
+            "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {}}}}},
+        },
+        "oip.server_metadata": {
+            "summary": "Server metadata: name, version, protocol extensions",
+            "responses": {"200": {"description": "OK", **_body("ServerMetadata")}},
+        },
+        "oip.server_live": {
+            "summary": "Liveness (Open Inference Protocol)",
+            "responses": {
+                "200": {"description": "The process serves", **_body("ServerLive")},
+                "503": {"description": "The model thread has failed", **_body("ServerLive")},
+            },
+        },
+        "oip.server_ready": {
+            "summary": "Readiness (Open Inference Protocol)",
+            "responses": {
+                "200": {"description": "Every model loaded and warm", **_body("ServerReady")},
+                "503": {"description": "Loading, draining or failed", **_body("ServerReady")},
+            },
+        },
+        "oip.model_ready": {
+            "summary": "A model's readiness",
+            "responses": {
+                "200": {"description": "Ready", **_body("ModelReady")},
+                "503": {"description": "Loading, draining or failed", **_body("ModelReady")},
+                **_errors(True, "404"),
+            },
+        },
+        "oip.model_metadata": {
+            "summary": "A model's inputs (BYTES, UINT8 or FP32 images) and outputs (every layer, -1: any batch)",
+            "responses": {"200": {"description": "OK", **_body("ModelMetadata")}, **_errors(True, "404")},
+        },
+        "oip.infer": {
+            "summary": "Outputs (layers) for the images of one input tensor; the binary tensor data extension",
+            "parameters": [
+                {
+                    "name": "Inference-Header-Content-Length",
+                    "in": "header",
+                    "description": "Bytes of JSON before the binary tensor data (binary tensor data extension)",
+                    "schema": {"type": "integer", "minimum": 1},
+                }
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
+                    "application/octet-stream": {"schema": images},
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": f"One output per requested layer; FP32 input tensors are [N, 3, {crop}, {crop}]",
+                    "headers": answered_headers,
+                    "content": {
+                        **_json("InferenceResponse"),
+                        "application/octet-stream": {"schema": images},
+                    },
+                },
+                **_errors(True, "400", "404", "413", "415", "429", "503"),
+            },
+        },
     }
 
 
-def _json_ref(schema: str) -> dict:
+def _path_parameter(name: str, plane: DataPlane) -> dict:
+    values = {"model": list(plane.runners), "version": [oip.VERSION]}[name]
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string", "enum": values}}
+
+
+def _errors(v2_body: bool, *statuses: str) -> dict:
+    schema = "ErrorResponse" if v2_body else "Error"
+    return {status: {"description": STATUS_TEXT[status], **_body(schema)} for status in statuses}
+
+
+def _probe(summary: str, up: str, down: str) -> dict:
+    return {
+        "summary": summary,
+        "responses": {"200": {"description": up, **_body("Status")}, "503": {"description": down, **_body("Status")}},
+    }
+
+
+def _body(schema: str) -> dict:
+    return {"content": _json(schema)}
+
+
+def _json(schema: str) -> dict:
     return {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}
 
 
+def _text(mimetype: str) -> dict:
+    return {mimetype: {"schema": {"type": "string"}}}
+
+
+def _query(name: str, schema: dict, description: str) -> dict:
+    return {"name": name, "in": "query", "description": description, "schema": schema}
+
+
 def _int_query(name: str, default: int, maximum: int) -> dict:
+    return _query(name, {"type": "integer", "minimum": 1, "maximum": maximum, "default": default}, f"Input {name}")
+
+
+def _image_list(field: str, item: dict, max_images: int) -> dict:
     return {
-        "name": name,
-        "in": "query",
-        "schema": {"type": "integer", "minimum": 1, "maximum": maximum, "default": default},
+        "type": "object",
+        "required": [field],
+        "properties": {
+            field: {"type": "array", "description": f"At most {max_images} images (else 413)", "items": item}
+        },
     }

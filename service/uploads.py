@@ -1,4 +1,5 @@
-"""The images of an HTTP request: a raw body, multipart ``image`` parts, or JSON with base64 strings.
+"""The images of an HTTP request: a raw body, multipart ``image`` parts, or JSON with base64 strings;
+and, for the Open Inference Protocol, the whole body with its Content-Encoding undone.
 
 Every way of sending images is read here, with the limits enforced before the expensive part:
 the body size (413, also for chunked bodies), the number of images (413, counted before any
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import zlib
 from contextlib import contextmanager
 
 import orjson
@@ -72,20 +74,44 @@ def _json_images(max_images: int) -> list[bytes]:
     if not isinstance(encoded, list) or not all(isinstance(item, str) for item in encoded):
         raise InvalidRequest('a JSON body must be {"images": ["<base64>", ...]}')
     _check_image_count(len(encoded), max_images)  # before decoding the base64
-    images = []
-    for index, text in enumerate(encoded):
-        if text.startswith("data:") and "," in text:  # a data: URL, as browsers produce
-            text = text.split(",", 1)[1]
-        try:
-            images.append(base64.b64decode(text, validate=True))
-        except (binascii.Error, ValueError):
-            raise InvalidRequest(f"images[{index}] is not valid base64") from None
-    return images
+    return [decode_base64(text, f"images[{index}]") for index, text in enumerate(encoded)]
+
+
+def decode_base64(text: str, where: str) -> bytes:
+    """Standard base64, or a ``data:`` URL as browsers write it; InvalidRequest naming ``where`` otherwise."""
+    if text.startswith("data:") and "," in text:
+        text = text.split(",", 1)[1]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest(f"{where} is not valid base64") from None
 
 
 def body_limit_error() -> TooLarge:
     limit = current_app.extensions["layertap.settings"].max_body_bytes
     return TooLarge(f"the request body is over {limit:,} bytes (LAYERTAP_MAX_BODY_BYTES)")
+
+
+def read_decoded_body() -> bytes:
+    """The whole body with its ``Content-Encoding`` (gzip or deflate) undone; 413 when either the sent or the
+    decompressed body is over the limit, so that a small compressed bomb cannot expand in memory."""
+    data = _read_body()
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return data
+    if encoding not in ("gzip", "deflate"):
+        raise UnsupportedMediaType(f"Content-Encoding {encoding[:50]!r} is not supported; send gzip, deflate or none")
+    limit = current_app.extensions["layertap.settings"].max_body_bytes
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib ("deflate" in HTTP), told by the header
+    try:
+        decoded = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise InvalidRequest(f"the {encoding} body does not decompress: {exc}") from None
+    if len(decoded) > limit:
+        raise TooLarge(f"the decompressed request body is over {limit:,} bytes (LAYERTAP_MAX_BODY_BYTES)")
+    if not inflater.eof:
+        raise InvalidRequest(f"the {encoding} body is truncated")
+    return decoded
 
 
 def _read_body() -> bytes:

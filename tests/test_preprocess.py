@@ -174,3 +174,15 @@ def test_absurd_aspect_ratios_are_refused_before_decoding(preprocess):
     for size in [(1, 1001), (100_000, 1), (5000, 3)]:
         with pytest.raises(InvalidImage, match="aspect ratio over 1000:1"):
             preprocess(encode(Image.new("L", size), "PNG"))
+
+
+def test_decoded_pixels_take_the_upload_path_and_its_limits(preprocess):
+    image = gradient_image(640, 427)
+    assert_same_pixels(preprocess.from_pixels(np.asarray(image)), reference_pixels(image))
+    small = ImagePreprocessor(IMAGENET, max_pixels=1_000_000)
+    with pytest.raises(ImageTooLarge, match="over the limit of 1,000,000"):
+        small.from_pixels(np.zeros((1000, 1001, 3), np.uint8))
+    with pytest.raises(InvalidImage, match="aspect ratio"):
+        preprocess.from_pixels(np.zeros((1, 1001, 3), np.uint8))
+    with pytest.raises(InvalidImage, match=r"uint8 \(height, width, 3\)"):
+        preprocess.from_pixels(np.zeros((10, 10, 4), np.uint8))

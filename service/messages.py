@@ -1,0 +1,98 @@
+"""The layertap API's response bodies, as pydantic models: the source of their OpenAPI schemas.
+
+service/api.py renders its answers as plain dicts with orjson (a ``layer1`` answer is 800,000
+floats, and validating it on the way out would cost more than computing it); these classes say
+what those dicts hold. They stay true because schemathesis checks every response of the running
+service against the document built from them (tests/integration/test_contract.py). The Open
+Inference Protocol's messages are in service/oip/schema.py.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypeAliasType
+
+from .model_repository import LAYOUTS
+
+NestedNumbers = TypeAliasType("NestedNumbers", "float | list[NestedNumbers]")
+
+
+class Feature(BaseModel):
+    shape: list[int] = Field(description="The layer's output shape; the first dimension is the image")
+    data: list[NestedNumbers] | str = Field(
+        description="Nested lists matching shape (encoding=json), or base64 of little-endian float32 (encoding=base64)"
+    )
+    dtype: Literal["float32"] | None = None
+    byteorder: Literal["little"] | None = None
+    encoding: Literal["base64"] | None = None
+
+
+class Features(BaseModel):
+    model: str
+    weights: str
+    features: dict[str, Feature] = Field(description="One entry per requested layer, in request order")
+
+
+class ShapesInput(BaseModel):
+    batch: int
+    channels: int
+    height: int
+    width: int
+
+
+class LayerShape(BaseModel):
+    name: str = Field(description="The name to request: the module's path, with _1, _2 for its later calls")
+    module: str
+    type: str
+    call: int
+    calls: int
+    shape: list[int] | None
+    layout: Literal[LAYOUTS]
+
+
+class Shapes(BaseModel):
+    model: str
+    input: ShapesInput
+    layers: list[LayerShape] = Field(description="Every module call, in the order the calls return")
+
+
+class Status(BaseModel):
+    status: str
+    reason: str | None = None
+    models: dict[str, str] | None = None
+
+
+class Labels(BaseModel):
+    model: str
+    classifier: str
+    labels: list[str] | None = Field(description="Class names in the classifier's output order; null without them")
+
+
+class Info(BaseModel):
+    """Model, weights, device, preprocessing, versions and limits (more keys may follow)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    models: list[str]
+    default_model: str
+    default_layer: str
+    classifier: str
+    weights: str
+    device: str
+    dtype: str
+    preprocessing: dict
+    version: str
+    limits: dict[str, float | int]
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable and machine-readable, e.g. unknown_layer, overloaded")
+    message: str
+    request_id: str | None
+
+
+class Error(BaseModel):
+    error: ErrorDetail

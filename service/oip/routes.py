@@ -1,0 +1,253 @@
+"""The Open Inference Protocol (KServe v2) front-end: parse, validate, call the data plane, render.
+
+A second thin front-end over the same data plane as the layertap API (service/api.py): a v2
+request is admitted by the same queue, before its body is read, and its images join the same
+batches as ``/features`` requests. Only the wire format differs:
+
+- images arrive as one input tensor (service/oip/tensors.py), and the requested ``outputs`` are
+  layer names, each with its own ``pool``, ``normalize`` and ``binary_data`` parameters;
+- errors are ``{"error": "..."}`` with the statuses of service/http_shared.py;
+- bodies may be gzip or deflate compressed, and answers are compressed when the client's
+  ``Accept-Encoding`` asks (tritonclient's ``request_compression_algorithm`` and
+  ``response_compression_algorithm``).
+
+Each model has one version, ``1``; the ``/versions/{version}`` routes answer for it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import zlib
+from typing import TYPE_CHECKING
+
+import orjson
+from flask import Blueprint, Response, current_app, g, request
+from werkzeug.exceptions import HTTPException
+
+from .. import __version__, metrics
+from ..errors import InvalidRequest, ServiceError, UnknownLayer, UnknownModel
+from ..http_shared import headers_of, status_of, timing_headers
+from ..postprocess import POOLS, OutputOptions
+from ..uploads import body_limit_error, read_decoded_body
+from . import tensors
+from .schema import InferenceRequest, parse_request
+
+if TYPE_CHECKING:
+    from ..dataplane import DataPlane, Options
+    from ..runner import ModelRunner
+
+log = logging.getLogger("layertap.oip")
+
+oip = Blueprint("oip", __name__)
+
+PREFIX = "/v2"
+VERSION = "1"
+EXTENSIONS = ("binary_tensor_data",)
+PLATFORM = "pytorch_torchvision"
+OUTPUT_PARAMETERS = ("binary_data", "pool", "normalize")
+
+
+def owns(path: str) -> bool:
+    """Whether a URL path belongs to this front-end (its errors are rendered here, even for unknown routes)."""
+    return path == PREFIX or path.startswith(PREFIX + "/")
+
+
+def _plane() -> DataPlane:
+    return current_app.extensions["layertap.dataplane"]
+
+
+def _json(document: dict, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY),
+        status=status,
+        headers=headers,
+        mimetype="application/json",
+    )
+
+
+def _runner(plane: DataPlane, model: str, version: str | None) -> ModelRunner:
+    runner = plane.runner(model)
+    if version is not None and version != VERSION:
+        raise UnknownModel(f"model {model!r} has no version {version[:50]!r}; its only version is {VERSION}")
+    return runner
+
+
+# ---- health and metadata -------------------------------------------------------------------
+@oip.get(PREFIX)
+def server_metadata() -> Response:
+    return _json({"name": "layertap", "version": __version__, "extensions": list(EXTENSIONS)})
+
+
+@oip.get(f"{PREFIX}/health/live")
+def server_live() -> Response:
+    live = _plane().state != "failed"
+    return _json({"live": live}, status=200 if live else 503)
+
+
+@oip.get(f"{PREFIX}/health/ready")
+def server_ready() -> Response:
+    ready = _plane().ready
+    return _json({"ready": ready}, status=200 if ready else 503, headers=None if ready else {"Retry-After": "1"})
+
+
+@oip.get(f"{PREFIX}/models/<model>/ready")
+@oip.get(f"{PREFIX}/models/<model>/versions/<version>/ready")
+def model_ready(model: str, version: str | None = None) -> Response:
+    runner = _runner(_plane(), model, version)
+    return _json({"name": runner.name, "ready": runner.ready}, status=200 if runner.ready else 503)
+
+
+@oip.get(f"{PREFIX}/models/<model>")
+@oip.get(f"{PREFIX}/models/<model>/versions/<version>")
+def model_metadata(model: str, version: str | None = None) -> Response:
+    """The three image inputs, and every layer as an output, shaped for the model's input size (-1: any batch)."""
+    runner = _runner(_plane(), model, version)
+    crop = runner.entry.preprocessing.crop
+    inputs = [
+        {"name": "images", "datatype": "BYTES", "shape": [-1], "parameters": {"content": "encoded images"}},
+        {"name": "pixels", "datatype": "UINT8", "shape": [-1, -1, -1, 3], "parameters": {"content": "RGB pixels"}},
+        {"name": "tensor", "datatype": "FP32", "shape": [-1, 3, crop, crop], "parameters": {"content": "normalized"}},
+    ]
+    outputs = [{"name": c.name, "datatype": "FP32", "shape": [-1, *c.shape[1:]]} for c in runner.layers]
+    return _json(
+        {
+            "name": runner.name,
+            "versions": [VERSION],
+            "platform": PLATFORM,
+            "inputs": inputs,
+            "outputs": outputs,
+            "parameters": {"default_output": runner.default_layer, "weights": runner.weights.label},
+        }
+    )
+
+
+# ---- inference -----------------------------------------------------------------------------
+@oip.post(f"{PREFIX}/models/<model>/infer")
+@oip.post(f"{PREFIX}/models/<model>/versions/<version>/infer")
+def infer(model: str, version: str | None = None) -> Response:
+    plane = _plane()
+    runner = _runner(plane, model, version)  # an unknown model or version costs no upload
+    expects_continue = request.headers.get("Expect", "").lower() == "100-continue"
+    with plane.admit(model, wait=not expects_continue) as ticket:  # as /features: see service/api.py
+        header, binary = tensors.split_body(read_decoded_body(), request.headers.get(tensors.BINARY_HEADER))
+        try:
+            document = orjson.loads(header)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest(f"the inference request's JSON does not parse: {exc}") from None
+        inference = parse_request(document)
+        if len(inference.inputs) != 1:
+            raise InvalidRequest(f"send the images as one input tensor, not {len(inference.inputs)}")
+        layers, options, binary_outputs = _requested_outputs(inference)
+        plane.check(model, layers, options)  # before decoding: a typo costs no image decode
+        raw = tensors.binary_parts(inference.inputs, binary)[0]
+        crop = runner.entry.preprocessing.crop
+        images = tensors.read_images(inference.inputs[0], raw, crop, plane.settings.max_images_per_request)
+        result = plane.extract(images, layers, options, model, ticket)
+    outputs, chunks = tensors.render_outputs(
+        result.features, {name: binary_outputs.get(name, binary_outputs[None]) for name in result.features}
+    )
+    document = {"model_name": result.model, "model_version": VERSION, "outputs": outputs}
+    if inference.id is not None:
+        document["id"] = inference.id
+    body = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+    headers = timing_headers(result.timings, g.started)
+    mimetype = "application/json"
+    if chunks:
+        headers[tensors.BINARY_HEADER] = str(len(body))
+        body = b"".join([body, *chunks])
+        mimetype = "application/octet-stream"
+    return _compressed(Response(body, headers=headers, mimetype=mimetype))
+
+
+def _requested_outputs(
+    inference: InferenceRequest,
+) -> tuple[tuple[str, ...] | None, Options, dict[str | None, bool]]:
+    """The layers (None: the model's default), each one's options, and which go binary (key None: the rest)."""
+    defaults = inference.parameters or {}
+    default_options = OutputOptions(_pool(defaults, "pool"), _flag(defaults, "normalize", False))
+    binary: dict[str | None, bool] = {None: _flag(defaults, "binary_data_output", False)}
+    if not inference.outputs:
+        return None, default_options, binary
+    options: dict[str, OutputOptions] = {}
+    for output in inference.outputs:
+        parameters = output.parameters or {}
+        unknown = sorted(set(parameters) - set(OUTPUT_PARAMETERS))
+        if unknown:
+            raise InvalidRequest(
+                f"output {output.name!r} has unknown parameters {', '.join(unknown)}; "
+                f"an output takes {', '.join(OUTPUT_PARAMETERS)}"
+            )
+        if output.name in options:
+            raise InvalidRequest(f"output {output.name[:200]!r} is requested twice")
+        options[output.name] = OutputOptions(
+            _pool(parameters, "pool", default_options.pool),
+            _flag(parameters, "normalize", default_options.normalize),
+        )
+        binary[output.name] = _flag(parameters, "binary_data", binary[None])
+    return tuple(options), options, binary
+
+
+def _pool(parameters: dict, key: str, default: str = "none") -> str:
+    value = parameters.get(key, default)
+    if value not in POOLS:
+        raise InvalidRequest(f"{key} must be one of {', '.join(POOLS)}, not {str(value)[:50]!r}")
+    return value
+
+
+def _flag(parameters: dict, key: str, default: bool) -> bool:
+    value = parameters.get(key, default)
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{key} must be true or false, not {str(value)[:50]!r}")
+    return value
+
+
+def _compressed(response: Response) -> Response:
+    """gzip or deflate (zlib) when the client's Accept-Encoding asks for it; the binary header counts the
+    uncompressed JSON, as tritonclient reads it after decompressing."""
+    encoding = request.accept_encodings.best_match(("gzip", "deflate"))
+    if encoding is None:
+        return response
+    data = response.get_data()
+    response.set_data(gzip.compress(data, compresslevel=1) if encoding == "gzip" else zlib.compress(data, 1))
+    response.headers["Content-Encoding"] = encoding
+    response.vary.add("Accept-Encoding")
+    return response
+
+
+# ---- errors --------------------------------------------------------------------------------
+def _error(code: str, message: str, status: int, headers: dict[str, str] | None = None) -> Response:
+    metrics.ERRORS.labels(code).inc()
+    return _json({"error": message}, status=status, headers=headers)
+
+
+def render_service_error(exc: ServiceError) -> Response:
+    """A domain error as the protocol says: ``{"error": message}``, with the status and headers both front-ends use."""
+    status = status_of(exc)
+    message = exc.message
+    if isinstance(exc, UnknownLayer):
+        message = f"{message} (GET {PREFIX}/models/<model> lists every output)"
+    if status >= 500:
+        log.error("%s: %s", exc.code, exc.message)
+    return _error(exc.code, message, status, headers_of(exc))
+
+
+def render_http_error(exc: HTTPException) -> Response:
+    message = exc.description or exc.name
+    if exc.code == 413:
+        message = body_limit_error().message
+    elif exc.code == 404:
+        message = (
+            f"no route {request.path[:200]!r}; v2 endpoints: GET {PREFIX}, {PREFIX}/health/live, "
+            f"{PREFIX}/health/ready, {PREFIX}/models/<model>[/versions/{VERSION}][/ready]; "
+            f"POST {PREFIX}/models/<model>[/versions/{VERSION}]/infer"
+        )
+    response = _error((exc.name or "error").lower().replace(" ", "_"), message, exc.code or 500)
+    if exc.code == 405 and exc.valid_methods:
+        response.headers["Allow"] = ", ".join(exc.valid_methods)
+    return response
+
+
+def render_unexpected(exc: Exception) -> Response:
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    return _error("internal_error", "an internal error occurred; it has been logged", 500)

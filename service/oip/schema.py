@@ -1,0 +1,123 @@
+"""The Open Inference Protocol's REST messages (KServe v2), as pydantic models.
+
+One source for two jobs: the v2 front-end validates the JSON part of every infer request with
+:class:`InferenceRequest`, and the OpenAPI document (service/openapi.py) takes the JSON Schema
+of every v2 message from these classes. Names and meanings follow the protocol's REST chapter
+(github.com/kserve/open-inference-protocol). ``data`` is left untyped: its element type depends
+on ``datatype``, and service/oip/tensors.py checks it with numpy, which is far faster than
+validating a list of 150,528 floats element by element.
+
+Fields the protocol has and layertap does not use are accepted and ignored (KServe's client
+sends ``model_name`` in the request, tritonclient sends ``timeout`` and ``priority`` parameters).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from ..errors import InvalidRequest
+
+# The protocol's parameter maps: values are strings, numbers and booleans.
+Parameters = dict[str, bool | int | float | str]
+# How the schema shows a tensor's elements: flat and of one of the protocol's kinds (nested lists are
+# accepted too). An unbounded schema here would make test generators recurse without end.
+_ELEMENTS = {"type": "array", "items": {"type": ["number", "string", "boolean"]}}
+
+
+class RequestInput(BaseModel):
+    name: str
+    shape: list[int] = Field(description="The tensor's shape; the first dimension is the number of images")
+    datatype: str = Field(description="BYTES (encoded images), UINT8 (RGB pixels) or FP32 (normalized tensors)")
+    parameters: Parameters | None = None
+    data: Any = Field(
+        default=None,
+        description="The elements, row-major (flat or nested); BYTES elements are base64 strings. Absent when "
+        "the binary_data_size parameter says the bytes follow the JSON (binary tensor data extension)",
+        json_schema_extra=_ELEMENTS,
+    )
+
+
+class RequestOutput(BaseModel):
+    name: str = Field(description="A layer name, as GET /v2/models/{model} lists them")
+    parameters: Parameters | None = Field(
+        default=None, description="binary_data (bool), pool (none, avg, max, cls), normalize (bool)"
+    )
+
+
+class InferenceRequest(BaseModel):
+    id: str | None = Field(default=None, description="Echoed in the response")
+    parameters: Parameters | None = Field(
+        default=None, description="binary_data_output (bool), and pool and normalize as defaults for every output"
+    )
+    inputs: list[RequestInput] = Field(min_length=1, description="Exactly one image input")
+    outputs: list[RequestOutput] | None = Field(
+        default=None, description="Layers to return; none: the model's default embedding layer"
+    )
+
+
+class ResponseOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: Parameters | None = None
+    data: list[float] | None = Field(default=None, description="Flat, row-major; absent when sent as binary")
+
+
+class InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    parameters: Parameters | None = None
+    outputs: list[ResponseOutput]
+
+
+class MetadataTensor(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int] = Field(description="-1 for a dimension of any size (the batch)")
+    parameters: Parameters | None = None
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str] | None = None
+    platform: str
+    inputs: list[MetadataTensor]
+    outputs: list[MetadataTensor]
+    parameters: Parameters | None = None
+
+
+class ServerLive(BaseModel):
+    live: bool
+
+
+class ServerReady(BaseModel):
+    ready: bool
+
+
+class ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class ErrorResponse(BaseModel):
+    error: str
+
+
+def parse_request(document: object) -> InferenceRequest:
+    """The decoded JSON of an infer request → :class:`InferenceRequest`, or InvalidRequest naming each problem."""
+    try:
+        return InferenceRequest.model_validate(document)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'request'}: {error['msg']}" for error in exc.errors()[:5]
+        )
+        raise InvalidRequest(f"the inference request is malformed: {problems}") from None
