@@ -14,6 +14,9 @@ install: $(STAMP)  ## create or refresh .venv (a no-op when neither pyproject.to
 $(STAMP): pyproject.toml client/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]' -e ./client
+	# The Open Inference Protocol's OpenAPI description, as Seldon MLServer ships it, for the v2 contract test.
+	# Only that file is read: --no-deps, since MLServer's FastAPI pin clashes with KServe's.
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps 'mlserver==1.7.1'
 	touch $(STAMP)
 
 run: install  ## serve on LAYERTAP_HOST:LAYERTAP_PORT (default 0.0.0.0:8080) until SIGTERM or Ctrl-C
@@ -28,11 +31,12 @@ container-test: install  ## build the image with docker or podman, run it, check
 container-clean: install  ## remove what an interrupted container-test left (labelled layertap.container-test)
 	$(BIN)/python -m tests.container.harness clean
 
-lint: install  ## ruff, hadolint on the Dockerfile, kubernetes-validate on deploy/k8s
-	$(BIN)/ruff check service tests bench stress client
-	$(BIN)/ruff format --check service tests bench stress client
+lint: install  ## ruff, hadolint on the Dockerfile, kubernetes-validate on deploy/k8s, KServe's models on deploy/kserve
+	$(BIN)/ruff check service tests bench stress client deploy
+	$(BIN)/ruff format --check service tests bench stress client deploy
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/kubernetes-validate --strict --quiet $$(ls deploy/k8s/*.yaml | grep -v kustomization)
+	$(BIN)/python deploy/kserve/validate.py deploy/kserve/*.yaml  # a custom resource: no schema in kubernetes-validate
 
 # `make bench DEVICE=cuda`: the GPU benchmark instead (bench/gpu.py; under 5 minutes on one H100/H200).
 bench: install  ## the service vs the in-process limit and TorchServe, then a row per model entry, in bench-results/

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import re
 import subprocess
 import sys
@@ -16,6 +18,8 @@ from service.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = sorted(p for p in (ROOT / "deploy" / "k8s").glob("*.yaml") if p.name != "kustomization.yaml")
 KUBERNETES_VALIDATE = Path(sys.executable).with_name("kubernetes-validate")
+KSERVE_MANIFESTS = sorted((ROOT / "deploy" / "kserve").glob("*.yaml"))
+KSERVE_VALIDATE = ROOT / "deploy" / "kserve" / "validate.py"
 
 
 @pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda p: p.name)
@@ -33,9 +37,13 @@ def containers():
                 yield manifest.name, pod, container
 
 
+def image_user() -> str:
+    """The numeric user the Dockerfile's image runs as."""
+    return re.search(r"^USER (\d+)$", (ROOT / "Dockerfile").read_text(), re.M).group(1)
+
+
 def test_deployments_probe_the_real_endpoints_as_non_root():
-    dockerfile = (ROOT / "Dockerfile").read_text()
-    image_user = re.search(r"^USER (\d+)$", dockerfile, re.M).group(1)
+    image_user_id = image_user()
     found = list(containers())
     assert found
     for name, pod, container in found:
@@ -44,7 +52,7 @@ def test_deployments_probe_the_real_endpoints_as_non_root():
         assert container["startupProbe"]["httpGet"]["path"] == "/ready", name
         assert container["ports"][0]["containerPort"] == Settings().port, name
         assert pod["securityContext"]["runAsNonRoot"] is True
-        assert str(pod["securityContext"]["runAsUser"]) == image_user
+        assert str(pod["securityContext"]["runAsUser"]) == image_user_id
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
         env = {e["name"]: e.get("value") for e in container["env"]}
         if env.get("LAYERTAP_DEVICE") == "cuda":  # sized by the device-aware defaults: a worker per 2 pod CPUs
@@ -71,3 +79,77 @@ def test_dockerfile_is_linted_and_keeps_its_contract():
     hadolint = Path(sys.executable).with_name("hadolint")
     result = subprocess.run([str(hadolint), str(ROOT / "Dockerfile")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@functools.cache
+def kserve_validator():
+    """deploy/kserve/validate.py, imported from its path (deploy/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("kserve_validate", KSERVE_VALIDATE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def inference_service() -> dict:
+    return yaml.safe_load((ROOT / "deploy" / "kserve" / "inferenceservice.yaml").read_text())
+
+
+@pytest.mark.parametrize("manifest", KSERVE_MANIFESTS, ids=lambda p: p.name)
+def test_kserve_manifest_is_valid(manifest):
+    """As `make lint` runs it: kubernetes-validate has no schema for the InferenceService custom resource."""
+    result = subprocess.run([sys.executable, str(KSERVE_VALIDATE), str(manifest)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_kserve_validator_rejects_a_misspelt_field(tmp_path):
+    document = inference_service()
+    get = document["spec"]["predictor"]["containers"][0]["readinessProbe"]["httpGet"]
+    get["pathh"] = get.pop("path")
+    manifest = tmp_path / "misspelt.yaml"
+    manifest.write_text(yaml.safe_dump(document))
+    result = subprocess.run([sys.executable, str(KSERVE_VALIDATE), str(manifest)], capture_output=True, text=True)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "spec.predictor.containers[0].readinessProbe.httpGet.pathh: unknown field" in result.stdout
+    assert "did you mean path?" in result.stdout
+
+
+def test_kserve_validator_rejects_wrong_types_and_missing_fields():
+    validate = kserve_validator().validate
+    document = inference_service()
+    container = document["spec"]["predictor"]["containers"][0]
+    container["ports"][0]["containerPort"] = "eight"
+    container["resources"]["limits"]["cpu"] = 2  # a quantity is a string in the models: quote it
+    del container["livenessProbe"]["httpGet"]["port"]
+    document["kind"] = "Deployment"
+    errors = "\n".join(validate(document))
+    assert "spec.predictor.containers[0].ports[0].containerPort: expected int, got str 'eight'" in errors
+    assert "spec.predictor.containers[0].resources.limits.cpu: expected str" in errors
+    assert "spec.predictor.containers[0].livenessProbe.httpGet.port: required" in errors
+    assert "apiVersion/kind" in errors
+    assert len(errors.splitlines()) == 4, errors
+    assert validate(inference_service()) == []
+
+
+def test_kserve_predictor_serves_the_image_of_the_deployment():
+    """The Open Inference Protocol's health routes on the container port; otherwise deploy/k8s/deployment.yaml's pod."""
+    document = inference_service()
+    predictor = document["spec"]["predictor"]
+    [container] = predictor["containers"]
+    assert container["name"] == "kserve-container", "the container KServe treats as the custom predictor"
+    port = container["ports"][0]
+    assert port["containerPort"] == Settings().port
+    for probe, path in (("readinessProbe", "/v2/health/ready"), ("livenessProbe", "/v2/health/live")):
+        assert container[probe]["httpGet"]["path"] == path, probe
+        assert container[probe]["httpGet"]["port"] in (port["containerPort"], port["name"]), probe
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env.pop("PROTOCOL") == "v2", "KServe's protocol variable for a custom predictor"
+    assert 1 <= predictor["minReplicas"] <= predictor["maxReplicas"]
+
+    [(_, pod, deployed)] = [(name, pod, c) for name, pod, c in containers() if name == "deployment.yaml"]
+    assert container["image"] == deployed["image"]
+    assert str(predictor["securityContext"]["runAsUser"]) == image_user()
+    assert predictor["securityContext"] == pod["securityContext"]
+    assert container["securityContext"] == deployed["securityContext"]
+    assert container["resources"] == deployed["resources"]
+    assert env == {e["name"]: e.get("value") for e in deployed["env"]}, "the settings of the CPU deployment"
+    assert predictor["terminationGracePeriodSeconds"] == pod["terminationGracePeriodSeconds"]
