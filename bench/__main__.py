@@ -3,8 +3,9 @@
 1. In-process limit (bench/inprocess.py): decode + preprocess + batched forward, no HTTP, with
    the service's own modules, for each layer, in float32, bfloat16 and int8.
 2. The real service (gunicorn, its config file, default settings) on a loopback port, driven with
-   the photos in ``models/photos/`` by N keep-alive clients for a fixed time per cell; then
-   64 and 256 clients that ignore ``Retry-After`` (bench/overload.py).
+   the photos in ``models/photos/`` by N keep-alive clients for a fixed time per cell, through
+   ``/features`` and through the Open Inference Protocol (binary tensors, as tritonclient sends
+   them); then 64 and 256 clients that ignore ``Retry-After`` (bench/overload.py).
 3. TorchServe 0.12 (bench/torchserve.py), same weights, photos and clients, in the same run.
 4. The int8 service.
 5. A table of img/s, p50/p99 latency, errors and the ratios to the in-process limit and to
@@ -17,7 +18,9 @@ Ratios are what to compare across runs; absolute numbers move with the machine's
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -36,27 +39,48 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---- the real service -------------------------------------------------------------------------
-def drive(url: str, images: list[bytes], path: str, concurrency: int, seconds: float) -> tuple[list[float], int]:
-    """`concurrency` keep-alive clients POST photos to `path` for `seconds`; latencies (s) of 200s, and errors."""
-    headers = {"Content-Type": "application/octet-stream"}
-    outcomes = closed_loop(url, lambda i: Request("POST", path, images[i % len(images)], headers), concurrency, seconds)
+def raw_posts(path: str, images: list[bytes]) -> list[Request]:
+    """One POST per photo, the photo as the raw body."""
+    return [Request("POST", path, image, {"Content-Type": "application/octet-stream"}) for image in images]
+
+
+def features_requests(images: list[bytes], query: str) -> list[Request]:
+    return raw_posts(f"/features?{query}", images)
+
+
+def v2_requests(images: list[bytes], layer: str) -> list[Request]:
+    """One Open Inference Protocol request per photo, as tritonclient sends them: the photo in a binary BYTES
+    tensor, the layer asked for as a binary output (the binary tensor data extension)."""
+    requests_ = []
+    for image in images:
+        element = struct.pack("<I", len(image)) + image
+        tensor = {"name": "images", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": len(element)}}
+        outputs = [{"name": layer, "parameters": {"binary_data": True}}]
+        header = json.dumps({"inputs": [tensor], "outputs": outputs}).encode()
+        headers = {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"}
+        requests_.append(Request("POST", "/v2/models/resnet18/infer", header + element, headers))
+    return requests_
+
+
+def drive(url: str, requests_: list[Request], concurrency: int, seconds: float) -> tuple[list[float], int]:
+    """`concurrency` keep-alive clients send `requests_` in turn for `seconds`; latencies (s) of 200s, and errors."""
+    outcomes = closed_loop(url, lambda i: requests_[i % len(requests_)], concurrency, seconds)
     outcomes = answered_within(outcomes, seconds)
     return [o.seconds for o in outcomes if o.status == 200], sum(o.status != 200 for o in outcomes)
 
 
 def measure(
     url: str,
-    images: list[bytes],
+    requests_: list[Request],
     layer: str,
-    query: str,
     label: str,
     concurrency: int,
     seconds: float,
     limit_img_s: float,
     channels_last_img_s: float,
 ) -> Cell:
-    """One table cell: drive `query` at `concurrency` for `seconds`, against its in-process limits."""
-    latencies, errors = drive(url, images, f"/features?{query}", concurrency, seconds)
+    """One table cell: drive `requests_` at `concurrency` for `seconds`, against its in-process limits."""
+    latencies, errors = drive(url, requests_, concurrency, seconds)
     img_s = len(latencies) / seconds
     cell = Cell(
         layers=layer,
@@ -85,17 +109,25 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8, help="duration of each load cell")
     parser.add_argument("--concurrency", default="1,4,16", help="client counts, comma-separated")
     parser.add_argument("--layers", default="avgpool,layer4,layer1", help="layers to bench, one per cell")
-    parser.add_argument("--extra", default="layer1:encoding=base64", help="extra cells as layer:query, comma-separated")
+    parser.add_argument(
+        "--extra",
+        default="layer1:encoding=base64,layer4:encoding=base64",
+        help="extra cells as layer:query, comma-separated",
+    )
+    parser.add_argument("--v2", default="layer4", help="layers to bench through the Open Inference Protocol")
     parser.add_argument("--overload", default="64,256", help="client counts that ignore Retry-After")
     parser.add_argument("--out", default=str(ROOT / "bench-results"), help="folder for the Markdown and JSON reports")
     args = parser.parse_args()
     images = sample_photos()
     layers = args.layers.split(",")
     concurrencies = [int(c) for c in args.concurrency.split(",")]
-    cells_to_run = [(layer, f"layers={layer}") for layer in layers]
+    # (layer, label, requests): /features cells, then the Open Inference Protocol's
+    cells_to_run = [(layer, f"layers={layer}", features_requests(images, f"layers={layer}")) for layer in layers]
     for extra in filter(None, args.extra.split(",")):
         layer, query = extra.split(":", 1)
-        cells_to_run.append((layer, f"layers={layer}&{query}"))
+        cells_to_run.append((layer, f"layers={layer}&{query}", features_requests(images, f"layers={layer}&{query}")))
+    for layer in filter(None, args.v2.split(",")):
+        cells_to_run.append((layer, f"v2 binary layers={layer}", v2_requests(images, layer)))
 
     apply_openmp_defaults()  # the service's OpenMP and malloc tuning, for a like-for-like in-process limit
     tune_malloc()
@@ -111,16 +143,16 @@ def main() -> None:
     try:
         pids = [server.process.pid, *server.workers()]
         info = requests.get(f"{server.url}/info", timeout=10).json()
-        drive(server.url, images, "/features?layers=avgpool", 4, 2)  # warm-up: batch shapes, allocator
+        drive(server.url, features_requests(images, "layers=avgpool"), 4, 2)  # warm-up: batch shapes, allocator
         time.sleep(1)
         idle = sum(rss_mb(pid) for pid in pids)
         cells: list[Cell] = []
         # The service's own path in process, in the dtype the service chose (auto: bfloat16 where the CPU has it).
         same_path = limit["variants"]["bfloat16" if info["dtype"] == "bfloat16" else "service"]
-        for layer, query in cells_to_run:
+        for layer, label, requests_ in cells_to_run:
             for concurrency in concurrencies:
                 cells.append(
-                    measure(server.url, images, layer, query, query, concurrency, args.seconds,
+                    measure(server.url, requests_, layer, label, concurrency, args.seconds,
                             same_path[layer], limit["variants"]["channels_last"][layer])
                 )  # fmt: skip
         peak = sum(rss_mb(pid, "VmHWM") for pid in pids)
@@ -158,10 +190,11 @@ def main() -> None:
     server = start_server(Path(args.out), env_int8)
     server.wait_ready(180)
     try:
-        drive(server.url, images, "/features?layers=avgpool", 4, 2)
+        avgpool = features_requests(images, "layers=avgpool")
+        drive(server.url, avgpool, 4, 2)
         for concurrency in concurrencies:
             cells.append(
-                measure(server.url, images, "avgpool", "layers=avgpool", "layers=avgpool (int8)", concurrency,
+                measure(server.url, avgpool, "avgpool", "layers=avgpool (int8)", concurrency,
                         args.seconds, limit["int8_avgpool"], limit["variants"]["channels_last"]["avgpool"])
             )  # fmt: skip
             cells[-1].torchserve_img_s = same.get(concurrency)
@@ -186,10 +219,11 @@ def run_torchserve(
         theirs = np.asarray(peer.embed(images[0]), dtype=np.float64).ravel()
         ours = np.asarray(reference["features"]["avgpool"]["data"][0], dtype=np.float64).ravel()
         cosine = float(theirs @ ours / (np.linalg.norm(theirs) * np.linalg.norm(ours)))
-        drive(peer.base_url, images, peer.path, 4, 2)  # warm-up
+        posts = raw_posts(peer.path, images)
+        drive(peer.base_url, posts, 4, 2)  # warm-up
         img_s = {}
         for concurrency in concurrencies:
-            latencies, errors = drive(peer.base_url, images, peer.path, concurrency, seconds)
+            latencies, errors = drive(peer.base_url, posts, concurrency, seconds)
             img_s[concurrency] = len(latencies) / seconds
             print(f"  TorchServe c={concurrency:<3d} {img_s[concurrency]:7.1f} img/s  errors {errors}", flush=True)
     finally:

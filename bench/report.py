@@ -139,6 +139,13 @@ def report(
                     f"`{query}` ÷ avgpool throughput at {top} clients: "
                     f"×{by[(query, top)].img_s / cell.img_s:.2f} (target ≥ 2.5)"
                 )
+    for c in sorted((c for c in cells if c.query.startswith("v2 binary ")), key=lambda c: c.concurrency):
+        features_base64 = by.get((f"layers={c.layers}&encoding=base64", c.concurrency))
+        if features_base64:
+            checks.append(
+                f"Open Inference Protocol, binary, {c.layers}, {c.concurrency} clients: "
+                f"×{c.img_s / features_base64.img_s:.2f} of /features with encoding=base64 (target ≥ 1)"
+            )
     if ("layers=avgpool (int8)", top) in by and ("layers=avgpool", top) in by:
         int8_cell, float_cell = by[("layers=avgpool (int8)", top)], by[("layers=avgpool", top)]
         checks.append(

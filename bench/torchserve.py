@@ -174,7 +174,7 @@ def _free_port() -> int:
 def main() -> None:
     import numpy as np
 
-    from bench.__main__ import drive
+    from bench.__main__ import drive, raw_posts
     from stress.server import sample_photos
 
     folder = ROOT / "bench-results" / "torchserve"
@@ -184,7 +184,7 @@ def main() -> None:
     try:
         photos = sample_photos()
         print("one embedding:", np.asarray(server.embed(photos[0])).shape)
-        latencies, errors = drive(server.base_url, photos, server.path, 16, 10)
+        latencies, errors = drive(server.base_url, raw_posts(server.path, photos), 16, 10)
         print(f"16 clients: {len(latencies) / 10:.1f} img/s, errors {errors}")
     finally:
         server.stop()
