@@ -186,10 +186,10 @@ def test_keep_alive_survives_an_early_error_and_bad_chunking_is_400(server, phot
     connection.close()
 
 
-def _raw_request(server, query: str, length: int, expect: bool) -> socket.socket:
-    """A socket that has sent the headers of a POST /features with a body of ``length`` bytes (not sent)."""
+def _raw_request(server, query: str, length: int, expect: bool, path: str = "/features") -> socket.socket:
+    """A socket that has sent the headers of a POST (/features) with a body of ``length`` bytes (not sent)."""
     connection = socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=30)
-    head = f"POST /features?{query} HTTP/1.1\r\nHost: test\r\nContent-Type: image/jpeg\r\nContent-Length: {length}\r\n"
+    head = f"POST {path}?{query} HTTP/1.1\r\nHost: test\r\nContent-Type: image/jpeg\r\nContent-Length: {length}\r\n"
     connection.sendall((head + ("Expect: 100-continue\r\n" if expect else "") + "\r\n").encode())
     return connection
 
@@ -197,7 +197,7 @@ def _raw_request(server, query: str, length: int, expect: bool) -> socket.socket
 def _read_response(connection: socket.socket) -> http.client.HTTPResponse:
     response = http.client.HTTPResponse(connection)
     response.begin()
-    response.read()
+    response.body = response.read()
     return response
 
 
@@ -228,7 +228,7 @@ def test_a_large_refused_upload_closes_the_connection_rather_than_draining_it(se
 
 
 def test_a_full_queue_refuses_an_expect_100_continue_request_before_its_upload(server, photos):
-    """Under overload, a client that asks first gets its 429 at once and uploads nothing."""
+    """Under overload, a client that asks first gets its 429 at once and uploads nothing, on either front-end."""
     photo = photos["rocket.jpg"]
     # 32 uploads that never finish hold all of the queue's room (LAYERTAP_MAX_QUEUE_IMAGES, default 32).
     holders = [_raw_request(server, "layers=fc", len(photo), expect=False) for _ in range(32)]
@@ -241,6 +241,12 @@ def test_a_full_queue_refuses_an_expect_100_continue_request_before_its_upload(s
         response = _read_response(asking)
         assert response.status == 429 and response.getheader("Connection") == "close"
         assert response.getheader("Retry-After") == "1"
+        asking.close()
+        # The Open Inference Protocol is admitted by the same queue, and refused in its own words.
+        asking = _raw_request(server, "", 1000, expect=True, path="/v2/models/resnet18/infer")
+        response = _read_response(asking)
+        assert response.status == 429 and response.getheader("Retry-After") == "1"
+        assert "queue" in json.loads(response.body)["error"]
         asking.close()
     finally:
         for holder in holders:
