@@ -80,6 +80,19 @@ def test_tritonclient_json_base64_versions_compression_and_default_output(client
     assert_same(result.as_numpy("avgpool"), features(server, data, "avgpool")["avgpool"])  # the default output
 
 
+def test_tritonclient_request_parameters_pool_every_output(client, server, photos):
+    """tritonclient sets per-output parameters for binary_data only: pooling goes in the request's parameters."""
+    data = photos["grace_hopper.jpg"]
+    tensor = triton.InferInput("images", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([data], dtype=np.object_), binary_data=True)
+    outputs = [triton.InferRequestedOutput("avgpool"), triton.InferRequestedOutput("layer3")]
+    result = client.infer("resnet18", [tensor], outputs=outputs, parameters={"pool": "max", "normalize": True})
+    expected = features(server, data, "avgpool,layer3", "&pool=max&normalize=true")
+    assert result.as_numpy("layer3").shape == (1, 256)
+    assert_same(result.as_numpy("layer3"), expected["layer3"])
+    assert_same(result.as_numpy("avgpool"), expected["avgpool"])
+
+
 def test_tritonclient_sees_protocol_errors(client, photos):
     tensor = triton.InferInput("images", [1], "BYTES")
     tensor.set_data_from_numpy(np.array([photos["rocket.jpg"]], dtype=np.object_), binary_data=True)
