@@ -14,9 +14,6 @@ install: $(STAMP)  ## create or refresh .venv (a no-op when neither pyproject.to
 $(STAMP): pyproject.toml client/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]' -e ./client
-	# The Open Inference Protocol's OpenAPI description, as Seldon MLServer ships it, for the v2 contract test.
-	# Only that file is read: --no-deps, since MLServer's FastAPI pin clashes with KServe's.
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps 'mlserver==1.7.1'
 	touch $(STAMP)
 
 run: install  ## serve on LAYERTAP_HOST:LAYERTAP_PORT (default 0.0.0.0:8080) until SIGTERM or Ctrl-C

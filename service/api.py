@@ -1,7 +1,7 @@
 """The layertap REST API: parse and validate requests, call the data plane, render with orjson.
 
 Nothing here touches torch. The data plane raises domain errors (``service/errors.py``); they
-take their HTTP status and ``Retry-After`` from service/http_status.py, and this front-end adds
+take their HTTP status and ``Retry-After`` from service/http_shared.py, and this front-end adds
 the hints that name its URLs and renders them, like werkzeug's own errors, as
 ``{"error": {"code", "message", "request_id"}}``. The Open Inference Protocol is the other
 front-end (service/oip/), over the same data plane.
@@ -15,15 +15,22 @@ import threading
 from typing import TYPE_CHECKING
 
 import numpy as np
-import orjson
 from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from . import __version__, metrics
 from .errors import DeadlineExceeded, InvalidRequest, NotReady, Overloaded, ServiceError, UnknownLayer
-from .http_shared import headers_of, status_of, timing_headers
+from .http_shared import (
+    expects_continue,
+    headers_of,
+    http_error,
+    json_response,
+    status_of,
+    timing_headers,
+    unexpected_error,
+)
 from .postprocess import POOLS, OutputOptions
-from .uploads import body_limit_error, read_images
+from .uploads import read_images
 
 if TYPE_CHECKING:  # the HTTP layer talks to the data plane, and never imports torch itself
     from .dataplane import DataPlane
@@ -51,15 +58,6 @@ def _plane() -> DataPlane:
     return current_app.extensions["layertap.dataplane"]
 
 
-def json_response(body: dict, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
-        status=status,
-        headers=headers,
-        mimetype="application/json",
-    )
-
-
 # ---- endpoints ---------------------------------------------------------------------------
 @api.post("/features")
 def features() -> Response:
@@ -69,11 +67,8 @@ def features() -> Response:
     options = OutputOptions(pool=_choice_arg("pool", POOLS), normalize=_bool_arg("normalize"))
     encoding = _choice_arg("encoding", ENCODINGS)
     plane.check(model, layers, options)  # before reading the body: a typo costs no upload decode
-    # Under overload neither does a refusal: room is held before the body is read. A client that
-    # sent `Expect: 100-continue` waits about a second for the go-ahead before it uploads anyway,
-    # so it is refused at once rather than after the admission wait.
-    expects_continue = request.headers.get("Expect", "").lower() == "100-continue"
-    with plane.admit(model, wait=not expects_continue) as ticket:
+    # Under overload neither does a refusal: room is held before the body is read.
+    with plane.admit(model, wait=not expects_continue()) as ticket:
         images = read_images(plane.settings.max_images_per_request)
         result = plane.extract(images, layers, options, model, ticket)
     encode = _base64_feature if encoding == "base64" else _json_feature
@@ -255,20 +250,11 @@ def render_service_error(exc: ServiceError) -> Response:
 
 
 def render_http_error(exc: HTTPException) -> Response:
-    """werkzeug's own errors (no route, wrong method, body over Flask's limit) in this protocol's body."""
-    code = (exc.name or "error").lower().replace(" ", "_")
-    message = exc.description or exc.name
-    if exc.code == 413:
-        error = body_limit_error()
-        code, message = error.code, error.message
-    elif exc.code == 404:
-        message = f"no route {request.path[:200]!r}; endpoints: POST /features, GET {', '.join(GET_ENDPOINTS)}"
-    response = error_response(code, message, exc.code or 500)
-    if exc.code == 405 and exc.valid_methods:
-        response.headers["Allow"] = ", ".join(exc.valid_methods)
-    return response
+    code, message, status, headers = http_error(
+        exc, f"endpoints: POST /features, GET {', '.join(GET_ENDPOINTS)}; the Open Inference Protocol under /v2"
+    )
+    return error_response(code, message, status, headers)
 
 
 def render_unexpected(exc: Exception) -> Response:
-    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
-    return error_response("internal_error", "an internal error occurred; it has been logged", 500)
+    return error_response(*unexpected_error(exc))

@@ -17,7 +17,7 @@ from flask_swagger_ui import get_swaggerui_blueprint
 from werkzeug.exceptions import HTTPException
 
 from . import api, logs, metrics
-from .auth import OPEN_ENDPOINTS, OPEN_PREFIXES, check_bearer
+from .auth import OPEN_ENDPOINTS, OPEN_PREFIXES, PROBE_ENDPOINTS, check_bearer
 from .dataplane import DataPlane
 from .errors import ServiceError
 from .oip import routes as oip
@@ -97,7 +97,7 @@ def _install_request_hooks(app: Flask, settings: Settings) -> None:
         metrics.REQUESTS.labels(endpoint, method, status).inc()
         metrics.REQUEST_SECONDS.labels(endpoint, status).observe(elapsed)
         response.headers["X-Request-ID"] = g.get("request_id", "")
-        if endpoint not in ("/health", "/ready", "/metrics") or response.status_code >= 400:
+        if (endpoint not in PROBE_ENDPOINTS and endpoint != "/metrics") or response.status_code >= 400:
             access_log.info(
                 "%s %s %s",
                 request.method,

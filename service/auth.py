@@ -13,11 +13,11 @@ class Unauthorized(ServiceError):
     code = "unauthorized"
 
 
+# Liveness and readiness, of both front-ends: what orchestrators poll.
+PROBE_ENDPOINTS = frozenset({"/health", "/ready", "/v2/health/live", "/v2/health/ready"})
 # Endpoints that stay open even with a key, so that probes and scrapers need no secret,
 # unless LAYERTAP_AUTH_ALL_ENDPOINTS is on.
-OPEN_ENDPOINTS = frozenset(
-    {"/", "/health", "/ready", "/metrics", "/openapi.json", "/v2/health/live", "/v2/health/ready"}
-)
+OPEN_ENDPOINTS = PROBE_ENDPOINTS | {"/", "/metrics", "/openapi.json"}
 OPEN_PREFIXES = ("/docs", "/ui/")
 
 

@@ -1,7 +1,8 @@
 """The protocol-neutral data plane: route to a model, validate, extract, trace shapes, describe.
 
-Every front-end (the layertap REST API today) parses its protocol, calls these methods and
-renders what they return or raise; nothing here knows HTTP. Requests name a model (default: the
+Every front-end (the layertap REST API, service/api.py, and the Open Inference Protocol,
+service/oip/) parses its protocol, calls these methods and renders what they return or raise;
+nothing here knows HTTP. Requests name a model (default: the
 first of ``LAYERTAP_MODELS``), and each model has its own runner: its own thread, queue and
 limits, so a slow model never holds up another.
 
@@ -25,7 +26,7 @@ from . import metrics, postprocess
 from .batcher import Ticket
 from .capture import LayerCall
 from .errors import InvalidRequest, StartupError, UnknownModel
-from .inputs import ImageInput
+from .image_inputs import ImageInput
 from .model_repository import load_entry
 from .postprocess import OutputOptions
 from .runner import ModelRunner, Work

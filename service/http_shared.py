@@ -1,4 +1,4 @@
-"""What both HTTP front-ends share: the status and headers of a domain error, and the timing headers.
+"""What both HTTP front-ends share: JSON answers, the status and headers of errors, the timing headers.
 
 The layertap API (service/api.py) and the Open Inference Protocol (service/oip/) word their
 error bodies differently, but a client that is overloaded, unauthorized or asking for an unknown
@@ -8,8 +8,13 @@ features says where its time went in the same headers.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING
+
+import orjson
+from flask import Response, request
+from werkzeug.exceptions import HTTPException
 
 from .auth import Unauthorized
 from .errors import (
@@ -22,9 +27,12 @@ from .errors import (
     UnknownModel,
     UnsupportedMediaType,
 )
+from .uploads import body_limit_error
 
 if TYPE_CHECKING:
     from .dataplane import Timings
+
+log = logging.getLogger("layertap.http")
 
 TIMING_HEADERS = ("X-Preprocess-Time", "X-Queue-Time", "X-Inference-Time", "X-Total-Time")
 
@@ -64,3 +72,40 @@ def timing_headers(timings: Timings, started: float) -> dict[str, str]:
         "X-Batch-Size": str(timings.batch_images),
         "X-Total-Time": f"{(time.perf_counter() - started) * 1000:.2f}",
     }
+
+
+def json_response(body: dict, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+        status=status,
+        headers=headers,
+        mimetype="application/json",
+    )
+
+
+def expects_continue() -> bool:
+    """Whether the client waits for ``100 Continue`` before uploading: it waits about a second before it uploads
+    anyway, so under overload it is refused at once rather than after the admission wait."""
+    return request.headers.get("Expect", "").lower() == "100-continue"
+
+
+def http_error(exc: HTTPException, routes: str) -> tuple[str, str, int, dict[str, str]]:
+    """werkzeug's own errors (no route, wrong method, body over Flask's limit) as (code, message, status, headers);
+    ``routes`` lists the front-end's endpoints for a 404."""
+    code = (exc.name or "error").lower().replace(" ", "_")
+    message = exc.description or exc.name
+    headers = {}
+    if exc.code == 413:
+        error = body_limit_error()
+        code, message = error.code, error.message
+    elif exc.code == 404:
+        message = f"no route {request.path[:200]!r}; {routes}"
+    elif exc.code == 405 and exc.valid_methods:
+        headers["Allow"] = ", ".join(exc.valid_methods)
+    return code, message, exc.code or 500, headers
+
+
+def unexpected_error(exc: Exception) -> tuple[str, str, int]:
+    """A bug: logged with its stack, and told to the client without one."""
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    return "internal_error", "an internal error occurred; it has been logged", 500

@@ -1,9 +1,8 @@
 """The model's input batch: images prepared in request threads, assembled on the model's device in its thread.
 
-An image reaches the data plane in one of three forms (:data:`ImageInput`): encoded bytes (any
-format the preprocessor takes), :class:`Pixels` (decoded RGB, any size: resized and cropped
-here like a decoded upload) or a :class:`Tensor` (already resized, cropped and normalized by the
-client: used as it is).
+An image reaches the data plane in one of three forms (service/image_inputs.py): encoded bytes,
+decoded :class:`Pixels` (resized and cropped here like a decoded upload) or a :class:`Tensor`
+(already resized, cropped and normalized by the client: used as it is).
 
 Decoding is split in two. A request thread calls :meth:`Inputs.prepare` on each image: every
 limit is checked from the header, and the image is either decoded there with Pillow (pixels,
@@ -17,7 +16,6 @@ and client tensors take their slots: one float32 ``(n, 3, crop, crop)`` tensor.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -25,24 +23,9 @@ from PIL import Image
 
 from .errors import InvalidImage, ServiceError
 from .gpu_decode import EncodedJpeg, JpegBatchDecoder, inspect_jpeg
+from .image_inputs import ImageInput, Pixels, Tensor
 from .preprocess import ImagePreprocessor
 
-
-@dataclass(frozen=True)
-class Pixels:
-    """A decoded RGB image, ``(height, width, 3)`` uint8, of any size: resized and cropped as uploads are."""
-
-    array: np.ndarray
-
-
-@dataclass(frozen=True)
-class Tensor:
-    """The model's input for one image, ``(3, crop, crop)`` float32, already resized, cropped and normalized."""
-
-    array: np.ndarray
-
-
-ImageInput = bytes | Pixels | Tensor
 # After prepare(): (crop, crop, 3) uint8 pixels, a JPEG left for the device, or a client's tensor.
 Prepared = np.ndarray | EncodedJpeg | Tensor
 

@@ -20,6 +20,8 @@ NestedNumbers = TypeAliasType("NestedNumbers", "float | list[NestedNumbers]")
 
 
 class Feature(BaseModel):
+    """One layer's output for the request's images."""
+
     shape: list[int] = Field(description="The layer's output shape; the first dimension is the image")
     data: list[NestedNumbers] | str = Field(
         description="Nested lists matching shape (encoding=json), or base64 of little-endian float32 (encoding=base64)"
@@ -30,12 +32,16 @@ class Feature(BaseModel):
 
 
 class Features(BaseModel):
+    """The answer to POST /features."""
+
     model: str
     weights: str
     features: dict[str, Feature] = Field(description="One entry per requested layer, in request order")
 
 
 class ShapesInput(BaseModel):
+    """The input size the shapes are for."""
+
     batch: int
     channels: int
     height: int
@@ -43,6 +49,8 @@ class ShapesInput(BaseModel):
 
 
 class LayerShape(BaseModel):
+    """One module call and its output shape."""
+
     name: str = Field(description="The name to request: the module's path, with _1, _2 for its later calls")
     module: str
     type: str
@@ -53,18 +61,24 @@ class LayerShape(BaseModel):
 
 
 class Shapes(BaseModel):
+    """The answer to GET /shapes."""
+
     model: str
     input: ShapesInput
     layers: list[LayerShape] = Field(description="Every module call, in the order the calls return")
 
 
 class Status(BaseModel):
+    """Liveness or readiness, and each model's state."""
+
     status: str
     reason: str | None = None
     models: dict[str, str] | None = None
 
 
 class Labels(BaseModel):
+    """The classifier's class names."""
+
     model: str
     classifier: str
     labels: list[str] | None = Field(description="Class names in the classifier's output order; null without them")
@@ -89,10 +103,14 @@ class Info(BaseModel):
 
 
 class ErrorDetail(BaseModel):
+    """What went wrong, and what to change."""
+
     code: str = Field(description="Stable and machine-readable, e.g. unknown_layer, overloaded")
     message: str
     request_id: str | None
 
 
 class Error(BaseModel):
+    """Any error of the layertap API."""
+
     error: ErrorDetail

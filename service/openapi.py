@@ -19,7 +19,8 @@ every response against it (tests/integration/test_contract.py).
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 from flask import Blueprint, Response, current_app
 from pydantic.json_schema import models_json_schema
@@ -28,6 +29,7 @@ from . import __version__, messages
 from .api import BOOLEANS, ENCODINGS, json_response
 from .auth import OPEN_ENDPOINTS
 from .http_shared import TIMING_HEADERS
+from .oip import openapi as v2_operations
 from .oip import routes as oip
 from .oip import schema as v2
 from .postprocess import POOLS
@@ -70,12 +72,43 @@ STATUS_TEXT = {
 
 @docs.get("/openapi.json")
 def openapi() -> Response:
-    return json_response(build_spec(current_app.extensions["layertap.dataplane"], current_app.url_map))
+    """This document, built once per worker (nothing in it changes while the server runs)."""
+    spec = current_app.extensions.get("layertap.openapi")
+    if spec is None:
+        spec = build_spec(current_app.extensions["layertap.dataplane"], current_app.url_map)
+        current_app.extensions["layertap.openapi"] = spec
+    return json_response(spec)
+
+
+@dataclass(frozen=True)
+class Describe:
+    """What both front-ends' operation tables use: the model's crop, references to schemas, error responses."""
+
+    crop: int
+    binary: ClassVar[dict] = {"type": "string", "format": "binary"}
+    answered_headers: ClassVar[dict] = {
+        "X-Request-ID": {"$ref": "#/components/headers/RequestId"},
+        "X-Batch-Size": {"$ref": "#/components/headers/BatchSize"},
+        **{h: {"$ref": "#/components/headers/Milliseconds"} for h in TIMING_HEADERS},
+    }
+
+    @staticmethod
+    def json(schema: str) -> dict:
+        return {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}
+
+    def body(self, schema: str) -> dict:
+        return {"content": self.json(schema)}
+
+    def errors(self, v2_body: bool, *statuses: str) -> dict:
+        """Error responses: the Open Inference Protocol's body, or the layertap API's."""
+        schema = "ErrorResponse" if v2_body else "Error"
+        return {status: {"description": STATUS_TEXT[status], **self.body(schema)} for status in statuses}
 
 
 def build_spec(plane: DataPlane, url_map: Map) -> dict:
     """The document for this server: its routes, its models, their default layers and input sizes, its limits."""
-    operations = _operations(plane)
+    describe = Describe(crop=plane.runner(None).entry.preprocessing.crop)
+    operations = {**_operations(plane, describe), **v2_operations.operations(describe)}
     protected = plane.settings.api_key is not None
     paths: dict[str, dict] = {}
     for rule in sorted(url_map.iter_rules(), key=lambda r: r.rule):
@@ -92,7 +125,7 @@ def build_spec(plane: DataPlane, url_map: Map) -> dict:
             operation["parameters"] = parameters + operation.get("parameters", [])
             if protected and (plane.settings.auth_all_endpoints or rule.rule not in OPEN_ENDPOINTS):
                 operation["security"] = [{"bearer": []}]
-                operation["responses"] = {**operation["responses"], **_errors(oip.owns(rule.rule), "401")}
+                operation["responses"] = {**operation["responses"], **describe.errors(oip.owns(rule.rule), "401")}
             paths.setdefault(path, {})[method.lower()] = operation
     components: dict = {
         "schemas": models_json_schema(
@@ -119,25 +152,17 @@ def build_spec(plane: DataPlane, url_map: Map) -> dict:
     }
 
 
-def _operations(plane: DataPlane) -> dict[str, dict]:
-    """Each endpoint's operation, by Flask endpoint name (path parameters and security are added from the route)."""
-    settings = plane.settings
+def _operations(plane: DataPlane, d: Describe) -> dict[str, dict]:
+    """The layertap API's operations, by Flask endpoint name (path parameters and security come from the route)."""
     runner = plane.runner(None)
-    crop = runner.entry.preprocessing.crop
-    max_images = settings.max_images_per_request
+    max_images = plane.settings.max_images_per_request
     model = {
         "name": "model",
         "in": "query",
         "description": f"A served model (default {plane.default_model})",
         "schema": {"type": "string", "enum": list(plane.runners), "default": plane.default_model},
     }
-    images = {"type": "string", "format": "binary"}
-    timing = {h: {"$ref": "#/components/headers/Milliseconds"} for h in TIMING_HEADERS}
-    answered_headers = {
-        "X-Request-ID": {"$ref": "#/components/headers/RequestId"},
-        "X-Batch-Size": {"$ref": "#/components/headers/BatchSize"},
-        **timing,
-    }
+    images = d.binary
     return {
         "api.features": {
             "summary": "Outputs of the named layers for one or more images",
@@ -165,31 +190,31 @@ def _operations(plane: DataPlane) -> dict[str, dict]:
                 },
             },
             "responses": {
-                "200": {"description": "One entry per layer", "headers": answered_headers, **_body("Features")},
-                **_errors(False, "400", "404", "413", "415", "429", "503"),
+                "200": {"description": "One entry per layer", "headers": d.answered_headers, **d.body("Features")},
+                **d.errors(False, "400", "404", "413", "415", "429", "503"),
             },
         },
         "api.shapes": {
             "summary": "Every module call, in execution order, with its output shape",
             "parameters": [
-                _int_query("height", crop, MAX_SIDE),
-                _int_query("width", crop, MAX_SIDE),
+                _int_query("height", d.crop, MAX_SIDE),
+                _int_query("width", d.crop, MAX_SIDE),
                 _int_query("batch", 1, MAX_BATCH),
                 model,
             ],
-            "responses": {"200": {"description": "The layer table", **_body("Shapes")}, **_errors(False, "400", "404")},
+            "responses": {"200": {"description": "Layers", **d.body("Shapes")}, **d.errors(False, "400", "404")},
         },
-        "api.health": _probe("Liveness", "The process serves", "The model thread has failed"),
-        "api.ready": _probe("Readiness", "Every model loaded and warm", "Loading, draining or failed"),
+        "api.health": _probe(d, "Liveness", "The process serves", "The model thread has failed"),
+        "api.ready": _probe(d, "Readiness", "Every model loaded and warm", "Loading, draining or failed"),
         "api.info": {
             "summary": "Model, weights, device, dtype, preprocessing, versions and limits",
             "parameters": [model],
-            "responses": {"200": {"description": "Service description", **_body("Info")}, **_errors(False, "404")},
+            "responses": {"200": {"description": "Service description", **d.body("Info")}, **d.errors(False, "404")},
         },
         "api.labels": {
             "summary": "Class names of the model's classifier outputs (ImageNet weights), or null",
             "parameters": [model],
-            "responses": {"200": {"description": "Labels", **_body("Labels")}, **_errors(False, "404")},
+            "responses": {"200": {"description": "Labels", **d.body("Labels")}, **d.errors(False, "404")},
         },
         "api.metrics_endpoint": {
             "summary": "Prometheus metrics, summed over workers",
@@ -203,65 +228,6 @@ def _operations(plane: DataPlane) -> dict[str, dict]:
             "summary": "This document",
             "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {}}}}},
         },
-        "oip.server_metadata": {
-            "summary": "Server metadata: name, version, protocol extensions",
-            "responses": {"200": {"description": "OK", **_body("ServerMetadata")}},
-        },
-        "oip.server_live": {
-            "summary": "Liveness (Open Inference Protocol)",
-            "responses": {
-                "200": {"description": "The process serves", **_body("ServerLive")},
-                "503": {"description": "The model thread has failed", **_body("ServerLive")},
-            },
-        },
-        "oip.server_ready": {
-            "summary": "Readiness (Open Inference Protocol)",
-            "responses": {
-                "200": {"description": "Every model loaded and warm", **_body("ServerReady")},
-                "503": {"description": "Loading, draining or failed", **_body("ServerReady")},
-            },
-        },
-        "oip.model_ready": {
-            "summary": "A model's readiness",
-            "responses": {
-                "200": {"description": "Ready", **_body("ModelReady")},
-                "503": {"description": "Loading, draining or failed", **_body("ModelReady")},
-                **_errors(True, "404"),
-            },
-        },
-        "oip.model_metadata": {
-            "summary": "A model's inputs (BYTES, UINT8 or FP32 images) and outputs (every layer, -1: any batch)",
-            "responses": {"200": {"description": "OK", **_body("ModelMetadata")}, **_errors(True, "404")},
-        },
-        "oip.infer": {
-            "summary": "Outputs (layers) for the images of one input tensor; the binary tensor data extension",
-            "parameters": [
-                {
-                    "name": "Inference-Header-Content-Length",
-                    "in": "header",
-                    "description": "Bytes of JSON before the binary tensor data (binary tensor data extension)",
-                    "schema": {"type": "integer", "minimum": 1},
-                }
-            ],
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
-                    "application/octet-stream": {"schema": images},
-                },
-            },
-            "responses": {
-                "200": {
-                    "description": f"One output per requested layer; FP32 input tensors are [N, 3, {crop}, {crop}]",
-                    "headers": answered_headers,
-                    "content": {
-                        **_json("InferenceResponse"),
-                        "application/octet-stream": {"schema": images},
-                    },
-                },
-                **_errors(True, "400", "404", "413", "415", "429", "503"),
-            },
-        },
     }
 
 
@@ -270,24 +236,11 @@ def _path_parameter(name: str, plane: DataPlane) -> dict:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string", "enum": values}}
 
 
-def _errors(v2_body: bool, *statuses: str) -> dict:
-    schema = "ErrorResponse" if v2_body else "Error"
-    return {status: {"description": STATUS_TEXT[status], **_body(schema)} for status in statuses}
-
-
-def _probe(summary: str, up: str, down: str) -> dict:
+def _probe(d: Describe, summary: str, up: str, down: str) -> dict:
     return {
         "summary": summary,
-        "responses": {"200": {"description": up, **_body("Status")}, "503": {"description": down, **_body("Status")}},
+        "responses": {"200": {"description": up, **d.body("Status")}, "503": {"description": down, **d.body("Status")}},
     }
-
-
-def _body(schema: str) -> dict:
-    return {"content": _json(schema)}
-
-
-def _json(schema: str) -> dict:
-    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}
 
 
 def _text(mimetype: str) -> dict:

@@ -44,7 +44,7 @@ def read_images(max_images: int) -> list[bytes]:
     return images
 
 
-def _check_image_count(count: int, max_images: int) -> None:
+def check_image_count(count: int, max_images: int) -> None:
     """A raw body is one image; multipart and JSON bodies are counted here, before their images are read."""
     if count > max_images:
         raise TooManyImages(
@@ -61,7 +61,7 @@ def _multipart_images(max_images: int) -> list[bytes]:
         names = sorted(set(request.files) | set(request.form))
         found = f" (found: {', '.join(names[:10])})" if names else ""
         raise InvalidRequest(f"a multipart body needs one or more file parts named 'image'{found}")
-    _check_image_count(len(parts), max_images)  # before reading the parts
+    check_image_count(len(parts), max_images)  # before reading the parts
     return [part.read() for part in parts]
 
 
@@ -73,7 +73,7 @@ def _json_images(max_images: int) -> list[bytes]:
     encoded = body.get("images") if isinstance(body, dict) else None
     if not isinstance(encoded, list) or not all(isinstance(item, str) for item in encoded):
         raise InvalidRequest('a JSON body must be {"images": ["<base64>", ...]}')
-    _check_image_count(len(encoded), max_images)  # before decoding the base64
+    check_image_count(len(encoded), max_images)  # before decoding the base64
     return [decode_base64(text, f"images[{index}]") for index, text in enumerate(encoded)]
 
 
@@ -111,6 +111,8 @@ def read_decoded_body() -> bytes:
         raise TooLarge(f"the decompressed request body is over {limit:,} bytes (LAYERTAP_MAX_BODY_BYTES)")
     if not inflater.eof:
         raise InvalidRequest(f"the {encoding} body is truncated")
+    if inflater.unused_data:
+        raise InvalidRequest(f"{len(inflater.unused_data)} bytes follow the {encoding} data")
     return decoded
 
 

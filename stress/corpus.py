@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -158,8 +159,68 @@ def corpus(photo_jpeg: bytes, photo_png: bytes, max_body_bytes: int, max_images:
         BadInput("shapes: enormous width", (400,), method="GET", path="/shapes", query={"width": "10000000"}),
         BadInput("wrong method", (405,), method="GET", path="/features"),
         BadInput("unknown route", (404,), method="GET", path="/admin/../../etc/passwd"),
+        *_open_inference_protocol(jpeg, max_body_bytes, max_images),
     ]
     return items
+
+
+def _open_inference_protocol(jpeg: bytes, max_body_bytes: int, max_images: int) -> list[BadInput]:
+    """The same kinds of trouble through /v2/models/{model}/infer, plus the protocol's own."""
+    infer = "/v2/models/resnet18/infer"
+
+    def request(inputs: list, **extra) -> bytes:
+        return json.dumps({"inputs": inputs, **extra}).encode()
+
+    def image(*data: bytes, datatype: str = "BYTES") -> dict:
+        return {
+            "name": "images",
+            "shape": [len(data)],
+            "datatype": datatype,
+            "data": [base64.b64encode(d).decode() for d in data],
+        }
+
+    element = struct.pack("<I", len(jpeg)) + jpeg
+    header = request(
+        [{"name": "images", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": len(element)}}]
+    )
+    return [
+        BadInput("v2: broken JSON", (400,), path=infer, body=b'{"inputs": ['),
+        BadInput("v2: no inputs", (400,), path=infer, body=request([])),
+        BadInput("v2: 200,000 empty inputs", (400,), path=infer, body=request([{}] * 200_000)),
+        BadInput("v2: truncated JPEG", (400,), path=infer, body=request([image(jpeg[: len(jpeg) // 2])])),
+        BadInput("v2: PNG bomb", (413,), path=infer, body=request([image(png_bomb(50_000, 50_000))])),
+        BadInput("v2: too many images", (413,), path=infer, body=request([image(*[b"x"] * (max_images + 1))])),
+        BadInput("v2: unknown datatype", (400,), path=infer, body=request([image(jpeg, datatype="INT64")])),
+        BadInput("v2: unknown output", (400,), path=infer, body=request([image(jpeg)], outputs=[{"name": "layer9"}])),
+        BadInput(
+            "v2: binary size past the body",
+            (400,),
+            path=infer,
+            headers={"Inference-Header-Content-Length": str(len(header))},
+            body=header + element[:-10],
+        ),
+        BadInput(
+            "v2: header length past the body",
+            (400,),
+            path=infer,
+            headers={"Inference-Header-Content-Length": str(len(header) * 10)},
+            body=header + element,
+        ),
+        BadInput(
+            "v2: gzip bomb",
+            (413,),
+            path=infer,
+            headers={"Content-Encoding": "gzip"},
+            body=_gzip(b" " * (max_body_bytes * 20)),
+        ),
+        BadInput("v2: unknown content encoding", (415,), path=infer, headers={"Content-Encoding": "br"}, body=b"{}"),
+        BadInput("v2: unknown model", (404,), path="/v2/models/nope/infer", body=request([image(jpeg)])),
+        BadInput("v2: unknown version", (404,), path="/v2/models/resnet18/versions/7/infer", body=request([])),
+    ]
+
+
+def _gzip(data: bytes) -> bytes:
+    return zlib.compress(data, 9, wbits=31)  # 31: a gzip header and trailer
 
 
 def send(session, base_url: str, item: BadInput, timeout: float = 30):

@@ -303,6 +303,17 @@ def test_ready_is_503_until_warm_up_has_run(weights_file, monkeypatch, photos):
         response = client.get("/ready")
         assert response.status_code == 503 and response.json == {"status": "loading", "models": {"resnet18": "loading"}}
         assert_error(post_image(client, photos["rocket.jpg"]), 503, "not_ready", "GET /ready")
+        # The Open Inference Protocol's probes and inference say the same, in its words.
+        assert client.get("/v2/health/live").json == {"live": True}
+        for url in ("/v2/health/ready", "/v2/models/resnet18/ready"):
+            response = client.get(url)
+            assert response.status_code == 503 and response.json["ready"] is False and response.headers["Retry-After"]
+        data = base64.b64encode(photos["rocket.jpg"]).decode()
+        v2 = client.post(
+            "/v2/models/resnet18/infer",
+            json={"inputs": [{"name": "images", "shape": [1], "datatype": "BYTES", "data": [data]}]},
+        )
+        assert v2.status_code == 503 and "loading" in v2.json["error"] and v2.headers["Retry-After"] == "1"
         release.set()
         assert app.extensions["layertap.dataplane"].wait_ready(30)
         assert client.get("/ready").json == {"status": "ready", "models": {"resnet18": "ready"}}
@@ -324,6 +335,8 @@ def test_failed_load_turns_health_red(weights_file, monkeypatch):
     assert client.get("/health").status_code == 503
     assert "simulated" in client.get("/health").json["reason"]
     assert client.get("/ready").json["status"] == "failed"
+    live = client.get("/v2/health/live")
+    assert live.status_code == 503 and live.json == {"live": False}
 
 
 # ---- concurrency -----------------------------------------------------------------------------

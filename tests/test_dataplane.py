@@ -256,3 +256,22 @@ def test_jpegs_decoded_in_batches_by_the_model_thread_match_the_cpu_path_and_a_b
             device.extract([good, damaged], ("avgpool",))
     finally:
         device.close()
+
+
+def test_encoded_pixel_and_tensor_images_share_one_batch(plane, photos):
+    """All three image forms in one forward pass: each row as if it had come alone, as an upload."""
+    import torchvision
+
+    from service.image_inputs import Pixels, Tensor
+
+    transform = torchvision.models.ResNet18_Weights.DEFAULT.transforms()
+    chelsea = Image.open(io.BytesIO(photos["chelsea.png"])).convert("RGB")
+    tensor = Tensor(transform(Image.open(io.BytesIO(photos["rocket.jpg"])).convert("RGB")).numpy())
+    images = [photos["grace_hopper.jpg"], Pixels(np.asarray(chelsea)), tensor]
+    result = plane.extract(images, ("layer2", "fc"), {"layer2": OutputOptions(pool="avg")})
+    assert result.timings.batch_images >= 3
+    assert result.features["layer2"].shape == (3, 128) and result.features["fc"].shape == (3, 1000)
+    alone = plane.extract([photos[n] for n in ("grace_hopper.jpg", "chelsea.png", "rocket.jpg")], ("layer2", "fc"))
+    np.testing.assert_allclose(result.features["fc"], alone.features["fc"], rtol=1e-4, atol=1e-4)
+    pooled = alone.features["layer2"].mean(axis=(2, 3))
+    np.testing.assert_allclose(result.features["layer2"], pooled, rtol=1e-4, atol=1e-5)

@@ -119,6 +119,20 @@ def test_api_key_is_required_on_work_endpoints(keyed_app, photos, authorization)
         assert response.status_code == 401
         assert response.json["error"]["code"] == "unauthorized"
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    for response in (client.post("/v2/models/resnet18/infer", data=b"{}", headers=headers), client.get("/v2")):
+        assert response.status_code == 401 and "error" in response.json  # the protocol's own error body
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_the_documented_security_is_what_the_server_enforces(keyed_app):
+    """Every route of the OpenAPI document: secured there exactly when the server answers 401 without the key."""
+    client = keyed_app.test_client()
+    spec = client.get("/openapi.json").json
+    for path, item in spec["paths"].items():
+        url = path.replace("{model}", "resnet18").replace("{version}", "1")
+        for method, operation in item.items():
+            status = client.open(url, method=method.upper(), data=b"{}").status_code
+            assert (status == 401) == ("security" in operation), (method, path, status)
 
 
 def test_api_key_lets_the_right_bearer_in_and_leaves_probes_open(keyed_app, photos):
@@ -131,6 +145,7 @@ def test_api_key_lets_the_right_bearer_in_and_leaves_probes_open(keyed_app, phot
     assert client.get("/health").status_code == 200
     assert client.get("/ready").status_code == 200
     assert client.get("/metrics").status_code == 200
+    assert client.get("/v2/health/live").status_code == 200 and client.get("/v2/health/ready").status_code == 200
 
 
 def test_auth_all_endpoints_closes_the_probes_too(weights_file):
@@ -139,6 +154,7 @@ def test_auth_all_endpoints_closes_the_probes_too(weights_file):
         client = app.test_client()
         assert client.get("/health").status_code == 401
         assert client.get("/metrics").status_code == 401
+        assert client.get("/v2/health/ready").status_code == 401
         assert client.get("/health", headers={"Authorization": "Bearer k"}).status_code == 200
     finally:
         app.extensions["layertap.dataplane"].close()

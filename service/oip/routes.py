@@ -26,10 +26,18 @@ from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from .. import __version__, metrics
-from ..errors import InvalidRequest, ServiceError, UnknownLayer, UnknownModel
-from ..http_shared import headers_of, status_of, timing_headers
+from ..errors import InvalidRequest, ServiceError, TooLarge, UnknownLayer, UnknownModel
+from ..http_shared import (
+    expects_continue,
+    headers_of,
+    http_error,
+    json_response,
+    status_of,
+    timing_headers,
+    unexpected_error,
+)
 from ..postprocess import POOLS, OutputOptions
-from ..uploads import body_limit_error, read_decoded_body
+from ..uploads import read_decoded_body
 from . import tensors
 from .schema import InferenceRequest, parse_request
 
@@ -46,6 +54,14 @@ VERSION = "1"
 EXTENSIONS = ("binary_tensor_data",)
 PLATFORM = "pytorch_torchvision"
 OUTPUT_PARAMETERS = ("binary_data", "pool", "normalize")
+REQUEST_PARAMETERS = ("binary_data_output", "pool", "normalize")
+# Request parameters that clients send on their own and that carry nothing for layertap: tritonclient's
+# scheduling ones (and its "triton_" prefix), KServe's content_type and headers. Anything else is a typo.
+IGNORED_PARAMETERS = ("priority", "timeout", "sequence_id", "sequence_start", "sequence_end", "content_type", "headers")
+# Numbers sent as JSON cost ~30 bytes of memory each once parsed: beyond this many, binary data is the way.
+MAX_JSON_VALUES = 1_000_000
+# Smaller answers are not worth compressing; binary tensors (float32) hardly compress at all.
+COMPRESS_MIN_BYTES = 1024
 
 
 def owns(path: str) -> bool:
@@ -57,16 +73,8 @@ def _plane() -> DataPlane:
     return current_app.extensions["layertap.dataplane"]
 
 
-def _json(document: dict, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY),
-        status=status,
-        headers=headers,
-        mimetype="application/json",
-    )
-
-
 def _runner(plane: DataPlane, model: str, version: str | None) -> ModelRunner:
+    """The model's runner, or UnknownModel (404) for an unknown model or a version other than ours."""
     runner = plane.runner(model)
     if version is not None and version != VERSION:
         raise UnknownModel(f"model {model!r} has no version {version[:50]!r}; its only version is {VERSION}")
@@ -76,26 +84,33 @@ def _runner(plane: DataPlane, model: str, version: str | None) -> ModelRunner:
 # ---- health and metadata -------------------------------------------------------------------
 @oip.get(PREFIX)
 def server_metadata() -> Response:
-    return _json({"name": "layertap", "version": __version__, "extensions": list(EXTENSIONS)})
+    """Name, version and the protocol extensions this server supports."""
+    return json_response({"name": "layertap", "version": __version__, "extensions": list(EXTENSIONS)})
 
 
 @oip.get(f"{PREFIX}/health/live")
 def server_live() -> Response:
+    """200 while the process serves; 503 once a model thread has failed."""
     live = _plane().state != "failed"
-    return _json({"live": live}, status=200 if live else 503)
+    return json_response({"live": live}, status=200 if live else 503)
 
 
 @oip.get(f"{PREFIX}/health/ready")
 def server_ready() -> Response:
-    ready = _plane().ready
-    return _json({"ready": ready}, status=200 if ready else 503, headers=None if ready else {"Retry-After": "1"})
+    """200 once every model is loaded and warm; 503 while loading, draining or failed."""
+    if _plane().ready:
+        return json_response({"ready": True})
+    return json_response({"ready": False}, status=503, headers={"Retry-After": "1"})
 
 
 @oip.get(f"{PREFIX}/models/<model>/ready")
 @oip.get(f"{PREFIX}/models/<model>/versions/<version>/ready")
 def model_ready(model: str, version: str | None = None) -> Response:
+    """200 once this model is loaded and warm, else 503."""
     runner = _runner(_plane(), model, version)
-    return _json({"name": runner.name, "ready": runner.ready}, status=200 if runner.ready else 503)
+    if runner.ready:
+        return json_response({"name": runner.name, "ready": True})
+    return json_response({"name": runner.name, "ready": False}, status=503, headers={"Retry-After": "1"})
 
 
 @oip.get(f"{PREFIX}/models/<model>")
@@ -104,13 +119,17 @@ def model_metadata(model: str, version: str | None = None) -> Response:
     """The three image inputs, and every layer as an output, shaped for the model's input size (-1: any batch)."""
     runner = _runner(_plane(), model, version)
     crop = runner.entry.preprocessing.crop
+    # Three ways to send the images; a request sends exactly one of them, so each is optional.
     inputs = [
-        {"name": "images", "datatype": "BYTES", "shape": [-1], "parameters": {"content": "encoded images"}},
-        {"name": "pixels", "datatype": "UINT8", "shape": [-1, -1, -1, 3], "parameters": {"content": "RGB pixels"}},
-        {"name": "tensor", "datatype": "FP32", "shape": [-1, 3, crop, crop], "parameters": {"content": "normalized"}},
+        {"name": name, "datatype": datatype, "shape": shape, "parameters": {"content": content, "optional": True}}
+        for name, datatype, shape, content in (
+            ("images", "BYTES", [-1], "encoded images"),
+            ("pixels", "UINT8", [-1, -1, -1, 3], "RGB pixels"),
+            ("tensor", "FP32", [-1, 3, crop, crop], "normalized"),
+        )
     ]
     outputs = [{"name": c.name, "datatype": "FP32", "shape": [-1, *c.shape[1:]]} for c in runner.layers]
-    return _json(
+    return json_response(
         {
             "name": runner.name,
             "versions": [VERSION],
@@ -126,18 +145,12 @@ def model_metadata(model: str, version: str | None = None) -> Response:
 @oip.post(f"{PREFIX}/models/<model>/infer")
 @oip.post(f"{PREFIX}/models/<model>/versions/<version>/infer")
 def infer(model: str, version: str | None = None) -> Response:
+    """The requested layers for the images of the request's one input; binary where asked."""
     plane = _plane()
     runner = _runner(plane, model, version)  # an unknown model or version costs no upload
-    expects_continue = request.headers.get("Expect", "").lower() == "100-continue"
-    with plane.admit(model, wait=not expects_continue) as ticket:  # as /features: see service/api.py
+    with plane.admit(model, wait=not expects_continue()) as ticket:  # room held before the body is read
         header, binary = tensors.split_body(read_decoded_body(), request.headers.get(tensors.BINARY_HEADER))
-        try:
-            document = orjson.loads(header)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidRequest(f"the inference request's JSON does not parse: {exc}") from None
-        inference = parse_request(document)
-        if len(inference.inputs) != 1:
-            raise InvalidRequest(f"send the images as one input tensor, not {len(inference.inputs)}")
+        inference = parse_request(_parse_json(header))
         layers, options, binary_outputs = _requested_outputs(inference)
         plane.check(model, layers, options)  # before decoding: a typo costs no image decode
         raw = tensors.binary_parts(inference.inputs, binary)[0]
@@ -157,7 +170,21 @@ def infer(model: str, version: str | None = None) -> Response:
         headers[tensors.BINARY_HEADER] = str(len(body))
         body = b"".join([body, *chunks])
         mimetype = "application/octet-stream"
-    return _compressed(Response(body, headers=headers, mimetype=mimetype))
+    response = Response(body, headers=headers, mimetype=mimetype)
+    return response if chunks else _compressed(response)
+
+
+def _parse_json(header: bytes) -> object:
+    # Commas bound the number of JSON values: base64 images have none, numbers sent as JSON one each.
+    if len(header) > MAX_JSON_VALUES and header.count(b",") >= MAX_JSON_VALUES:
+        raise TooLarge(
+            f"over {MAX_JSON_VALUES:,} values in the request's JSON; send UINT8 or FP32 tensors as binary data "
+            f"(binary_data_size and {tensors.BINARY_HEADER}) or the images as BYTES"
+        )
+    try:
+        return orjson.loads(header)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"the inference request's JSON does not parse: {exc}") from None
 
 
 def _requested_outputs(
@@ -165,6 +192,13 @@ def _requested_outputs(
 ) -> tuple[tuple[str, ...] | None, Options, dict[str | None, bool]]:
     """The layers (None: the model's default), each one's options, and which go binary (key None: the rest)."""
     defaults = inference.parameters or {}
+    unknown = sorted(
+        key for key in defaults if key not in REQUEST_PARAMETERS + IGNORED_PARAMETERS and not key.startswith("triton_")
+    )
+    if unknown:
+        raise InvalidRequest(
+            f"unknown request parameters {', '.join(unknown)}; a request takes {', '.join(REQUEST_PARAMETERS)}"
+        )
     default_options = OutputOptions(_pool(defaults, "pool"), _flag(defaults, "normalize", False))
     binary: dict[str | None, bool] = {None: _flag(defaults, "binary_data_output", False)}
     if not inference.outputs:
@@ -203,22 +237,22 @@ def _flag(parameters: dict, key: str, default: bool) -> bool:
 
 
 def _compressed(response: Response) -> Response:
-    """gzip or deflate (zlib) when the client's Accept-Encoding asks for it; the binary header counts the
-    uncompressed JSON, as tritonclient reads it after decompressing."""
+    """A JSON answer gzip- or deflate- (zlib-) compressed when the client's Accept-Encoding allows it (most HTTP
+    libraries send one by default) and it is worth it: number lists compress several times over."""
+    response.vary.add("Accept-Encoding")
     encoding = request.accept_encodings.best_match(("gzip", "deflate"))
-    if encoding is None:
-        return response
     data = response.get_data()
+    if encoding is None or len(data) < COMPRESS_MIN_BYTES:
+        return response
     response.set_data(gzip.compress(data, compresslevel=1) if encoding == "gzip" else zlib.compress(data, 1))
     response.headers["Content-Encoding"] = encoding
-    response.vary.add("Accept-Encoding")
     return response
 
 
 # ---- errors --------------------------------------------------------------------------------
 def _error(code: str, message: str, status: int, headers: dict[str, str] | None = None) -> Response:
     metrics.ERRORS.labels(code).inc()
-    return _json({"error": message}, status=status, headers=headers)
+    return json_response({"error": message}, status=status, headers=headers)
 
 
 def render_service_error(exc: ServiceError) -> Response:
@@ -233,21 +267,14 @@ def render_service_error(exc: ServiceError) -> Response:
 
 
 def render_http_error(exc: HTTPException) -> Response:
-    message = exc.description or exc.name
-    if exc.code == 413:
-        message = body_limit_error().message
-    elif exc.code == 404:
-        message = (
-            f"no route {request.path[:200]!r}; v2 endpoints: GET {PREFIX}, {PREFIX}/health/live, "
-            f"{PREFIX}/health/ready, {PREFIX}/models/<model>[/versions/{VERSION}][/ready]; "
-            f"POST {PREFIX}/models/<model>[/versions/{VERSION}]/infer"
-        )
-    response = _error((exc.name or "error").lower().replace(" ", "_"), message, exc.code or 500)
-    if exc.code == 405 and exc.valid_methods:
-        response.headers["Allow"] = ", ".join(exc.valid_methods)
-    return response
+    code, message, status, headers = http_error(
+        exc,
+        f"v2 endpoints: GET {PREFIX}, {PREFIX}/health/live, {PREFIX}/health/ready, "
+        f"{PREFIX}/models/<model>[/versions/{VERSION}][/ready]; "
+        f"POST {PREFIX}/models/<model>[/versions/{VERSION}]/infer",
+    )
+    return _error(code, message, status, headers)
 
 
 def render_unexpected(exc: Exception) -> Response:
-    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
-    return _error("internal_error", "an internal error occurred; it has been logged", 500)
+    return _error(*unexpected_error(exc))

@@ -13,22 +13,25 @@ sends ``model_name`` in the request, tritonclient sends ``timeout`` and ``priori
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, ValidationError
 
 from ..errors import InvalidRequest
 
-# The protocol's parameter maps: values are strings, numbers and booleans.
-Parameters = dict[str, bool | int | float | str]
+# The protocol's parameter maps: values are strings, numbers and booleans. Every list and map is
+# bounded, so that a malformed request is refused after a handful of errors, never a million.
+Parameters = Annotated[dict[str, bool | int | float | str], Field(max_length=64)]
 # How the schema shows a tensor's elements: flat and of one of the protocol's kinds (nested lists are
 # accepted too). An unbounded schema here would make test generators recurse without end.
 _ELEMENTS = {"type": "array", "items": {"type": ["number", "string", "boolean"]}}
 
 
 class RequestInput(BaseModel):
+    """An input tensor: its elements in ``data``, or after the JSON when ``binary_data_size`` says so."""
+
     name: str
-    shape: list[int] = Field(description="The tensor's shape; the first dimension is the number of images")
+    shape: list[int] = Field(max_length=8, description="The tensor's shape; the first dimension is the images")
     datatype: str = Field(description="BYTES (encoded images), UINT8 (RGB pixels) or FP32 (normalized tensors)")
     parameters: Parameters | None = None
     data: Any = Field(
@@ -40,6 +43,8 @@ class RequestInput(BaseModel):
 
 
 class RequestOutput(BaseModel):
+    """A layer to return, and how."""
+
     name: str = Field(description="A layer name, as GET /v2/models/{model} lists them")
     parameters: Parameters | None = Field(
         default=None, description="binary_data (bool), pool (none, avg, max, cls), normalize (bool)"
@@ -47,17 +52,21 @@ class RequestOutput(BaseModel):
 
 
 class InferenceRequest(BaseModel):
+    """An inference request: one image input, the layers to return."""
+
     id: str | None = Field(default=None, description="Echoed in the response")
     parameters: Parameters | None = Field(
         default=None, description="binary_data_output (bool), and pool and normalize as defaults for every output"
     )
-    inputs: list[RequestInput] = Field(min_length=1, description="Exactly one image input")
+    inputs: list[RequestInput] = Field(min_length=1, max_length=1, description="Exactly one image input")
     outputs: list[RequestOutput] | None = Field(
-        default=None, description="Layers to return; none: the model's default embedding layer"
+        default=None, max_length=4096, description="Layers to return; none: the model's default embedding layer"
     )
 
 
 class ResponseOutput(BaseModel):
+    """A layer's output: float32, row-major."""
+
     name: str
     shape: list[int]
     datatype: str
@@ -66,6 +75,8 @@ class ResponseOutput(BaseModel):
 
 
 class InferenceResponse(BaseModel):
+    """The answer to an inference request; ``id`` echoes the request's."""
+
     model_name: str
     model_version: str | None = None
     id: str | None = None
@@ -74,6 +85,8 @@ class InferenceResponse(BaseModel):
 
 
 class MetadataTensor(BaseModel):
+    """A tensor a model takes or gives."""
+
     name: str
     datatype: str
     shape: list[int] = Field(description="-1 for a dimension of any size (the batch)")
@@ -81,12 +94,16 @@ class MetadataTensor(BaseModel):
 
 
 class ServerMetadata(BaseModel):
+    """The server, and the protocol extensions it supports."""
+
     name: str
     version: str
     extensions: list[str]
 
 
 class ModelMetadata(BaseModel):
+    """A model's inputs (three ways to send images, one per request) and outputs (every layer)."""
+
     name: str
     versions: list[str] | None = None
     platform: str
@@ -96,19 +113,27 @@ class ModelMetadata(BaseModel):
 
 
 class ServerLive(BaseModel):
+    """Liveness."""
+
     live: bool
 
 
 class ServerReady(BaseModel):
+    """Readiness: every model loaded and warm."""
+
     ready: bool
 
 
 class ModelReady(BaseModel):
+    """A model's readiness."""
+
     name: str
     ready: bool
 
 
 class ErrorResponse(BaseModel):
+    """Any error, as the protocol words it."""
+
     error: str
 
 

@@ -23,9 +23,9 @@ import math
 
 import numpy as np
 
-from ..errors import InvalidRequest, TooManyImages
-from ..inputs import ImageInput, Pixels, Tensor
-from ..uploads import decode_base64
+from ..errors import InvalidRequest
+from ..image_inputs import ImageInput, Pixels, Tensor
+from ..uploads import check_image_count, decode_base64
 from .schema import RequestInput
 
 BINARY_HEADER = "Inference-Header-Content-Length"
@@ -77,10 +77,7 @@ def read_images(tensor: RequestInput, raw: bytes | None, crop: int, max_images: 
     count = shape[0]
     if count == 0:
         raise InvalidRequest(f"input {tensor.name!r} holds no image (shape {shape})")
-    if count > max_images:
-        raise TooManyImages(
-            f"{count} images in one request; the limit is {max_images} (LAYERTAP_MAX_IMAGES_PER_REQUEST)"
-        )
+    check_image_count(count, max_images)
     if tensor.datatype == "BYTES":
         if math.prod(shape) != count:
             raise InvalidRequest(f"a BYTES input is one encoded image per element: shape [N] or [N, 1], not {shape}")

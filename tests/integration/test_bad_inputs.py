@@ -35,8 +35,10 @@ def test_every_bad_input_gets_a_quick_json_4xx_and_the_service_stays_healthy(ser
             problems.append(f"status {response.status_code}, expected {item.expected}")
         if not response.headers.get("Content-Type", "").startswith("application/json"):
             problems.append(f"content type {response.headers.get('Content-Type')}")
-        elif "error" not in response.json() or not response.json()["error"].get("message"):
-            problems.append("no error message")
+        else:
+            error = response.json().get("error")  # {"code", "message", ...}, or the protocol's plain message under /v2
+            if not (error.get("message") if isinstance(error, dict) else error):
+                problems.append("no error message")
         if elapsed > 2:
             problems.append(f"took {elapsed:.2f} s")
         if problems:

@@ -11,6 +11,7 @@ import io
 import json
 import struct
 import threading
+import time
 import zlib
 
 import numpy as np
@@ -212,7 +213,7 @@ def test_v2_and_features_requests_share_forward_passes(client, photos):
         (b'{"inputs": []}', {}, 400, "at least 1 item"),
         (b'{"inputs": [{"name": "a"}]}', {}, 400, "inputs.0.shape"),
         (b'{"inputs": [{"name": "a", "shape": [1], "datatype": "BYTES", "data": ["aGk="]}], "id": 7}', {}, 400, "id"),
-        (json.dumps({"inputs": [bytes_input(b"x"), bytes_input(b"y")]}).encode(), {}, 400, "one input tensor"),
+        (json.dumps({"inputs": [bytes_input(b"x"), bytes_input(b"y")]}).encode(), {}, 400, "at most 1 item"),
         (json.dumps({"inputs": [bytes_input(b"x")], "outputs": [{"name": "layer5"}]}).encode(), {}, 400, "/v2/models"),
         (
             json.dumps({"inputs": [bytes_input(b"x")], "outputs": [{"name": "fc", "parameters": {"pooling": "avg"}}]}),
@@ -243,3 +244,77 @@ def test_bad_requests_answer_in_the_protocol(client, settings, body, headers, st
 def test_unknown_model_is_refused_before_the_body_is_read(client):
     response = client.post("/v2/models/nope/infer", data=b"{never parsed")
     assert response.status_code == 404 and "no model 'nope'" in response.json["error"]
+
+
+def test_output_parameters_override_the_request_defaults(client, photos):
+    data = photos["rocket.jpg"]
+    request = {
+        "inputs": [bytes_input(data)],
+        "parameters": {"pool": "avg", "binary_data_output": True, "triton_enable_empty_final_response": False},
+        "outputs": [{"name": "layer3"}, {"name": "layer2", "parameters": {"pool": "none", "binary_data": False}}],
+    }
+    response = infer(client, request)
+    assert response.status_code == 200, response.data[:300]
+    header = json.loads(response.data[: int(response.headers["Inference-Header-Content-Length"])])
+    assert "parameters" in header["outputs"][0] and "data" in header["outputs"][1]  # binary, then JSON
+    got = outputs_of(response)
+    assert got["layer3"].shape == (1, 256) and got["layer2"].shape == (1, 128, 28, 28)
+    np.testing.assert_allclose(got["layer3"], features(client, data, "layers=layer3&pool=avg")["layer3"], atol=1e-5)
+
+
+def test_unknown_request_parameters_are_refused_so_that_a_typo_is_seen(client, photos):
+    request = {"inputs": [bytes_input(photos["rocket.jpg"])], "parameters": {"pooling": "avg"}}
+    response = infer(client, request)
+    assert response.status_code == 400 and "unknown request parameters pooling" in response.json["error"]
+
+
+def test_non_finite_tensors_are_refused(client):
+    request = {"inputs": [{"name": "t", "shape": [1, 3, 224, 224], "datatype": "FP32", "parameters": {}}]}
+    values = np.zeros((1, 3, 224, 224), "<f4")
+    values[0, 1, 2, 3] = np.nan
+    request["inputs"][0]["parameters"]["binary_data_size"] = values.nbytes
+    header = json.dumps(request).encode()
+    response = client.post(
+        INFER, data=header + values.tobytes(), headers={"Inference-Header-Content-Length": str(len(header))}
+    )
+    assert response.status_code == 400 and "NaN or infinite" in response.json["error"]
+
+
+def test_binary_request_compressed_and_small_or_binary_answers_left_alone(client, photos):
+    data = photos["grace_hopper.jpg"]
+    request = {
+        "inputs": [{"name": "i", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": len(data) + 4}}],
+        "outputs": [{"name": "fc", "parameters": {"binary_data": True}}],
+    }
+    header = json.dumps(request).encode()
+    body = gzip.compress(header + struct.pack("<I", len(data)) + data)
+    headers = {
+        "Content-Encoding": "gzip",
+        "Accept-Encoding": "gzip",
+        "Inference-Header-Content-Length": str(len(header)),
+    }
+    response = client.post(INFER, data=body, headers=headers)
+    assert response.status_code == 200 and "Content-Encoding" not in response.headers  # float32 hardly compresses
+    expected = features(client, data, "layers=fc")["fc"]
+    np.testing.assert_allclose(outputs_of(response)["fc"], expected, rtol=1e-4, atol=1e-5)
+    small = client.get("/v2", headers={"Accept-Encoding": "gzip"})
+    assert "Content-Encoding" not in small.headers
+
+
+def test_malformed_requests_are_refused_quickly_however_many_errors_they_hold(client):
+    """Every list and map of the request is bounded: a 100,000-input request is one error, not 300,000."""
+    started = time.perf_counter()
+    response = client.post(INFER, data=json.dumps({"inputs": [{}] * 100_000}))
+    assert response.status_code == 400 and "at most 1 item" in response.json["error"]
+    assert time.perf_counter() - started < 2
+    too_many_values = {
+        "inputs": [{"name": "t", "shape": [1, 3, 224, 224], "datatype": "FP32", "data": [0] * 1_100_000}]
+    }
+    response = client.post(INFER, data=json.dumps(too_many_values))
+    assert response.status_code == 413 and "binary data" in response.json["error"]
+
+
+def test_data_after_a_gzip_member_is_refused(client, photos):
+    body = gzip.compress(json.dumps({"inputs": [bytes_input(photos["rocket.jpg"])]}).encode()) + b"trailing"
+    response = client.post(INFER, data=body, headers={"Content-Encoding": "gzip"})
+    assert response.status_code == 400 and "follow the gzip data" in response.json["error"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from service.errors import InvalidRequest, TooManyImages
-from service.inputs import Pixels, Tensor
+from service.image_inputs import Pixels, Tensor
 from service.oip import tensors
 from service.oip.schema import RequestInput
 

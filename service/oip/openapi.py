@@ -1,0 +1,76 @@
+"""The Open Inference Protocol's operations in the OpenAPI document (service/openapi.py assembles it).
+
+Keyed by Flask endpoint name; paths, path parameters, security and every message schema are
+added by the builder from the routes and from service/oip/schema.py.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..openapi import Describe
+
+
+def operations(d: Describe) -> dict[str, dict]:
+    return {
+        "oip.server_metadata": {
+            "summary": "Server metadata: name, version, protocol extensions",
+            "responses": {"200": {"description": "OK", **d.body("ServerMetadata")}},
+        },
+        "oip.server_live": {
+            "summary": "Liveness (Open Inference Protocol)",
+            "responses": {
+                "200": {"description": "The process serves", **d.body("ServerLive")},
+                "503": {"description": "The model thread has failed", **d.body("ServerLive")},
+            },
+        },
+        "oip.server_ready": {
+            "summary": "Readiness (Open Inference Protocol)",
+            "responses": {
+                "200": {"description": "Every model loaded and warm", **d.body("ServerReady")},
+                "503": {"description": "Loading, draining or failed", **d.body("ServerReady")},
+            },
+        },
+        "oip.model_ready": {
+            "summary": "A model's readiness",
+            "responses": {
+                "200": {"description": "Ready", **d.body("ModelReady")},
+                "503": {"description": "Loading, draining or failed", **d.body("ModelReady")},
+                **d.errors(True, "404"),
+            },
+        },
+        "oip.model_metadata": {
+            "summary": "A model's inputs (BYTES, UINT8 or FP32 images) and outputs (every layer, -1: any batch)",
+            "responses": {"200": {"description": "OK", **d.body("ModelMetadata")}, **d.errors(True, "404")},
+        },
+        "oip.infer": {
+            "summary": "Outputs (layers) for the images of one input tensor; the binary tensor data extension",
+            "parameters": [
+                {
+                    "name": "Inference-Header-Content-Length",
+                    "in": "header",
+                    "description": "Bytes of JSON before the binary tensor data (binary tensor data extension)",
+                    "schema": {"type": "integer", "minimum": 1},
+                }
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
+                    "application/octet-stream": {"schema": d.binary},
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": f"One output per requested layer; FP32 input tensors are [N, 3, {d.crop}, {d.crop}]",
+                    "headers": d.answered_headers,
+                    "content": {
+                        **d.json("InferenceResponse"),
+                        "application/octet-stream": {"schema": d.binary},
+                    },
+                },
+                **d.errors(True, "400", "404", "413", "415", "429", "503"),
+            },
+        },
+    }
