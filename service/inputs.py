@@ -37,8 +37,9 @@ class Inputs:
         self.preprocess = preprocess
         self.device = device
         self.crop = preprocess.spec.crop
-        self._mean = torch.tensor(preprocess.spec.mean, device=device).view(1, 3, 1, 1)
-        self._std = torch.tensor(preprocess.spec.std, device=device).view(1, 3, 1, 1)
+        # On the CPU here; on the device at the first batch, in the model thread (no CUDA call before it runs).
+        self._mean = torch.tensor(preprocess.spec.mean).view(1, 3, 1, 1)
+        self._std = torch.tensor(preprocess.spec.std).view(1, 3, 1, 1)
         self._decoder = (
             JpegBatchDecoder(preprocess.spec, device, fallback=preprocess) if decode_jpegs_on_device else None
         )
@@ -104,6 +105,8 @@ class Inputs:
 
     def _normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 → float32 as torchvision's transforms do it: x/255, then (x - mean) / std (in place, one copy)."""
+        if self._mean.device != pixels.device:
+            self._mean, self._std = self._mean.to(pixels.device), self._std.to(pixels.device)
         return pixels.float().div_(255).sub_(self._mean).div_(self._std)
 
     def warm_up(self) -> torch.Tensor:
