@@ -15,12 +15,13 @@ import threading
 from typing import TYPE_CHECKING
 
 import numpy as np
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from . import __version__, metrics
 from .errors import DeadlineExceeded, InvalidRequest, NotReady, Overloaded, ServiceError, UnknownLayer
 from .http_shared import (
+    data_plane,
     expects_continue,
     headers_of,
     http_error,
@@ -33,7 +34,7 @@ from .postprocess import POOLS, OutputOptions
 from .uploads import read_images
 
 if TYPE_CHECKING:  # the HTTP layer talks to the data plane, and never imports torch itself
-    from .dataplane import DataPlane
+    pass
 
 log = logging.getLogger("layertap.api")
 
@@ -54,30 +55,30 @@ HINTS: dict[type[Exception], str] = {
 }
 
 
-def _plane() -> DataPlane:
-    return current_app.extensions["layertap.dataplane"]
-
-
 # ---- endpoints ---------------------------------------------------------------------------
 @api.post("/features")
 def features() -> Response:
-    plane = _plane()
+    plane = data_plane()
     model = request.args.get("model")
     layers = parse_layers(request.args.get("layers"), max_layers=len(plane.runner(model).layers))
-    options = OutputOptions(pool=_choice_arg("pool", POOLS), normalize=_bool_arg("normalize"))
-    encoding = _choice_arg("encoding", ENCODINGS)
+    options = OutputOptions(pool=choice_arg("pool", POOLS), normalize=_bool_arg("normalize"))
+    encoding = choice_arg("encoding", ENCODINGS)
     plane.check(model, layers, options)  # before reading the body: a typo costs no upload decode
     # Under overload neither does a refusal: room is held before the body is read.
     with plane.admit(model, wait=not expects_continue()) as ticket:
         images = read_images(plane.settings.max_images_per_request)
         result = plane.extract(images, layers, options, model, ticket)
-    encode = _base64_feature if encoding == "base64" else _json_feature
     body = {
         "model": result.model,
         "weights": result.weights,
-        "features": {name: encode(array) for name, array in result.features.items()},
+        "features": {name: encode_feature(array, encoding) for name, array in result.features.items()},
     }
     return json_response(body, headers=timing_headers(result.timings, g.started))
+
+
+def encode_feature(array: np.ndarray, encoding: str) -> dict:
+    """An array as the API returns it: its shape, and its values as nested lists or base64 float32."""
+    return _base64_feature(array) if encoding == "base64" else _json_feature(array)
 
 
 def _json_feature(array: np.ndarray) -> dict:
@@ -98,11 +99,11 @@ def _base64_feature(array: np.ndarray) -> dict:
 
 @api.get("/shapes")
 def shapes() -> Response:
-    plane = _plane()
+    plane = data_plane()
     crop = plane.runner(request.args.get("model")).entry.preprocessing.crop
-    height = _int_arg("height", crop)
-    width = _int_arg("width", crop)
-    batch = _int_arg("batch", 1)
+    height = int_arg("height", crop)
+    width = int_arg("width", crop)
+    batch = int_arg("batch", 1)
     runner, calls = plane.shapes(request.args.get("model"), batch, height, width)
     return json_response(
         {
@@ -126,7 +127,7 @@ def shapes() -> Response:
 
 @api.get("/health")
 def health() -> Response:
-    plane = _plane()
+    plane = data_plane()
     if plane.state == "failed":
         return json_response({"status": "failed", "reason": plane.failure}, status=503)
     return json_response({"status": "ok"})
@@ -135,7 +136,7 @@ def health() -> Response:
 @api.get("/ready")
 def ready() -> Response:
     """200 once every model is warm; the body gives each model's state."""
-    plane = _plane()
+    plane = data_plane()
     body = {"status": plane.state, "models": {name: runner.state for name, runner in plane.runners.items()}}
     if plane.ready:
         return json_response(body)
@@ -151,7 +152,7 @@ def metrics_endpoint() -> Response:
 @api.get("/labels")
 def labels() -> Response:
     """The class names of the model's classifier outputs, when its weights have them (ImageNet); else null."""
-    runner = _plane().runner(request.args.get("model"))
+    runner = data_plane().runner(request.args.get("model"))
     categories = runner.weights.categories
     return json_response(
         {"model": runner.name, "classifier": runner.classifier, "labels": categories and list(categories)}
@@ -160,7 +161,7 @@ def labels() -> Response:
 
 @api.get("/info")
 def info() -> Response:
-    plane = _plane()
+    plane = data_plane()
     settings = plane.settings
     return json_response(
         {
@@ -203,7 +204,8 @@ def parse_layers(raw: str | None, max_layers: int) -> tuple[str, ...] | None:
     return tuple(names)
 
 
-def _choice_arg(name: str, choices: tuple[str, ...]) -> str:
+def choice_arg(name: str, choices: tuple[str, ...]) -> str:
+    """A query argument that must be one of ``choices``; absent, the first."""
     value = request.args.get(name, choices[0])
     if value not in choices:
         raise InvalidRequest(f"{name} must be one of {', '.join(choices)}, not {value[:50]!r}")
@@ -217,7 +219,8 @@ def _bool_arg(name: str) -> bool:
     return BOOLEANS[value]
 
 
-def _int_arg(name: str, default: int) -> int:
+def int_arg(name: str, default: int | None) -> int | None:
+    """An integer query argument; absent, ``default``."""
     raw = request.args.get(name)
     if raw is None:
         return default

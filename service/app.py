@@ -20,6 +20,7 @@ from . import api, logs, metrics
 from .auth import OPEN_ENDPOINTS, OPEN_PREFIXES, PROBE_ENDPOINTS, check_bearer
 from .dataplane import DataPlane
 from .errors import ServiceError
+from .explain_api import explain_api
 from .oip import routes as oip
 from .openapi import docs
 from .settings import Settings
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["layertap.settings"] = settings
     _install_request_hooks(app, settings)
     app.register_blueprint(api.api)
+    app.register_blueprint(explain_api)
     app.register_blueprint(oip.oip)
     app.register_blueprint(docs)
     app.register_blueprint(ui)

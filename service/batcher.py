@@ -5,7 +5,9 @@ Request threads :meth:`~Batcher.reserve` room for their items (images) *before* 
 :meth:`~Ticket.submit` a payload and wait on its future. The batcher's thread runs ``setup``
 once, then takes the first job, gathers the jobs that arrive within ``max_delay_s`` (waiting
 only while reserved work is still being prepared, so a lone client never waits), up to
-``max_batch_size`` items, and hands their payloads to ``handle`` in one call. ``handle``
+``max_batch_size`` items, and hands their payloads to ``handle`` in one call. A job may name its
+``kind``: a batch holds jobs of one kind only (inference and explanations are never mixed), up
+to that kind's own limit in ``batch_limits``; a job of another kind waits for the next batch. ``handle``
 returns one result per payload, or a ServiceError for a payload that alone failed; if it
 raises, only that batch's jobs fail.
 
@@ -50,6 +52,7 @@ class _Job:
     payload: Any
     items: int
     deadline: float
+    kind: str | None = None
     enqueued_at: float = field(default_factory=time.perf_counter)
     future: Future = field(default_factory=Future)
 
@@ -61,10 +64,10 @@ class Ticket:
         self._batcher, self.items, self.deadline = batcher, items, deadline
         self._open = True
 
-    def submit(self, payload: Any) -> Done:
-        """Queue ``payload`` and wait for its result until the deadline."""
+    def submit(self, payload: Any, kind: str | None = None) -> Done:
+        """Queue ``payload`` (batched only with payloads of the same ``kind``) and wait for its result."""
         self._open = False
-        return self._batcher._submit(payload, self.items, self.deadline)
+        return self._batcher._submit(payload, self.items, self.deadline, kind)
 
     def resize(self, items: int) -> None:
         """Hold room for ``items`` instead: fewer frees the rest, more waits in line for it (Overloaded if none)."""
@@ -99,6 +102,7 @@ class Batcher:
         max_queued: int,
         timeout_s: float,
         admission_wait_s: float = 0.0,
+        batch_limits: dict[str, int] | None = None,
     ):
         if max_queued < max_batch_size:
             raise ValueError(f"max_queued ({max_queued}) must be at least max_batch_size ({max_batch_size})")
@@ -111,7 +115,9 @@ class Batcher:
             max_queued,
             timeout_s,
         )
+        self.batch_limits = dict(batch_limits or {})  # items per batch, by kind (default: max_batch_size)
         self._queue: queue.Queue = queue.Queue()
+        self._held: collections.deque = collections.deque()  # taken while gathering another kind: next batch's
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)  # notified whenever room frees or the state changes
         self._line: collections.deque = collections.deque()  # requests waiting for room, first come first served
@@ -197,8 +203,8 @@ class Batcher:
         if self.state == "stopped":
             raise NotReady("the service is shutting down", retry_after_s=1)
 
-    def _submit(self, payload: Any, items: int, deadline: float) -> Done:
-        job = _Job(payload=payload, items=items, deadline=deadline)
+    def _submit(self, payload: Any, items: int, deadline: float, kind: str | None = None) -> Done:
+        job = _Job(payload=payload, items=items, deadline=deadline, kind=kind)
         self._queue.put(job)
         with self._lock:
             # Only now: the thread waits for more work while payloads are being prepared, and must
@@ -245,7 +251,7 @@ class Batcher:
         batch: list = []
         try:
             while True:
-                job = self._queue.get()
+                job = self._held.popleft() if self._held else self._queue.get()
                 if job is _STOP:
                     break
                 batch = self._gather(job)
@@ -265,11 +271,12 @@ class Batcher:
             self._fail_queued(error)
 
     def _gather(self, first: _Job) -> list:
-        """The first job plus those arriving within the delay, while more are on their way."""
+        """The first job plus those of its kind arriving within the delay, while more are on their way."""
         batch = [first]
         items = first.items
+        limit = self.batch_limits.get(first.kind, self.max_batch_size)
         wait_until = time.monotonic() + self.max_delay_s
-        while items < self.max_batch_size:
+        while items < limit:
             try:
                 job = self._queue.get_nowait()
             except queue.Empty:
@@ -280,6 +287,9 @@ class Batcher:
                     job = self._queue.get(timeout=min(remaining, 0.0005))
                 except queue.Empty:
                     continue
+            if job is not _STOP and job.kind != first.kind:
+                self._held.append(job)  # first in the next batch: the queue's order is kept
+                break
             batch.append(job)
             if job is _STOP:
                 break
@@ -322,7 +332,7 @@ class Batcher:
         """Answer every job still queued (arrived after the stop, or left by a dead thread)."""
         while True:
             try:
-                job = self._queue.get_nowait()
+                job = self._held.popleft() if self._held else self._queue.get_nowait()
             except queue.Empty:
                 return
             if job is not _STOP and job.future.set_running_or_notify_cancel():

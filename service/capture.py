@@ -14,10 +14,11 @@ A module that returns a tuple (attention returns ``(output, weights)``) is serve
 tensor, the module's output proper; attention weights, which torchvision's ViT does not even
 compute (``need_weights=False``), are not a layer.
 
-The hooks are registered once, on every named module, when the tap is built. Each forward pass
-says which calls it wants; the pass is abandoned as soon as the last of them has been captured,
-so asking for ``layer1`` never runs ``layer2`` .. ``fc``. A tap (like its model) belongs to one
-thread: it keeps the state of the pass in progress.
+The hooks are registered once, on every named module, when the tap is built; for explanations
+(:meth:`LayerTap.capture_for_gradient`) the same hooks make one call's output a leaf of the
+autograd graph. Each forward pass says which calls it wants; the pass is abandoned as soon as
+the last of them has been captured, so asking for ``layer1`` never runs ``layer2`` .. ``fc``.
+A tap (like its model) belongs to one thread: it keeps the state of the pass in progress.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class _Pass:
     captured: dict[str, torch.Tensor] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
     trace: list[tuple[str, str, str, int, tuple[int, ...] | None]] | None = None
+    gradient_of: str | None = None  # the call whose output becomes a leaf of the graph (capture_for_gradient)
 
 
 class LayerTap:
@@ -94,6 +96,23 @@ class LayerTap:
             )
         return state.captured
 
+    def capture_for_gradient(self, inputs: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the whole model with the named call's output made a leaf that requires grad; (model output, leaf).
+
+        The pass goes on from a copy of the leaf, so a later in-place op rewrites the copy and the
+        leaf keeps the value the call returned: ``autograd.grad(score, leaf)`` is the gradient with
+        respect to exactly that value, and no graph is kept upstream of it. Call it in grad mode.
+        """
+        state = _Pass(gradient_of=name)
+        self._pass = state
+        try:
+            output = self.model(inputs)
+        finally:
+            self._pass = None
+        if name not in state.captured:
+            raise ValueError(f"no tensor output was produced for {name!r}; trace() lists the layers that exist")
+        return first_tensor(output), state.captured[name]
+
     def trace(self, inputs: torch.Tensor) -> list[LayerCall]:
         """Run the whole model on ``inputs`` and list every module call in the order the calls returned."""
         state = _Pass(trace=[])
@@ -122,18 +141,24 @@ class LayerTap:
         finally:
             self._pass = None
 
-    def _on_output(self, module_name: str, module: nn.Module, _inputs, output) -> None:
+    def _on_output(self, module_name: str, module: nn.Module, _inputs, raw_output):
         state = self._pass
         if state is None:  # a forward pass that is not ours (e.g. someone else's call of the model)
-            return
+            return None
         index = state.calls.get(module_name, 0)
         state.calls[module_name] = index + 1
         name = call_name(module_name, index)
-        output = first_tensor(output)
+        output = first_tensor(raw_output)
+        if state.gradient_of is not None:
+            if name != state.gradient_of or not isinstance(output, torch.Tensor):
+                return None
+            leaf = state.captured[name] = output.detach().clone().requires_grad_(True)
+            onward = leaf.clone()  # what the rest of the model gets, and may rewrite in place
+            return onward if raw_output is output else (onward, *raw_output[1:])
         if state.trace is not None:
             shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
             state.trace.append((name, module_name, type(module).__name__, index, shape))
-            return
+            return None
         if name in state.wanted and isinstance(output, torch.Tensor):
             # Copy now: a later in-place op (ReLU(inplace=True), `out += identity`) would
             # otherwise rewrite the value we return. The copy is also contiguous, which a
@@ -141,3 +166,4 @@ class LayerTap:
             state.captured[name] = output.clone(memory_format=torch.contiguous_format)
             if len(state.captured) == len(state.wanted):
                 raise _AllCaptured
+        return None

@@ -26,6 +26,8 @@ from . import metrics, postprocess
 from .batcher import Ticket
 from .capture import LayerCall
 from .errors import InvalidRequest, StartupError, UnknownModel
+from .explain import CAM_METHODS, METHODS
+from .explainer import ExplainWork, ImageExplanation
 from .image_inputs import ImageInput
 from .model_repository import load_entry
 from .postprocess import OutputOptions
@@ -56,6 +58,17 @@ class Extraction:
     model: str
     weights: str
     features: dict[str, np.ndarray]
+    timings: Timings
+
+
+@dataclass
+class ExplainResult:
+    """One explanation per image, in request order, and the class names when the weights have them."""
+
+    model: str
+    weights: str
+    labels: tuple[str, ...] | None
+    explanations: list[ImageExplanation]
     timings: Timings
 
 
@@ -185,6 +198,66 @@ class DataPlane:
                 features[name] = postprocess.apply(array, wanted, runner.layout_of(name))
         timings = Timings(preprocess_s * 1000, done.queue_ms, done.run_ms, done.batch_items)
         return Extraction(model=runner.name, weights=runner.weights.label, features=features, timings=timings)
+
+    def check_explain(
+        self, model: str | None, method: str, layer: str | None, target: int | None, steps: int
+    ) -> str | None:
+        """The layer to explain at (a CAM method's default: the model's last spatial layer; None for integrated
+        gradients), after checking every argument; InvalidRequest or UnknownLayer names what to change."""
+        runner = self.runner(model)
+        if method not in METHODS:
+            raise InvalidRequest(f"method must be one of {', '.join(METHODS)}, not {method[:50]!r}")
+        if self.settings.precision != "float32":
+            raise InvalidRequest("explanations need float32 gradients; this server runs LAYERTAP_PRECISION=int8")
+        if target is not None and not 0 <= target < runner.classes:
+            raise InvalidRequest(f"target must be a class index from 0 to {runner.classes - 1}, not {target}")
+        if method not in CAM_METHODS:
+            if layer is not None:
+                raise InvalidRequest(f"{method} attributes the score to the input pixels: drop layer=")
+            limit = self.settings.max_explain_steps
+            if not 1 <= steps <= limit:
+                raise InvalidRequest(
+                    f"steps must be from 1 to at most {limit} (LAYERTAP_MAX_EXPLAIN_STEPS), not {steps}"
+                )
+            return None
+        if layer is None:
+            return runner.spatial_layers[-1]
+        runner.check_layers((layer,))
+        if layer not in runner.spatial_layers:
+            shown = ", ".join(runner.spatial_layers[-12:])
+            raise InvalidRequest(
+                f"{method} needs a layer with a spatial map; {layer!r} has none. {runner.name} has "
+                f"{len(runner.spatial_layers)}, the last of them: {shown} (GET /shapes lists every layer)"
+            )
+        return layer
+
+    def explain(
+        self,
+        images: Sequence[ImageInput],
+        method: str,
+        layer: str | None,
+        target: int | None = None,
+        steps: int = 50,
+        model: str | None = None,
+        ticket: Ticket | None = None,
+    ) -> ExplainResult:
+        """Explain each image's score for ``target`` (default: its top-1 class) with ``method``, on the model thread
+        in explain batches of its own."""
+        layer = self.check_explain(model, method, layer, target, steps)
+        runner = self.runner(model)
+        if not images:
+            raise InvalidRequest("there is no image to explain")
+        started = time.perf_counter()
+        if ticket is None:
+            ticket = runner.reserve(len(images))
+        with ticket:
+            ticket.resize(len(images))
+            prepared = tuple(runner.inputs.prepare(data) for data in images)
+            preprocess_s = time.perf_counter() - started
+            work = ExplainWork(images=prepared, method=method, layer=layer, target=target, steps=steps)
+            done = runner.explain(ticket, work)
+        timings = Timings(preprocess_s * 1000, done.queue_ms, done.run_ms, done.batch_items)
+        return ExplainResult(runner.name, runner.weights.label, runner.weights.categories, done.result, timings)
 
     def shapes(
         self, model: str | None, batch: int, height: int, width: int

@@ -122,3 +122,10 @@ def default_sizing(cuda: bool, cores: int | None = None) -> Sizing:
         return Sizing(workers=1, threads=64, max_batch_size=16, max_queue_images=32)
     cores = cores or available_cores()
     return Sizing(workers=max(1, min(8, cores // 2)), threads=320, max_batch_size=64, max_queue_images=256)
+
+
+def compute_dtype(dtype_setting: str, precision: str, device_type: str) -> str:
+    """The dtype a model runs in: the device's fast one for ``auto``; int8 takes float32 inputs."""
+    if precision == "int8":
+        return "float32"
+    return fast_dtype(device_type) if dtype_setting == "auto" else dtype_setting

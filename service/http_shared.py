@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 import orjson
-from flask import Response, request
+from flask import Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from .auth import Unauthorized
@@ -30,7 +30,7 @@ from .errors import (
 from .uploads import body_limit_error
 
 if TYPE_CHECKING:
-    from .dataplane import Timings
+    from .dataplane import DataPlane, Timings
 
 log = logging.getLogger("layertap.http")
 
@@ -109,3 +109,8 @@ def unexpected_error(exc: Exception) -> tuple[str, str, int]:
     """A bug: logged with its stack, and told to the client without one."""
     log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
     return "internal_error", "an internal error occurred; it has been logged", 500
+
+
+def data_plane() -> DataPlane:
+    """The data plane of the app serving this request."""
+    return current_app.extensions["layertap.dataplane"]

@@ -39,6 +39,27 @@ class Features(BaseModel):
     features: dict[str, Feature] = Field(description="One entry per requested layer, in request order")
 
 
+class Explanation(BaseModel):
+    """One image's explanation: the class explained, its score, and the map."""
+
+    target: int = Field(description="The class index explained (default: the image's top-1)")
+    label: str | None = Field(description="Its name, when the weights have class names")
+    score: float = Field(description="The class's logit")
+    probability: float = Field(description="Its softmax probability")
+    map: Feature = Field(description="At the layer's resolution (CAM methods; ReLU'd) or the input's (attributions)")
+    upsampled: Feature | None = Field(default=None, description="CAM methods: scaled to [0, 1] at the input's size")
+
+
+class Explanations(BaseModel):
+    """The answer to POST /explain (format=json)."""
+
+    model: str
+    weights: str
+    method: str
+    layer: str | None = Field(description="The layer explained (CAM methods), or null (integrated gradients)")
+    explanations: list[Explanation] = Field(description="One per image, in request order")
+
+
 class ShapesInput(BaseModel):
     """The input size the shapes are for."""
 

@@ -26,8 +26,10 @@ from flask import Blueprint, Response, current_app
 from pydantic.json_schema import models_json_schema
 
 from . import __version__, messages
-from .api import BOOLEANS, ENCODINGS, json_response
+from .api import BOOLEANS, ENCODINGS
 from .auth import OPEN_ENDPOINTS
+from .explain import METHODS
+from .explain_api import DEFAULT_STEPS, FORMATS, json_response
 from .http_shared import TIMING_HEADERS
 from .oip import openapi as v2_operations
 from .oip import routes as oip
@@ -44,6 +46,7 @@ docs = Blueprint("docs", __name__)
 
 MESSAGES = (
     messages.Features,
+    messages.Explanations,
     messages.Shapes,
     messages.Status,
     messages.Labels,
@@ -163,6 +166,17 @@ def _operations(plane: DataPlane, d: Describe) -> dict[str, dict]:
         "schema": {"type": "string", "enum": list(plane.runners), "default": plane.default_model},
     }
     images = d.binary
+    features_body = {
+        "required": True,
+        "content": {
+            "image/*": {"schema": images},
+            "application/octet-stream": {"schema": images},
+            "multipart/form-data": {"schema": _image_list("image", images, max_images)},
+            "application/json": {
+                "schema": _image_list("images", {"type": "string", "contentEncoding": "base64"}, max_images)
+            },
+        },
+    }
     return {
         "api.features": {
             "summary": "Outputs of the named layers for one or more images",
@@ -178,19 +192,43 @@ def _operations(plane: DataPlane, d: Describe) -> dict[str, dict]:
                 _query("normalize", {"type": "string", "enum": list(BOOLEANS)}, "Scale each image's values to norm 1"),
                 _query("encoding", {"type": "string", "enum": list(ENCODINGS)}, "Nested JSON lists, or base64 float32"),
             ],
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "image/*": {"schema": images},
-                    "application/octet-stream": {"schema": images},
-                    "multipart/form-data": {"schema": _image_list("image", images, max_images)},
-                    "application/json": {
-                        "schema": _image_list("images", {"type": "string", "contentEncoding": "base64"}, max_images)
-                    },
-                },
-            },
+            "requestBody": features_body,
             "responses": {
                 "200": {"description": "One entry per layer", "headers": d.answered_headers, **d.body("Features")},
+                **d.errors(False, "400", "404", "413", "415", "429", "503"),
+            },
+        },
+        "explain_api.explain": {
+            "summary": "Explain each image's class score: a Grad-CAM-family map at a layer, or integrated gradients",
+            "parameters": [
+                _query("method", {"type": "string", "enum": list(METHODS)}, "How to explain"),
+                _query(
+                    "layer",
+                    {"type": "string"},
+                    f"CAM methods: a layer with a spatial map (default {runner.spatial_layers[-1]} for {runner.name})",
+                ),
+                _query("target", {"type": "integer", "minimum": 0}, "The class to explain (default: the top-1)"),
+                _query(
+                    "steps",
+                    {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": plane.settings.max_explain_steps,
+                        "default": DEFAULT_STEPS,
+                    },
+                    "integrated_gradients: points on the path from a black image",
+                ),
+                model,
+                _query("format", {"type": "string", "enum": list(FORMATS)}, "png: the map over the image (one image)"),
+                _query("encoding", {"type": "string", "enum": list(ENCODINGS)}, "Nested JSON lists, or base64 float32"),
+            ],
+            "requestBody": features_body,
+            "responses": {
+                "200": {
+                    "description": "One explanation per image; or, with format=png, the map over the image",
+                    "headers": d.answered_headers,
+                    "content": {**d.json("Explanations"), "image/png": {"schema": d.binary}},
+                },
                 **d.errors(False, "400", "404", "413", "415", "429", "503"),
             },
         },

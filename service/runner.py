@@ -13,7 +13,6 @@ above the runner sees a tensor.
 
 from __future__ import annotations
 
-import ctypes
 import difflib
 import logging
 import os
@@ -25,20 +24,25 @@ import torch
 import torchvision
 
 from . import hardware, metrics
-from .batcher import Batcher, Ticket
+from .batcher import Batcher, Done, Ticket
 from .capture import LayerCall, LayerTap
 from .errors import LayerUnavailable, NotReady, ServiceError, StartupError, UnknownLayer
+from .explainer import Explainer, ExplainWork
 from .folding import fold_batch_norms
 from .inputs import Inputs, Prepared
 from .model import DTYPES, build_model, place, resolve_device
 from .model_repository import ModelEntry
 from .preprocess import ImagePreprocessor
 from .quantize import Int8Model, build_int8, served_calls
+from .roles import roles, spatial_layers
+from .runtime import release_free_heap
 from .settings import Settings
 from .shapes import ShapeTracer
 from .weights import Weights
 
 log = logging.getLogger("layertap.runner")
+
+EXPLAIN = "explain"  # the batcher's kind for explain work: batched apart from inference
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,7 @@ class ModelRunner:
             entry.preprocessing, settings.max_pixels, settings.preprocessing, settings.max_aspect_ratio
         )
         self.device = resolve_device(settings.device)
-        self.dtype = _compute_dtype(settings, self.device)
+        self.dtype = hardware.compute_dtype(settings.dtype, settings.precision, self.device.type)
         # auto: on CUDA, unless exact preprocessing was asked for (nvjpeg is within the fast tolerances only)
         decode_on_device = settings.jpeg_decoder == "device" or (
             settings.jpeg_decoder == "auto" and self.device.type == "cuda" and settings.preprocessing == "fast"
@@ -80,7 +84,9 @@ class ModelRunner:
             self.layers = [c for c in self.layers if c.name in self._int8.served]
         self._layer_names = {c.name for c in self.layers}
         self._modules = {c.name: c.module for c in self.layers}
-        self.classifier, self.default_layer = _roles(entry, self.layers)
+        self.classifier, self.default_layer = roles(entry, self.layers)
+        self.spatial_layers = spatial_layers(entry, self.layers)
+        self.classes = next(c.shape[-1] for c in self.layers if c.name == self.classifier)
         self._batcher = Batcher(
             entry.name,
             self._run_batch,
@@ -89,7 +95,12 @@ class ModelRunner:
             max_queued=settings.max_queue_images,
             timeout_s=settings.request_timeout_s,
             admission_wait_s=settings.max_queue_wait_ms / 1000,
+            batch_limits={EXPLAIN: settings.max_explain_batch},
         )
+        self._explainer = Explainer(
+            self._explain_model, self.layout_of, entry.preprocessing.mean, entry.preprocessing.std,
+            chunk_images=settings.max_explain_batch,
+        )  # fmt: skip
         self._tap: LayerTap | None = None
         self._fast_tap: LayerTap | None = None
         self._needs_original: frozenset[str] = frozenset()
@@ -215,7 +226,7 @@ class ModelRunner:
             self._forward(warm_up, self._needs_original)
         self.load_seconds = round(time.perf_counter() - started, 3)
         metrics.MODEL_LOAD_SECONDS.labels(self.name).set(self.load_seconds)
-        _release_free_heap()
+        release_free_heap()
         log.info(
             "model %s ready on %s (%s, weights %s) in %.2f s",
             self.name,
@@ -226,24 +237,51 @@ class ModelRunner:
             extra={"pid": os.getpid()},
         )
 
-    def _run_batch(self, works: list[Work]) -> list[dict[str, np.ndarray] | ServiceError]:
-        wanted = frozenset(name for work in works for name in work.layers)
+    def explain(self, ticket: Ticket, work: ExplainWork) -> Done:
+        """Queue explain work on this model's thread (in batches of its own) and wait for it."""
+        return ticket.submit(work, kind=EXPLAIN)
+
+    def _run_batch(self, works: list[Work] | list[ExplainWork]) -> list:
         started = time.perf_counter()
         batch, failures = self.inputs.assemble([image for work in works for image in work.images])
+        if isinstance(works[0], ExplainWork):
+            try:
+                return self._per_work(works, failures, self._explainer.run(batch, works))
+            finally:
+                del batch
+                release_free_heap()  # a gradient pass leaves hundreds of MB in the allocator's free lists
+        wanted = frozenset(name for work in works for name in work.layers)
         outputs = self._forward(batch, wanted)
         metrics.IMAGES.labels(self.name).inc(len(batch))
         metrics.BATCH_IMAGES.labels(self.name).observe(len(batch))
         metrics.INFERENCE_SECONDS.labels(self.name).observe(time.perf_counter() - started)
-        results: list[dict[str, np.ndarray] | ServiceError] = []
         offset = 0
+        per_work = []
         for work in works:
-            count = len(work.images)
-            failed = [failures[i] for i in range(offset, offset + count) if i in failures]
-            results.append(
-                failed[0] if failed else {name: outputs[name][offset : offset + count] for name in work.layers}
-            )
-            offset += count
-        return results
+            per_work.append({name: outputs[name][offset : offset + len(work.images)] for name in work.layers})
+            offset += len(work.images)
+        return self._per_work(works, failures, per_work)
+
+    @staticmethod
+    def _per_work(works: list, failures: dict[int, ServiceError], results: list) -> list:
+        """Each work's result, or the error of its first image that failed to decode (the others are unharmed)."""
+        offset, answers = 0, []
+        for work, result in zip(works, results, strict=True):
+            failed = [failures[i] for i in range(offset, offset + len(work.images)) if i in failures]
+            answers.append(failed[0] if failed else result)
+            offset += len(work.images)
+        return answers
+
+    def _explain_model(self) -> tuple[torch.nn.Module, LayerTap]:
+        """The float32 model explanations run on: the served one when it is float32, else a float32 copy."""
+        if self.dtype == "float32" and self._int8 is None:
+            model, tap = self._model, self._tap
+        else:
+            model = place(build_model(self.entry, self.weights), self.device, "float32", self.settings.channels_last)
+            tap = LayerTap(model)
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)  # gradients with respect to activations and inputs only
+        return model, tap
 
     def _forward(self, batch: torch.Tensor, wanted: frozenset[str]) -> dict[str, np.ndarray]:
         """The normalized ``(n, 3, h, w)`` batch on the device → {layer: float32 array}, in chunks of max_batch_size."""
@@ -278,37 +316,3 @@ class ModelRunner:
         except ValueError as exc:
             raise StartupError(str(exc)) from None
         return served_calls(int8, self.entry.preprocessing.crop)
-
-
-def _roles(entry: ModelEntry, layers: list[LayerCall]) -> tuple[str, str]:
-    """The classifier and the default layer: the entry's, else inferred from the calls in return order.
-
-    The classifier is the last top-level layer with a 2-D output (the class scores); the default
-    layer is what it reads, the call that returned just before the classifier's first call began.
-    """
-    top = [c for c in layers if "." not in c.module and c.call_index == 0]
-    scores = [c for c in top if len(c.shape) == 2] or top
-    classifier = entry.classifier or scores[-1].name
-    module = next((c.module for c in layers if c.name == classifier), classifier)
-    first = next((i for i, c in enumerate(layers) if c.module == module or c.module.startswith(module + ".")), 0)
-    default_layer = entry.default_layer or (layers[first - 1].name if first > 0 else classifier)
-    names = {c.name for c in layers}
-    for role, layer in (("default_layer", default_layer), ("classifier", classifier)):
-        if layer not in names:
-            raise StartupError(f"model entry {entry.name!r}: its {role} {layer!r} is not one of its layers")
-    return classifier, default_layer
-
-
-def _compute_dtype(settings: Settings, device: torch.device) -> str:
-    """The dtype the model runs in: the device's fast one for ``auto`` (service/hardware.py); int8 takes float32 in."""
-    if settings.precision == "int8":
-        return "float32"
-    return hardware.fast_dtype(device.type) if settings.dtype == "auto" else settings.dtype
-
-
-def _release_free_heap() -> None:
-    """Hand the heap freed by loading and warm-up back to the OS (glibc keeps it otherwise)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass

@@ -54,3 +54,11 @@ def tune_malloc() -> dict[str, int]:
         if accepted is not None:
             applied[name] = accepted
     return applied
+
+
+def release_free_heap() -> None:
+    """Hand heap memory freed by a large job (loading, warm-up, a gradient pass) back to the OS (glibc keeps it)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass

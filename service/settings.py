@@ -127,6 +127,14 @@ class Settings(BaseSettings):
         description="How long a request waits for room in a full queue before its 429 (keeps goodput under overload).",
     )
     request_timeout_s: float = Field(30.0, gt=0, description="Deadline of a request inside the service; past it, 503.")
+    max_explain_batch: int = Field(
+        8,
+        gt=0,
+        description="Most images in one /explain pass (its gradients take several times a forward pass's memory).",
+    )
+    max_explain_steps: int = Field(
+        256, gt=0, description="Most integrated-gradients steps one /explain request may ask for; more gets 400."
+    )
     workers: int = Field(
         _CPU_SIZING.workers,
         gt=0,

@@ -94,3 +94,42 @@ def every_call(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
         for handle in handles:
             handle.remove()
     return out
+
+
+def reference_activation_and_gradient(
+    model: nn.Module, x: torch.Tensor, name: str, target: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The named ResNet18 value, ``d logits[:, target] / d value`` and the logits, from the hand-written forward.
+
+    The named value is made a leaf where it is computed and the pass goes on from it, out of
+    place: the gradient is with respect to exactly that value (pre-ReLU ``bn1``, the second
+    ``relu`` of a block), the independent side of the explanation tests.
+    """
+    leaf: dict[str, torch.Tensor] = {}
+
+    def tap(key: str, value: torch.Tensor) -> torch.Tensor:
+        if key == name:
+            value = leaf["value"] = value.detach().requires_grad_(True)
+        return value
+
+    with torch.enable_grad():
+        h = tap("conv1", model.conv1(x))
+        h = tap("bn1", model.bn1(h))
+        h = tap("relu", torch.relu(h))
+        h = tap("maxpool", model.maxpool(h))
+        for stage in ("layer1", "layer2", "layer3", "layer4"):
+            for index, block in enumerate(getattr(model, stage)):
+                p = f"{stage}.{index}"
+                o = tap(f"{p}.conv1", block.conv1(h))
+                o = tap(f"{p}.bn1", block.bn1(o))
+                o = tap(f"{p}.relu", torch.relu(o))
+                o = tap(f"{p}.conv2", block.conv2(o))
+                o = tap(f"{p}.bn2", block.bn2(o))
+                identity = h if block.downsample is None else block.downsample(h)
+                h = tap(f"{p}.relu_1", torch.relu(o + identity))
+                h = tap(p, h)
+            h = tap(stage, h)
+        h = tap("avgpool", model.avgpool(h))
+        logits = model.fc(torch.flatten(h, 1))
+        (gradient,) = torch.autograd.grad(logits[:, target].sum(), leaf["value"])
+    return leaf["value"].detach(), gradient, logits.detach()

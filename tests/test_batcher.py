@@ -174,6 +174,32 @@ def test_work_queued_behind_a_busy_thread_runs_as_one_batch(make):
     assert all(d.batch_items == 8 and d.queue_ms > 0 and d.run_ms >= 0 for d in done)
 
 
+def test_kinds_of_work_never_share_a_batch_and_each_has_its_own_limit(make):
+    gate = Gate()
+    batcher = make(gate, max_batch_size=8, batch_limits={"explain": 2})
+    submitted: list = []
+
+    def submit(payload, kind=None):
+        with batcher.reserve(1) as ticket:
+            submitted.append(payload)
+            return ticket.submit(payload, kind=kind)
+
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(submit, "first")
+        wait_for(lambda: len(gate.batches) == 1)
+        later = []
+        for payload, kind in [("a", None), ("e1", "explain"), ("b", None), ("e2", "explain"), ("e3", "explain")]:
+            later.append(pool.submit(submit, payload, kind))
+            wait_for(lambda p=payload: p in submitted)
+            time.sleep(0.01)  # queued in this order
+        wait_for(lambda: batcher.waiting == 5)
+        gate.open.set()
+        assert sorted(f.result(10).result for f in later) == ["done:a", "done:b", "done:e1", "done:e2", "done:e3"]
+        first.result(10)
+    # In queue order, a batch ends where the kind changes, and explain batches hold at most 2.
+    assert gate.batches == [["first"], ["a"], ["e1"], ["b"], ["e2", "e3"]]
+
+
 def test_expired_work_is_answered_and_never_handled(make):
     gate = Gate()
     batcher = make(gate, max_batch_size=1, timeout_s=0.3)

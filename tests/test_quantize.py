@@ -160,3 +160,10 @@ def test_bottleneck_names_are_honest_in_int8(photos, tmp_path):
     finally:
         for plane in planes.values():
             plane.close()
+
+
+def test_explanations_need_float32_and_say_so(int8_app, photos):
+    answer = int8_app.test_client().post(
+        "/explain?method=gradcam", data=photos["rocket.jpg"], content_type="image/jpeg"
+    )
+    assert answer.status_code == 400 and "float32" in answer.json["error"]["message"]

@@ -2,6 +2,7 @@
 
     from layertap_client import LayertapClient
     vectors = LayertapClient("http://localhost:8080").features([b"...jpeg bytes..."], ["avgpool"], pool="avg")
+    heatmaps = LayertapClient("http://localhost:8080").explain([b"...jpeg bytes..."], "gradcam", layer="layer4")
 
 The command line (``layertap embed``) lives in ``cli.py``. This package is its own distribution
 (``client/pyproject.toml``): it needs requests, numpy and tqdm, never torch.
@@ -61,12 +62,47 @@ class LayertapClient:
         params = {"encoding": "base64", "pool": pool, "normalize": str(normalize).lower()}
         if layers:
             params["layers"] = ",".join(layers)
+        body = self._post("/features", params, images, model)
+        return {name: _decode(feature) for name, feature in body["features"].items()}
+
+    def explain(
+        self,
+        images: list[bytes],
+        method: str = "gradcam",
+        layer: str | None = None,
+        target: int | None = None,
+        steps: int | None = None,
+        model: str | None = None,
+    ) -> list[dict]:
+        """Per image: the class explained (``target``, ``label``, ``score``, ``probability``) and its maps as arrays.
+
+        ``method``: gradcam, gradcam++, layercam, hirescam (``layer``: a spatial layer, default the
+        model's last) or integrated_gradients (``steps``, default 50). ``target=None`` explains
+        each image's top-1 class. ``map`` is at the layer's resolution (the input's, for integrated
+        gradients); ``upsampled``, for the CAM methods, is scaled to [0, 1] at the input's size.
+        """
+        params: dict[str, str] = {"encoding": "base64", "method": method}
+        for key, value in (("layer", layer), ("target", target), ("steps", steps)):
+            if value is not None:
+                params[key] = str(value)
+        body = self._post("/explain", params, images, model)
+        return [
+            {
+                **{key: item[key] for key in ("target", "label", "score", "probability")},
+                "map": _decode(item["map"]),
+                "upsampled": _decode(item["upsampled"]) if "upsampled" in item else None,
+            }
+            for item in body["explanations"]
+        ]
+
+    def _post(self, path: str, params: dict[str, str], images: list[bytes], model: str | None) -> dict:
+        """POST the images as multipart parts; retries 429/503 and dropped connections; the JSON answer."""
         if model or self.model:
             params["model"] = model or self.model
         files = [("image", (f"{i}", data, "application/octet-stream")) for i, data in enumerate(images)]
         for attempt in range(self.max_retries + 1):
             try:
-                response = self._session.post(f"{self.url}/features", params=params, files=files, timeout=self.timeout)
+                response = self._session.post(f"{self.url}{path}", params=params, files=files, timeout=self.timeout)
             except (requests.ConnectionError, requests.Timeout):
                 if attempt == self.max_retries:
                     raise
@@ -80,7 +116,7 @@ class LayertapClient:
                 raise LayertapError(
                     response.status_code, error.get("code", "error"), error.get("message", response.text)
                 )
-            return {name: _decode(feature) for name, feature in response.json()["features"].items()}
+            return response.json()
         raise AssertionError("unreachable")
 
     def info(self, model: str | None = None) -> dict:

@@ -22,12 +22,13 @@ import zlib
 from typing import TYPE_CHECKING
 
 import orjson
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from .. import __version__, metrics
 from ..errors import InvalidRequest, ServiceError, TooLarge, UnknownLayer, UnknownModel
 from ..http_shared import (
+    data_plane,
     expects_continue,
     headers_of,
     http_error,
@@ -69,10 +70,6 @@ def owns(path: str) -> bool:
     return path == PREFIX or path.startswith(PREFIX + "/")
 
 
-def _plane() -> DataPlane:
-    return current_app.extensions["layertap.dataplane"]
-
-
 def _runner(plane: DataPlane, model: str, version: str | None) -> ModelRunner:
     """The model's runner, or UnknownModel (404) for an unknown model or a version other than ours."""
     runner = plane.runner(model)
@@ -91,14 +88,14 @@ def server_metadata() -> Response:
 @oip.get(f"{PREFIX}/health/live")
 def server_live() -> Response:
     """200 while the process serves; 503 once a model thread has failed."""
-    live = _plane().state != "failed"
+    live = data_plane().state != "failed"
     return json_response({"live": live}, status=200 if live else 503)
 
 
 @oip.get(f"{PREFIX}/health/ready")
 def server_ready() -> Response:
     """200 once every model is loaded and warm; 503 while loading, draining or failed."""
-    if _plane().ready:
+    if data_plane().ready:
         return json_response({"ready": True})
     return json_response({"ready": False}, status=503, headers={"Retry-After": "1"})
 
@@ -107,7 +104,7 @@ def server_ready() -> Response:
 @oip.get(f"{PREFIX}/models/<model>/versions/<version>/ready")
 def model_ready(model: str, version: str | None = None) -> Response:
     """200 once this model is loaded and warm, else 503."""
-    runner = _runner(_plane(), model, version)
+    runner = _runner(data_plane(), model, version)
     if runner.ready:
         return json_response({"name": runner.name, "ready": True})
     return json_response({"name": runner.name, "ready": False}, status=503, headers={"Retry-After": "1"})
@@ -117,7 +114,7 @@ def model_ready(model: str, version: str | None = None) -> Response:
 @oip.get(f"{PREFIX}/models/<model>/versions/<version>")
 def model_metadata(model: str, version: str | None = None) -> Response:
     """The three image inputs, and every layer as an output, shaped for the model's input size (-1: any batch)."""
-    runner = _runner(_plane(), model, version)
+    runner = _runner(data_plane(), model, version)
     crop = runner.entry.preprocessing.crop
     # Three ways to send the images; a request sends exactly one of them, so each is optional.
     inputs = [
@@ -146,7 +143,7 @@ def model_metadata(model: str, version: str | None = None) -> Response:
 @oip.post(f"{PREFIX}/models/<model>/versions/<version>/infer")
 def infer(model: str, version: str | None = None) -> Response:
     """The requested layers for the images of the request's one input; binary where asked."""
-    plane = _plane()
+    plane = data_plane()
     runner = _runner(plane, model, version)  # an unknown model or version costs no upload
     with plane.admit(model, wait=not expects_continue()) as ticket:  # room held before the body is read
         header, binary = tensors.split_body(read_decoded_body(), request.headers.get(tensors.BINARY_HEADER))
