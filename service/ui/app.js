@@ -1,5 +1,5 @@
-// layertap debug page: pick layers, upload an image, see each channel as a heatmap.
-// Everything comes from this service: /info, /shapes, /labels and /features (encoding=base64).
+// layertap debug page: pick layers, upload an image, see each channel as a heatmap; explain a class.
+// Everything comes from this service: /info, /shapes, /labels, /features (encoding=base64), /explain (format=png).
 "use strict";
 
 const MAX_CHANNELS = 64;
@@ -48,7 +48,9 @@ async function loadModel() {
     const body = $("shape-table").querySelector("tbody");
     body.replaceChildren(...state.layers.map((layer) => row([layer.name, layer.type, `[${layer.shape.join(", ")}]`])));
     state.labels = info.labels ? (await getJSON(`/labels?${modelQuery()}`)).labels : null;
+    fillExplainLayers();
     $("classes").hidden = true;
+    $("explain-panel").hidden = true;
     $("maps").replaceChildren();
   } catch (error) {
     setStatus(`cannot describe the model: ${error.message}`, true);
@@ -182,6 +184,9 @@ function showTop5(logits) {
   $("top5").replaceChildren(
     ...ranked.map((index) => {
       const li = document.createElement("li");
+      li.dataset.class = index;
+      li.title = "explain this class";
+      li.addEventListener("click", () => explain(index));
       const p = exp[index] / sum;
       li.textContent = `${state.labels[index]} — ${(100 * p).toFixed(1)}%`;
       const bar = document.createElement("span");
@@ -215,6 +220,7 @@ async function run() {
     const layouts = Object.fromEntries(state.layers.map((layer) => [layer.name, layer.layout]));
     for (const name of chosen) showLayer(name, body.features[name], layouts[name]);
     if (state.labels) showTop5(Array.from(decodeFloats(body.features[classifier].data)));
+    $("explain-panel").hidden = false;
     const ms = Math.round(performance.now() - started);
     setStatus(`done in ${ms} ms (inference ${response.headers.get("X-Inference-Time")} ms)`);
   } catch (error) {
@@ -224,6 +230,57 @@ async function run() {
   }
 }
 
+// The layers a class-activation map can read: a map larger than 1×1 (channels first, or last for Swin's stages).
+function fillExplainLayers() {
+  const spatial = state.layers.filter((layer) => {
+    if (layer.shape.length !== 4 || layer.layout === "tokens") return false;
+    const [h, w] = layer.layout === "nhwc" ? layer.shape.slice(1, 3) : layer.shape.slice(2);
+    return h * w > 1;
+  });
+  $("explain-layer").replaceChildren(
+    ...spatial.map((layer, i) => new Option(layer.name, layer.name, false, i === spatial.length - 1)),
+  );
+}
+
+async function explain(target) {
+  if (!state.file) return setStatus("choose an image first", true);
+  const method = $("explain-method").value;
+  const chosen = target ?? ($("explain-target").value === "" ? null : Number($("explain-target").value));
+  const params = { method, format: "png" };
+  if (method !== "integrated_gradients") params.layer = $("explain-layer").value;
+  else params.steps = "32";
+  if (chosen !== null) params.target = String(chosen);
+  $("explain-run").disabled = true;
+  $("explain-caption").textContent = "explaining…";
+  try {
+    const response = await fetch(`/explain?${modelQuery(params)}`, {
+      method: "POST",
+      headers: { "Content-Type": state.file.type || "application/octet-stream", ...authHeaders() },
+      body: state.file,
+    });
+    if (!response.ok) {
+      const body = await response.json();
+      throw new Error(body.error ? body.error.message : response.statusText);
+    }
+    const image = $("explain-image");
+    image.src = URL.createObjectURL(await response.blob());
+    image.hidden = false;
+    const index = Number(response.headers.get("X-Target"));
+    const name = state.labels ? state.labels[index] : `class ${index}`;
+    const p = (100 * Number(response.headers.get("X-Probability"))).toFixed(1);
+    const where = params.layer ? ` at ${params.layer}` : "";
+    $("explain-caption").textContent = `${method}${where}: ${name} (${p}%)`;
+  } catch (error) {
+    $("explain-caption").textContent = error.message;
+  } finally {
+    $("explain-run").disabled = false;
+  }
+}
+
+$("explain-run").addEventListener("click", () => explain(null));
+$("explain-method").addEventListener("change", () => {
+  $("explain-layer").disabled = $("explain-method").value === "integrated_gradients";
+});
 $("file-input").addEventListener("change", (event) => chooseFile(event.target.files[0]));
 $("layer-filter").addEventListener("input", (event) => fillLayerPicker(event.target.value.trim()));
 $("run").addEventListener("click", run);

@@ -81,6 +81,23 @@ def test_page_shows_shapes_heatmaps_and_top5_from_local_assets_only(imagenet_ser
             }"""
         )
         assert spread > 10
+        # Explain: a click on the second class of the top 5 explains that class at the last spatial layer.
+        assert page.locator("#explain-layer").input_value() == "layer4"
+        second = page.locator("#top5 li").nth(1)
+        second_class = second.get_attribute("data-class")
+        second_label = second.inner_text().split(" — ")[0]
+        second.click()
+        page.wait_for_function(
+            "document.getElementById('explain-image').complete && document.getElementById('explain-image').naturalWidth"
+        )
+        assert page.evaluate("document.getElementById('explain-image').naturalWidth") == 224
+        caption = page.locator("#explain-caption").inner_text()
+        assert caption.startswith("gradcam at layer4: ") and second_label in caption, (caption, second_class)
+        page.select_option("#explain-method", "integrated_gradients")
+        assert page.locator("#explain-layer").is_disabled()
+        page.click("#explain-run")
+        page.wait_for_function("document.getElementById('explain-caption').textContent.startsWith('integrated')")
+        assert "%" in page.locator("#explain-caption").inner_text()
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "ui.png"), full_page=True)
         # An error from the service is shown, not swallowed.
