@@ -117,3 +117,42 @@ def test_resuming_with_other_options_is_refused(server, folder, tmp_path):
         embed(folder, out, Interrupting(server.url, allowed=1), ["fc"], batch_size=1, concurrency=1, progress=False)
     with pytest.raises(LayertapError, match="unfinished run made with"):
         embed(folder, out, LayertapClient(server.url), ["avgpool"], batch_size=1, concurrency=1, progress=False)
+
+
+def test_client_explains_images_as_arrays(server, photos):
+    client = LayertapClient(server.url)
+    images = [photos["rocket.jpg"], photos["chelsea.png"]]
+    cams = client.explain(images, "gradcam++", layer="layer3", target=2)
+    assert [c["target"] for c in cams] == [2, 2]
+    assert cams[0]["map"].shape == (14, 14) and cams[0]["upsampled"].shape == (224, 224)
+    assert 0 <= cams[0]["upsampled"].min() and cams[0]["upsampled"].max() <= 1
+    (attribution,) = client.explain(images[:1], "integrated_gradients", steps=4)
+    assert attribution["map"].shape == (224, 224) and attribution["upsampled"] is None
+    with pytest.raises(LayertapError, match="spatial map"):
+        client.explain(images[:1], "gradcam", layer="fc")
+
+
+def test_explain_soak_keeps_memory_flat(server, photos):
+    """500 explanations: the gradient passes' memory is released after each batch."""
+    from stress.server import rss_mb
+
+    worker = server.workers()[0]
+    session = requests.Session()
+
+    def explain_many(count: int) -> None:
+        for i in range(count):
+            method = ("gradcam", "layercam", "hirescam", "gradcam++")[i % 4]
+            layer = ("layer4", "layer2", "layer1.0.bn1")[i % 3]
+            answer = session.post(
+                f"{server.url}/explain?method={method}&layer={layer}&encoding=base64",
+                data=photos["rocket.jpg"],
+                headers={"Content-Type": "image/jpeg"},
+                timeout=60,
+            )
+            assert answer.status_code == 200, answer.text[:200]
+
+    explain_many(50)  # warm: the allocator's pools and the graph's first shapes
+    before = rss_mb(worker)
+    explain_many(500)
+    grown = rss_mb(worker) - before
+    assert grown < 50, f"RSS grew by {grown:.0f} MB over 500 explanations"
