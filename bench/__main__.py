@@ -7,7 +7,7 @@
    ``/features`` and through the Open Inference Protocol (binary tensors, as tritonclient sends
    them); then 64 and 256 clients that ignore ``Retry-After`` (bench/overload.py).
 3. TorchServe 0.12 (bench/torchserve.py), same weights, photos and clients, in the same run.
-4. The int8 service.
+4. The int8 service; explanations per method (bench/explain.py).
 5. A table of img/s, p50/p99 latency, errors and the ratios to the in-process limit and to
    TorchServe; RSS of the service at idle and at peak; the CPU's flags. Printed, and written to
    ``bench-results/`` as Markdown and JSON.
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import requests
 
-from bench import overload
+from bench import explain, overload
 from bench.inprocess import INT8_CACHE, in_process
 from bench.report import Cell, report
 from bench.torchserve import TorchServe
@@ -155,7 +155,9 @@ def main() -> None:
                     measure(server.url, requests_, layer, label, concurrency, args.seconds,
                             same_path[layer], limit["variants"]["channels_last"][layer])
                 )  # fmt: skip
-        peak = sum(rss_mb(pid, "VmHWM") for pid in pids)
+        peak = sum(rss_mb(pid, "VmHWM") for pid in pids)  # before explanations: their float32 copy is extra
+        print("explanations ...", flush=True)
+        explain_rows = explain.service_rows(server.url, images, (1, 4), args.seconds)
         overload_clients = tuple(int(c) for c in args.overload.split(",") if c)
         goodput = overload.goodput(server.url, images, "/features?layers=avgpool", overload_clients, args.seconds)
         reference = requests.post(f"{server.url}/features?layers=avgpool", data=images[0], timeout=30).json()
@@ -201,7 +203,9 @@ def main() -> None:
             cells[-1].torchserve_float32_img_s = torchserve["float32"]["img_s"].get(concurrency)
     finally:
         server.stop()
-    report(limit, cells, (goodput, no_wait), torchserve, info, idle, peak, Path(args.out))
+    print("explanations in process ...", flush=True)
+    explained = explain.markdown(explain_rows, explain.in_process())
+    report(limit, cells, (goodput, no_wait), torchserve, info, idle, peak, Path(args.out), (explained,))
 
 
 def run_torchserve(

@@ -40,7 +40,9 @@ def report(
     idle: float,
     peak: float,
     out: Path,
+    sections: tuple[list[str], ...] = (),
 ) -> None:
+    """Print and write the report; ``sections`` are further Markdown sections (explanations), before the targets."""
     goodput, no_wait = goodputs
     flags = cpu_flags()
     lines = [
@@ -161,6 +163,8 @@ def report(
             f"in process, layer1 ÷ avgpool: ×{service['layer1'] / service['avgpool']:.2f} (the early-exit gain)"
         )
     checks.append(f"idle RSS {idle:.0f} MB (target ≤ 800)")
+    for section in sections:
+        lines += section
     lines += ["## Against the targets", "", *[f"- {c}" for c in checks], ""]
     text = "\n".join(lines)
     print("\n" + text)
