@@ -211,14 +211,12 @@ class DataPlane:
             raise InvalidRequest("explanations need float32 gradients; this server runs LAYERTAP_PRECISION=int8")
         if target is not None and not 0 <= target < runner.classes:
             raise InvalidRequest(f"target must be a class index from 0 to {runner.classes - 1}, not {target}")
+        limit = self.settings.max_explain_steps
+        if not 1 <= steps <= limit:  # refused for every method: an invalid value is no less so where unused
+            raise InvalidRequest(f"steps must be from 1 to at most {limit} (LAYERTAP_MAX_EXPLAIN_STEPS), not {steps}")
         if method not in CAM_METHODS:
             if layer is not None:
                 raise InvalidRequest(f"{method} attributes the score to the input pixels: drop layer=")
-            limit = self.settings.max_explain_steps
-            if not 1 <= steps <= limit:
-                raise InvalidRequest(
-                    f"steps must be from 1 to at most {limit} (LAYERTAP_MAX_EXPLAIN_STEPS), not {steps}"
-                )
             return None
         if layer is None:
             return runner.spatial_layers[-1]
