@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import logging
 import threading
-from typing import TYPE_CHECKING
 
 import numpy as np
 from flask import Blueprint, Response, g, request
@@ -32,9 +31,6 @@ from .http_shared import (
 )
 from .postprocess import POOLS, OutputOptions
 from .uploads import read_images
-
-if TYPE_CHECKING:  # the HTTP layer talks to the data plane, and never imports torch itself
-    pass
 
 log = logging.getLogger("layertap.api")
 

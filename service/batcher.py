@@ -7,7 +7,8 @@ once, then takes the first job, gathers the jobs that arrive within ``max_delay_
 only while reserved work is still being prepared, so a lone client never waits), up to
 ``max_batch_size`` items, and hands their payloads to ``handle`` in one call. A job may name its
 ``kind``: a batch holds jobs of one kind only (inference and explanations are never mixed), up
-to that kind's own limit in ``batch_limits``; a job of another kind waits for the next batch. ``handle``
+to that kind's own limit in ``batch_limits``; a job of another kind, or one that would cross the
+limit, is held for the next batch while this one goes on gathering its own kind. ``handle``
 returns one result per payload, or a ServiceError for a payload that alone failed; if it
 raises, only that batch's jobs fail.
 
@@ -271,10 +272,19 @@ class Batcher:
             self._fail_queued(error)
 
     def _gather(self, first: _Job) -> list:
-        """The first job plus those of its kind arriving within the delay, while more are on their way."""
+        """The first job plus those of its kind arriving within the delay, while more are on their way.
+
+        Jobs of another kind, and a job that would take the batch past its kind's limit, are held
+        for the next batches (in their order): they neither end this batch nor join it.
+        """
         batch = [first]
         items = first.items
         limit = self.batch_limits.get(first.kind, self.max_batch_size)
+        for job in list(self._held):  # held back earlier: queued before anything still in the queue
+            if job is not _STOP and job.kind == first.kind and items + job.items <= limit:
+                self._held.remove(job)
+                batch.append(job)
+                items += job.items
         wait_until = time.monotonic() + self.max_delay_s
         while items < limit:
             try:
@@ -287,9 +297,9 @@ class Batcher:
                     job = self._queue.get(timeout=min(remaining, 0.0005))
                 except queue.Empty:
                     continue
-            if job is not _STOP and job.kind != first.kind:
-                self._held.append(job)  # first in the next batch: the queue's order is kept
-                break
+            if job is not _STOP and (job.kind != first.kind or items + job.items > limit):
+                self._held.append(job)
+                continue
             batch.append(job)
             if job is _STOP:
                 break

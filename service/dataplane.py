@@ -25,8 +25,8 @@ import numpy as np
 from . import metrics, postprocess
 from .batcher import Ticket
 from .capture import LayerCall
-from .errors import InvalidRequest, StartupError, UnknownModel
-from .explain import CAM_METHODS, METHODS
+from .errors import InvalidRequest, StartupError, TooManyImages, UnknownModel
+from .explain_methods import CAM_METHODS, METHODS
 from .explainer import ExplainWork, ImageExplanation
 from .image_inputs import ImageInput
 from .model_repository import load_entry
@@ -216,8 +216,12 @@ class DataPlane:
             raise InvalidRequest(f"steps must be from 1 to at most {limit} (LAYERTAP_MAX_EXPLAIN_STEPS), not {steps}")
         if method not in CAM_METHODS:
             if layer is not None:
-                raise InvalidRequest(f"{method} attributes the score to the input pixels: drop layer=")
+                raise InvalidRequest(f"{method} attributes the score to the input pixels: it takes no layer")
             return None
+        if not runner.spatial_layers:
+            raise InvalidRequest(
+                f"{runner.name} has no layer with a spatial map for {method}; try integrated_gradients"
+            )
         if layer is None:
             return runner.spatial_layers[-1]
         runner.check_layers((layer,))
@@ -225,7 +229,7 @@ class DataPlane:
             shown = ", ".join(runner.spatial_layers[-12:])
             raise InvalidRequest(
                 f"{method} needs a layer with a spatial map; {layer!r} has none. {runner.name} has "
-                f"{len(runner.spatial_layers)}, the last of them: {shown} (GET /shapes lists every layer)"
+                f"{len(runner.spatial_layers)}, the last of them: {shown}"
             )
         return layer
 
@@ -245,6 +249,11 @@ class DataPlane:
         runner = self.runner(model)
         if not images:
             raise InvalidRequest("there is no image to explain")
+        if len(images) > self.settings.max_explain_batch:  # an explanation costs several forward passes
+            raise TooManyImages(
+                f"{len(images)} images to explain in one request; the limit is {self.settings.max_explain_batch} "
+                "(LAYERTAP_MAX_EXPLAIN_BATCH)"
+            )
         started = time.perf_counter()
         if ticket is None:
             ticket = runner.reserve(len(images))
@@ -252,7 +261,8 @@ class DataPlane:
             ticket.resize(len(images))
             prepared = tuple(runner.inputs.prepare(data) for data in images)
             preprocess_s = time.perf_counter() - started
-            work = ExplainWork(images=prepared, method=method, layer=layer, target=target, steps=steps)
+            metrics.PREPROCESS_SECONDS.labels(runner.name).observe(preprocess_s)
+            work = ExplainWork(prepared, method, layer, target, steps, deadline=ticket.deadline)
             done = runner.explain(ticket, work)
         timings = Timings(preprocess_s * 1000, done.queue_ms, done.run_ms, done.batch_items)
         return ExplainResult(runner.name, runner.weights.label, runner.weights.categories, done.result, timings)

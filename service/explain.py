@@ -28,8 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-CAM_METHODS = ("gradcam", "gradcam++", "layercam", "hirescam")
-METHODS = (*CAM_METHODS, "integrated_gradients")
+from .explain_methods import CAM_METHODS
 
 
 def class_activation_map(activations: torch.Tensor, gradients: torch.Tensor, method: str) -> torch.Tensor:

@@ -14,7 +14,7 @@ from flask import Blueprint, Response, g, request
 
 from .api import ENCODINGS, choice_arg, encode_feature, int_arg
 from .errors import InvalidRequest
-from .explain import METHODS
+from .explain_methods import METHODS
 from .heatmap import overlay_png, to_unit
 from .http_shared import data_plane, expects_continue, json_response, timing_headers
 from .uploads import read_images

@@ -16,6 +16,8 @@ by the chunk, not by ``steps``. Everything a batch allocated is released when it
 from __future__ import annotations
 
 import itertools
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,19 +25,25 @@ import numpy as np
 import torch
 
 from .capture import LayerTap
-from .explain import CAM_METHODS, class_activation_map, path_inputs, quadrature, scaled_and_resized
+from .errors import DeadlineExceeded, InferenceFailed, ServiceError
+from .explain import class_activation_map, path_inputs, quadrature, scaled_and_resized
+from .explain_methods import CAM_METHODS
 from .inputs import Prepared
+
+log = logging.getLogger("layertap.explainer")
 
 
 @dataclass(frozen=True)
 class ExplainWork:
-    """One explain request: its images, the method, the layer (CAM methods), the class and the path's steps."""
+    """One explain request: its images, the method, the layer (CAM methods), the class, the path's steps, and
+    the time.monotonic() past which its client no longer waits (checked between passes)."""
 
     images: tuple[Prepared, ...]
     method: str
     layer: str | None
     target: int | None
     steps: int
+    deadline: float = float("inf")
 
 
 @dataclass
@@ -69,12 +77,11 @@ class Explainer:
         self._model: torch.nn.Module | None = None
         self._tap: LayerTap | None = None
 
-    def run(self, batch: torch.Tensor, works: list[ExplainWork]) -> list[list[ImageExplanation]]:
-        """The normalized float32 batch of every work's images, in order → each work's explanations."""
-        if self._model is None:
-            self._model, self._tap = self._build()
+    def run(self, batch: torch.Tensor, works: list[ExplainWork]) -> list[list[ImageExplanation] | ServiceError]:
+        """The normalized float32 batch of every work's images, in order → each work's explanations, or the error
+        that stopped its group (works that share a layer, or a step count); the other groups are unharmed."""
         offsets = list(itertools.accumulate((len(w.images) for w in works), initial=0))
-        results: list[list[ImageExplanation] | None] = [None] * len(works)
+        results: list[list[ImageExplanation] | ServiceError | None] = [None] * len(works)
         groups: dict[tuple, list[int]] = {}
         for index, work in enumerate(works):
             key = ("cam", work.layer) if work.method in CAM_METHODS else ("ig", work.steps)
@@ -82,39 +89,64 @@ class Explainer:
         for (kind, _), members in groups.items():
             rows = torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in members]).to(batch.device)
             inputs = batch.index_select(0, rows)
-            targets = [t for i in members for t in [works[i].target] * len(works[i].images)]
-            run = self._cams if kind == "cam" else self._integrated_gradients
-            explained = run(inputs, targets, [works[i] for i in members])
+            per_image = [(works[i].target, works[i].method) for i in members for _ in works[i].images]
+            deadline = min(works[i].deadline for i in members)
+            try:
+                if self._model is None:
+                    self._model, self._tap = self._build()
+                explained = []
+                for start in range(0, len(inputs), self._chunk_images):  # memory: at most chunk_images at a time
+                    _check(deadline)
+                    chunk, chosen = (
+                        inputs[start : start + self._chunk_images],
+                        per_image[start : start + self._chunk_images],
+                    )
+                    run = self._cams if kind == "cam" else self._integrated_gradients
+                    explained += run(chunk, chosen, works[members[0]], deadline)
+            except ServiceError as exc:
+                explained = exc
+            except Exception as exc:
+                log.exception("an explanation group failed")
+                explained = InferenceFailed(f"the explanation failed: {type(exc).__name__}: {exc}")
             for i in members:
-                results[i], explained = explained[: len(works[i].images)], explained[len(works[i].images) :]
+                if isinstance(explained, ServiceError):
+                    results[i] = explained
+                else:
+                    results[i], explained = explained[: len(works[i].images)], explained[len(works[i].images) :]
         return results
 
-    def _cams(self, inputs: torch.Tensor, targets: list[int | None], works: list[ExplainWork]) -> list:
-        layer = works[0].layer
+    def _cams(self, inputs: torch.Tensor, per_image: list, work: ExplainWork, _deadline: float) -> list:
+        """One pass and one backward pass for the chunk; ``_deadline`` is checked between chunks, by ``run``."""
+        layer = work.layer
         with torch.enable_grad():
             logits, leaf = self._tap.capture_for_gradient(inputs, layer)
-            chosen = self._targets(logits, targets)
+            chosen = self._targets(logits, [target for target, _ in per_image])
             scores = logits.gather(1, chosen[:, None]).squeeze(1)
-            (gradients,) = torch.autograd.grad(scores.sum(), leaf)
+            (gradients,) = torch.autograd.grad(scores.sum(), leaf, allow_unused=True)
+        if gradients is None:  # the layer does not reach the class scores: nothing in it explains them
+            gradients = torch.zeros_like(leaf)
         activations = leaf.detach()
         if self._layout_of(layer) == "nhwc":  # channels last (Swin's stages): the maps are over H, W
             activations, gradients = activations.permute(0, 3, 1, 2), gradients.permute(0, 3, 1, 2)
-        methods = [work.method for work in works for _ in work.images]
-        maps = [class_activation_map(activations[i : i + 1], gradients[i : i + 1], m)[0] for i, m in enumerate(methods)]
+        maps = [
+            class_activation_map(activations[i : i + 1], gradients[i : i + 1], method)[0]
+            for i, (_, method) in enumerate(per_image)
+        ]
         cams = torch.stack(maps)
         upsampled = scaled_and_resized(cams, inputs.shape[-1])
         return self._explanations(inputs, logits.detach(), chosen, cams, upsampled)
 
-    def _integrated_gradients(self, inputs: torch.Tensor, targets: list[int | None], works: list[ExplainWork]) -> list:
-        steps = works[0].steps
+    def _integrated_gradients(self, inputs: torch.Tensor, per_image: list, work: ExplainWork, deadline: float) -> list:
+        steps = work.steps
         baseline = ((torch.zeros(1, 3, 1, 1) - self._mean) / self._std).to(inputs.device)  # a black image
         with torch.no_grad():
             logits = self._model(inputs)
-        chosen = self._targets(logits, targets)
+        chosen = self._targets(logits, [target for target, _ in per_image])
         alphas, weights = quadrature(steps)
-        per_chunk = max(1, self._chunk_images // len(inputs))
+        per_chunk = max(1, self._chunk_images // len(inputs))  # path points × images ≤ chunk_images per pass
         total = torch.zeros_like(inputs)
         for start in range(0, steps, per_chunk):
+            _check(deadline)
             chunk_alphas, chunk_weights = alphas[start : start + per_chunk], weights[start : start + per_chunk]
             with torch.enable_grad():
                 points = path_inputs(inputs, baseline, chunk_alphas).requires_grad_(True)
@@ -147,3 +179,8 @@ class Explainer:
             )
             for i in range(len(inputs))
         ]
+
+
+def _check(deadline: float) -> None:
+    if time.monotonic() > deadline:
+        raise DeadlineExceeded("the explanation did not finish within the request's deadline", retry_after_s=1)

@@ -114,6 +114,7 @@ class Info(BaseModel):
     models: list[str]
     default_model: str
     default_layer: str
+    spatial_layers: list[str] = Field(description="Layers with a spatial map, for /explain's CAM methods")
     classifier: str
     weights: str
     device: str

@@ -28,9 +28,9 @@ from pydantic.json_schema import models_json_schema
 from . import __version__, messages
 from .api import BOOLEANS, ENCODINGS
 from .auth import OPEN_ENDPOINTS
-from .explain import METHODS
-from .explain_api import DEFAULT_STEPS, FORMATS, json_response
-from .http_shared import TIMING_HEADERS
+from .explain_api import DEFAULT_STEPS, FORMATS
+from .explain_methods import METHODS
+from .http_shared import TIMING_HEADERS, json_response
 from .oip import openapi as v2_operations
 from .oip import routes as oip
 from .oip import schema as v2
@@ -205,7 +205,7 @@ def _operations(plane: DataPlane, d: Describe) -> dict[str, dict]:
                 _query(
                     "layer",
                     {"type": "string"},
-                    f"CAM methods: a layer with a spatial map (default {runner.spatial_layers[-1]} for {runner.name})",
+                    "CAM methods: a layer with a spatial map (default: the model's last, GET /info lists them)",
                 ),
                 _query("target", {"type": "integer", "minimum": 0}, "The class to explain (default: the top-1)"),
                 _query(

@@ -177,6 +177,7 @@ class ModelRunner:
             "architecture": self.entry.architecture,
             "weights": self.weights.label,
             "default_layer": self.default_layer,
+            "spatial_layers": self.spatial_layers,
             "classifier": self.classifier,
             "labels": self.weights.categories is not None,
             "device": str(self.device),
@@ -248,19 +249,23 @@ class ModelRunner:
             try:
                 return self._per_work(works, failures, self._explainer.run(batch, works))
             finally:
+                self._count(len(batch), started)
                 del batch
                 release_free_heap()  # a gradient pass leaves hundreds of MB in the allocator's free lists
         wanted = frozenset(name for work in works for name in work.layers)
         outputs = self._forward(batch, wanted)
-        metrics.IMAGES.labels(self.name).inc(len(batch))
-        metrics.BATCH_IMAGES.labels(self.name).observe(len(batch))
-        metrics.INFERENCE_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+        self._count(len(batch), started)
         offset = 0
         per_work = []
         for work in works:
             per_work.append({name: outputs[name][offset : offset + len(work.images)] for name in work.layers})
             offset += len(work.images)
         return self._per_work(works, failures, per_work)
+
+    def _count(self, images: int, started: float) -> None:
+        metrics.IMAGES.labels(self.name).inc(images)
+        metrics.BATCH_IMAGES.labels(self.name).observe(images)
+        metrics.INFERENCE_SECONDS.labels(self.name).observe(time.perf_counter() - started)
 
     @staticmethod
     def _per_work(works: list, failures: dict[int, ServiceError], results: list) -> list:

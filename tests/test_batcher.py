@@ -196,8 +196,9 @@ def test_kinds_of_work_never_share_a_batch_and_each_has_its_own_limit(make):
         gate.open.set()
         assert sorted(f.result(10).result for f in later) == ["done:a", "done:b", "done:e1", "done:e2", "done:e3"]
         first.result(10)
-    # In queue order, a batch ends where the kind changes, and explain batches hold at most 2.
-    assert gate.batches == [["first"], ["a"], ["e1"], ["b"], ["e2", "e3"]]
+    # A batch gathers its own kind past the other's jobs, which wait for the next batch in their order;
+    # explain batches hold at most 2.
+    assert gate.batches == [["first"], ["a", "b"], ["e1", "e2"], ["e3"]]
 
 
 def test_expired_work_is_answered_and_never_handled(make):

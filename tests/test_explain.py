@@ -146,3 +146,73 @@ def test_bad_requests_are_refused_before_any_work(plane):
     with pytest.raises(InvalidRequest, match="input pixels"):
         plane.check_explain(None, "integrated_gradients", "layer4", None, 8)
     assert plane.check_explain(None, "gradcam", None, None, 1) == "layer4", "the last spatial layer by default"
+
+
+def explainer_for(model: torch.nn.Module, chunk_images: int):
+    """An Explainer over a plain torchvision model, as a runner builds one (the public seam, without a runner)."""
+    from service.capture import LayerTap
+    from service.explainer import Explainer
+
+    return Explainer(lambda: (model, LayerTap(model)), lambda _: "nchw", IMAGENET_MEAN, IMAGENET_STD, chunk_images)
+
+
+def test_a_mixed_batch_in_small_chunks_equals_each_request_alone(reference_model, rocket, photos):
+    """Layers, methods and step counts regrouped inside one batch, run in chunks of 3 images: as if each came alone."""
+    from service.explainer import ExplainWork
+
+    transform = torchvision.models.ResNet18_Weights.DEFAULT.transforms()
+    chelsea = transform(Image.open(io.BytesIO(photos["chelsea.png"])).convert("RGB")).unsqueeze(0)
+    works = [
+        ExplainWork(images=(None, None), method="gradcam", layer="layer3", target=None, steps=1),
+        ExplainWork(images=(None,), method="integrated_gradients", layer=None, target=4, steps=8),
+        ExplainWork(images=(None, None), method="layercam", layer="layer3", target=2, steps=1),
+        ExplainWork(images=(None,), method="hirescam", layer="layer2", target=None, steps=1),
+        ExplainWork(images=(None,), method="integrated_gradients", layer=None, target=None, steps=8),
+    ]
+    inputs = [rocket, chelsea, rocket, chelsea, rocket, chelsea, rocket]
+    mixed = explainer_for(reference_model, chunk_images=3).run(torch.cat(inputs), works)
+    alone, offset = [], 0
+    for work in works:
+        batch = torch.cat(inputs[offset : offset + len(work.images)])
+        alone.append(explainer_for(reference_model, chunk_images=64).run(batch, [work])[0])
+        offset += len(work.images)
+    for work, got, expected in zip(works, mixed, alone, strict=True):
+        for a, b in zip(got, expected, strict=True):
+            assert a.target == b.target
+            assert cosine(a.map, b.map) >= 0.99999, (work.method, cosine(a.map, b.map))
+    # two images through integrated gradients, in path chunks of one point each, against Captum
+    black = (
+        (torch.zeros(1, 3, 1, 1) - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    ).expand(2, 3, 224, 224)
+    pair = ExplainWork(images=(None, None), method="integrated_gradients", layer=None, target=4, steps=8)
+    both = explainer_for(reference_model, chunk_images=3).run(torch.cat([rocket, chelsea]), [pair])[0]
+    captum = IntegratedGradients(reference_model).attribute(
+        torch.cat([rocket, chelsea]), baselines=black, target=4, n_steps=8
+    )
+    for ours, theirs in zip(both, captum.sum(dim=1).detach().numpy(), strict=True):
+        assert cosine(ours.map, theirs) >= 0.999
+
+
+def test_a_failing_or_late_group_fails_alone(reference_model, rocket):
+    import time as clock
+
+    from service.errors import DeadlineExceeded, InferenceFailed
+    from service.explainer import ExplainWork
+
+    works = [
+        ExplainWork(images=(None,), method="gradcam", layer="no.such.layer", target=None, steps=1),
+        ExplainWork(
+            images=(None,),
+            method="integrated_gradients",
+            layer=None,
+            target=None,
+            steps=4,
+            deadline=clock.monotonic() - 1,
+        ),
+        ExplainWork(images=(None,), method="gradcam", layer="layer4", target=None, steps=1),
+    ]
+    results = explainer_for(reference_model, chunk_images=8).run(torch.cat([rocket] * 3), works)
+    assert isinstance(results[0], InferenceFailed) and "no.such.layer" in results[0].message
+    assert isinstance(results[1], DeadlineExceeded)
+    assert isinstance(results[2], list) and results[2][0].map.shape == (7, 7)

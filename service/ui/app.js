@@ -230,16 +230,10 @@ async function run() {
   }
 }
 
-// The layers a class-activation map can read: a map larger than 1×1 (channels first, or last for Swin's stages).
+// The layers a class-activation map can read, as /info lists them; the last is the default.
 function fillExplainLayers() {
-  const spatial = state.layers.filter((layer) => {
-    if (layer.shape.length !== 4 || layer.layout === "tokens") return false;
-    const [h, w] = layer.layout === "nhwc" ? layer.shape.slice(1, 3) : layer.shape.slice(2);
-    return h * w > 1;
-  });
-  $("explain-layer").replaceChildren(
-    ...spatial.map((layer, i) => new Option(layer.name, layer.name, false, i === spatial.length - 1)),
-  );
+  const spatial = state.info.spatial_layers;
+  $("explain-layer").replaceChildren(...spatial.map((name, i) => new Option(name, name, false, i === spatial.length - 1)));
 }
 
 async function explain(target) {
