@@ -204,8 +204,11 @@ def main() -> None:
     finally:
         server.stop()
     print("explanations in process ...", flush=True)
-    explained = explain.markdown(explain_rows, explain.in_process())
-    report(limit, cells, (goodput, no_wait), torchserve, info, idle, peak, Path(args.out), (explained,))
+    cost = explain.in_process()
+    report(
+        limit, cells, (goodput, no_wait), torchserve, info, idle, peak, Path(args.out),
+        (explain.markdown(explain_rows, cost),), (explain.target_check(cost),),
+    )  # fmt: skip
 
 
 def run_torchserve(

@@ -98,5 +98,13 @@ def markdown(rows: list[dict], cost: dict) -> list[str]:
     return lines
 
 
+def target_check(cost: dict) -> str:
+    """The issue's target, as a line of the report's checks."""
+    forward = cost["ms"]["forward to fc"]
+    worst = max(ms / forward for name, ms in cost["ms"].items() if name != "forward to fc")
+    batch = cost["batch"]
+    return f"explain: a Grad-CAM batch costs at most ×{worst:.2f} a forward pass to fc at batch {batch} (target ≤ 3)"
+
+
 if __name__ == "__main__":
     print("\n".join(markdown([], in_process())))

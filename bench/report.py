@@ -41,8 +41,10 @@ def report(
     peak: float,
     out: Path,
     sections: tuple[list[str], ...] = (),
+    extra_checks: tuple[str, ...] = (),
 ) -> None:
-    """Print and write the report; ``sections`` are further Markdown sections (explanations), before the targets."""
+    """Print and write the report; ``sections`` are further Markdown sections (explanations), before the targets,
+    and ``extra_checks`` further lines of the targets list."""
     goodput, no_wait = goodputs
     flags = cpu_flags()
     lines = [
@@ -163,6 +165,7 @@ def report(
             f"in process, layer1 ÷ avgpool: ×{service['layer1'] / service['avgpool']:.2f} (the early-exit gain)"
         )
     checks.append(f"idle RSS {idle:.0f} MB (target ≤ 800)")
+    checks += extra_checks
     for section in sections:
         lines += section
     lines += ["## Against the targets", "", *[f"- {c}" for c in checks], ""]
