@@ -36,12 +36,13 @@ lint: install  ## ruff, hadolint on the Dockerfile, kubernetes-validate on deplo
 	$(BIN)/python deploy/kserve/validate.py deploy/kserve/*.yaml  # a custom resource: no schema in kubernetes-validate
 
 # `make bench DEVICE=cuda`: the GPU benchmark instead (bench/gpu.py; under 5 minutes on one H100/H200).
-bench: install  ## the service vs the in-process limit and TorchServe, then a row per model entry, in bench-results/
+bench: install  ## the service vs the in-process limit and TorchServe, a row per model entry, layertap-ray vs layertap embed
 ifeq ($(DEVICE),cuda)
 	$(BIN)/python -m bench.gpu
 else
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.models
+	$(BIN)/python -m bench.ray
 endif
 
 stress: install  ## bad inputs, 3× overload, 5,000-request soak, a killed worker; prints a summary table
