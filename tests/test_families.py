@@ -73,6 +73,11 @@ def test_every_classification_builder_starts_and_answers(architecture, tmp_path)
         assert early.status_code == 200 and early.json["features"][first]["shape"] == layers[0]["shape"]
         default = answer(client, "POST", "/features?pool=avg", data=image, content_type="image/png")
         assert default.status_code == 200 and list(default.json["features"]) == [info["default_layer"]]
+        cam = answer(client, "POST", "/explain?method=gradcam", data=image, content_type="image/png")
+        if info["spatial_layers"]:  # at the model's last spatial layer, whatever its layout
+            assert cam.status_code == 200 and cam.json["layer"] == info["spatial_layers"][-1], cam.json
+        else:
+            assert cam.status_code == 400 and "no layer with a spatial map" in cam.json["error"]["message"]
     finally:
         plane.close()
 
@@ -180,3 +185,27 @@ def test_layouts_make_pooling_mean_what_the_model_computes(shipped, photos):
             pooled = then(torch.from_numpy(pooled)).numpy()
     expected = plane.extract(image, (target,)).features[target].reshape(1, -1)
     np.testing.assert_allclose(pooled, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_class_activation_maps_at_each_family_equal_pytorch_grad_cam(shipped, photos):
+    """Each shipped family's last spatial layer, channels first or last (Swin), against the library.
+
+    Grad-CAM can be all zero (the ReLU keeps nothing: seeded weights do that on MobileNetV3);
+    LayerCAM, which keeps only positive gradients, rarely is: both are compared."""
+    from pytorch_grad_cam import GradCAM, LayerCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from tests.reference import cosine
+
+    entry, plane, reference, x = shipped
+    runner = plane.runner(None)
+    layer = runner.spatial_layers[-1]
+    channels_last = runner.layout_of(layer) == "nhwc"
+    reshape = (lambda t: t.permute(0, 3, 1, 2)) if channels_last else None
+    module = reference.get_submodule(next(c.module for c in runner.layers if c.name == layer))
+    for method, library in (("gradcam", GradCAM), ("layercam", LayerCAM)):
+        (ours,) = plane.explain([photos["grace_hopper.jpg"]], method, layer).explanations
+        with library(model=reference, target_layers=[module], reshape_transform=reshape) as cam:
+            theirs = cam(input_tensor=x, targets=[ClassifierOutputTarget(ours.target)])[0]
+        if method == "layercam" or ours.upsampled.any() or theirs.any():
+            assert cosine(ours.upsampled, theirs) >= 0.999, (entry.name, layer, method, cosine(ours.upsampled, theirs))
