@@ -51,6 +51,9 @@ def embed(
         num_gpus=gpus,
         **({"num_cpus": cpus} if cpus is not None else {}),
         runtime_env={"env_vars": settings},
+        # Two batches in flight per actor: one decodes in the actor's threads while the other is in the
+        # model thread's forward pass (LayertapEmbedder is thread-safe: both feed the one runner).
+        max_concurrency=2,
     )
     embedded.write_parquet(out)
 
