@@ -74,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     command.add_argument("--gpus", type=float, default=0, help="GPUs per actor (0: CPU actors)")
     command.add_argument("--cpus", type=float, default=None, help="CPUs per actor (default: Ray's, 1)")
     args = parser.parse_args(argv)
-
-    import ray
+    try:
+        import ray
+    except ImportError:
+        parser.error("Ray is not installed: pip install 'layertap[ray]' (or pip install -e '.[ray]' in a clone)")
 
     address = args.address or os.environ.get("RAY_ADDRESS")
     started_here = not ray.is_initialized()
