@@ -149,11 +149,15 @@ def test_bad_requests_are_refused_before_any_work(plane):
 
 
 def explainer_for(model: torch.nn.Module, chunk_images: int):
-    """An Explainer over a plain torchvision model, as a runner builds one (the public seam, without a runner)."""
+    """An Explainer over a copy of a plain torchvision model, as a runner builds one (the public seam, without a
+    runner). A copy: the tap's hooks stay on the model it taps, and the session's reference model must stay bare."""
+    import copy
+
     from service.capture import LayerTap
     from service.explainer import Explainer
 
-    return Explainer(lambda: (model, LayerTap(model)), lambda _: "nchw", IMAGENET_MEAN, IMAGENET_STD, chunk_images)
+    own = copy.deepcopy(model)
+    return Explainer(lambda: (own, LayerTap(own)), lambda _: "nchw", IMAGENET_MEAN, IMAGENET_STD, chunk_images)
 
 
 def test_a_mixed_batch_in_small_chunks_equals_each_request_alone(reference_model, rocket, photos):
