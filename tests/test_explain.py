@@ -220,3 +220,19 @@ def test_a_failing_or_late_group_fails_alone(reference_model, rocket):
     assert isinstance(results[0], InferenceFailed) and "no.such.layer" in results[0].message
     assert isinstance(results[1], DeadlineExceeded)
     assert isinstance(results[2], list) and results[2][0].map.shape == (7, 7)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_explanations_on_cuda_equal_the_cpu(plane, settings, photos):
+    """The same maps from a CUDA device (PyTorch lets its convolutions use TF32 there: within 0.999)."""
+    app = create_app(Settings(**{**settings.model_dump(), "device": "cuda"}))
+    gpu = app.extensions["layertap.dataplane"]
+    try:
+        assert gpu.wait_ready(120), gpu.failure
+        for method, layer in [("gradcam", "layer3"), ("layercam", "bn1"), ("integrated_gradients", None)]:
+            on_cpu = plane.explain([photos["rocket.jpg"]], method, layer, steps=8).explanations[0]
+            on_gpu = gpu.explain([photos["rocket.jpg"]], method, layer, steps=8).explanations[0]
+            assert on_gpu.target == on_cpu.target
+            assert cosine(on_gpu.map, on_cpu.map) >= 0.999, (method, cosine(on_gpu.map, on_cpu.map))
+    finally:
+        gpu.close()
