@@ -17,18 +17,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import metrics, postprocess
-from .batcher import Ticket
+from .batcher import Done, Ticket
 from .capture import LayerCall
 from .errors import InvalidRequest, StartupError, TooManyImages, UnknownModel
 from .explain_methods import CAM_METHODS, METHODS
 from .explainer import ExplainWork, ImageExplanation
 from .image_inputs import ImageInput
+from .inputs import Prepared
 from .model_repository import load_entry
 from .postprocess import OutputOptions
 from .runner import ModelRunner, Work
@@ -182,21 +183,14 @@ class DataPlane:
         runner, layers = self.check(model, layers, options)
         if not images:
             raise InvalidRequest("there is no image to extract features from")
-        started = time.perf_counter()
-        if ticket is None:
-            ticket = runner.reserve(len(images))  # before decoding: refusing must cost next to nothing
-        with ticket:
-            ticket.resize(len(images))
-            prepared = tuple(runner.inputs.prepare(data) for data in images)
-            preprocess_s = time.perf_counter() - started
-            metrics.PREPROCESS_SECONDS.labels(runner.name).observe(preprocess_s)
-            done = ticket.submit(Work(images=prepared, layers=layers))
+        done, timings = _prepare_and_run(
+            runner, images, ticket, lambda held, prepared: held.submit(Work(images=prepared, layers=layers))
+        )
         features = done.result
         for name, array in features.items():
             wanted = _options_for(options, name)
             if wanted != OutputOptions():
                 features[name] = postprocess.apply(array, wanted, runner.layout_of(name))
-        timings = Timings(preprocess_s * 1000, done.queue_ms, done.run_ms, done.batch_items)
         return Extraction(model=runner.name, weights=runner.weights.label, features=features, timings=timings)
 
     def check_explain(
@@ -254,17 +248,11 @@ class DataPlane:
                 f"{len(images)} images to explain in one request; the limit is {self.settings.max_explain_batch} "
                 "(LAYERTAP_MAX_EXPLAIN_BATCH)"
             )
-        started = time.perf_counter()
-        if ticket is None:
-            ticket = runner.reserve(len(images))
-        with ticket:
-            ticket.resize(len(images))
-            prepared = tuple(runner.inputs.prepare(data) for data in images)
-            preprocess_s = time.perf_counter() - started
-            metrics.PREPROCESS_SECONDS.labels(runner.name).observe(preprocess_s)
-            work = ExplainWork(prepared, method, layer, target, steps, deadline=ticket.deadline)
-            done = runner.explain(ticket, work)
-        timings = Timings(preprocess_s * 1000, done.queue_ms, done.run_ms, done.batch_items)
+
+        def run(held: Ticket, prepared: tuple[Prepared, ...]) -> Done:
+            return runner.explain(held, ExplainWork(prepared, method, layer, target, steps, deadline=held.deadline))
+
+        done, timings = _prepare_and_run(runner, images, ticket, run)
         return ExplainResult(runner.name, runner.weights.label, runner.weights.categories, done.result, timings)
 
     def shapes(
@@ -276,6 +264,26 @@ class DataPlane:
     def describe(self, model: str | None = None) -> dict:
         """The model's description, with the server's models and which is the default."""
         return {**self.runner(model).describe(), "models": list(self.runners), "default_model": self.default_model}
+
+
+def _prepare_and_run(
+    runner: ModelRunner,
+    images: Sequence[ImageInput],
+    ticket: Ticket | None,
+    run: Callable[[Ticket, tuple[Prepared, ...]], Done],
+) -> tuple[Done, Timings]:
+    """Room for the images (held before anything is decoded: refusing must cost next to nothing, so a front-end
+    passes the ticket it took before reading the upload), the images prepared in this thread, then ``run``."""
+    started = time.perf_counter()
+    if ticket is None:
+        ticket = runner.reserve(len(images))
+    with ticket:
+        ticket.resize(len(images))
+        prepared = tuple(runner.inputs.prepare(data) for data in images)
+        preprocess_s = time.perf_counter() - started
+        metrics.PREPROCESS_SECONDS.labels(runner.name).observe(preprocess_s)
+        done = run(ticket, prepared)
+    return done, Timings(preprocess_s * 1000, done.queue_ms, done.run_ms, done.batch_items)
 
 
 def _options_for(options: Options, layer: str) -> OutputOptions:
