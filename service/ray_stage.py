@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pyarrow as pa
 
+from . import postprocess
 from .dataplane import DataPlane
 from .errors import ServiceError
 from .postprocess import OutputOptions
@@ -102,15 +103,14 @@ class LayertapEmbedder:
         }
 
     def _row_shapes(self) -> dict[str, list[int]]:
-        """Each layer's per-image shape after the output options (pooling drops the spatial dimensions)."""
+        """Each layer's per-image shape after the output options: the service's own pooling, applied to zeros of
+        the traced shape (so the rule lives in service/postprocess.py alone)."""
         runner = self.plane.runner(self.model)
         crop = runner.entry.preprocessing.crop
         traced = {call.name: call.shape for call in runner.shapes(1, crop, crop)}
-        shapes = {}
-        for layer in self.layers:
-            shape = list(traced[layer][1:])
-            if self.options.pool != "none" and len(shape) > 1:
-                layout = runner.layout_of(layer)
-                shape = [shape[-1]] if layout in ("nhwc", "tokens") else [shape[0]]
-            shapes[layer] = shape
-        return shapes
+        return {
+            layer: list(
+                postprocess.apply(np.zeros(traced[layer], np.float32), self.options, runner.layout_of(layer)).shape[1:]
+            )
+            for layer in self.layers
+        }
