@@ -32,18 +32,13 @@ from bench.inprocess import INT8_CACHE, in_process
 from bench.report import Cell, report
 from bench.torchserve import TorchServe
 from service.runtime import apply_openmp_defaults, tune_malloc
-from stress.load import Request, answered_within, closed_loop, percentile
+from stress.load import Request, drive, percentile, raw_posts
 from stress.server import rss_mb, sample_photos, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---- the real service -------------------------------------------------------------------------
-def raw_posts(path: str, images: list[bytes]) -> list[Request]:
-    """One POST per photo, the photo as the raw body."""
-    return [Request("POST", path, image, {"Content-Type": "application/octet-stream"}) for image in images]
-
-
 def features_requests(images: list[bytes], query: str) -> list[Request]:
     return raw_posts(f"/features?{query}", images)
 
@@ -60,13 +55,6 @@ def v2_requests(images: list[bytes], layer: str) -> list[Request]:
         headers = {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"}
         requests_.append(Request("POST", "/v2/models/resnet18/infer", header + element, headers))
     return requests_
-
-
-def drive(url: str, requests_: list[Request], concurrency: int, seconds: float) -> tuple[list[float], int]:
-    """`concurrency` keep-alive clients send `requests_` in turn for `seconds`; latencies (s) of 200s, and errors."""
-    outcomes = closed_loop(url, lambda i: requests_[i % len(requests_)], concurrency, seconds)
-    outcomes = answered_within(outcomes, seconds)
-    return [o.seconds for o in outcomes if o.status == 200], sum(o.status != 200 for o in outcomes)
 
 
 def measure(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import statistics
 
-from stress.load import Request, answered_within, closed_loop, percentile
+from stress.load import drive, percentile, raw_posts
 from stress.server import sample_photos
 
 QUERIES = {
@@ -29,20 +29,18 @@ QUERIES = {
 def service_rows(url: str, images: list[bytes], clients: tuple[int, ...], seconds: float) -> list[dict]:
     """Each query at each client count: img/s (answers inside the time) and p50, as dicts."""
     rows = []
-    headers = {"Content-Type": "application/octet-stream"}
     for label, path in QUERIES.items():
-        requests_ = [Request("POST", path, image, headers) for image in images]
-        closed_loop(url, lambda i, r=requests_: r[i % len(r)], 1, 1)  # warm: the float32 copy, first shapes
+        requests_ = raw_posts(path, images)
+        drive(url, requests_, 1, 1)  # warm: the float32 copy, first shapes
         for count in clients:
-            outcomes = answered_within(closed_loop(url, lambda i, r=requests_: r[i % len(r)], count, seconds), seconds)
-            good = [o.seconds for o in outcomes if o.status == 200]
+            good, errors = drive(url, requests_, count, seconds)
             row = {
                 "query": label,
                 "clients": count,
                 "img_s": len(good) / seconds,
                 "p50_ms": percentile(good, 0.5) * 1000,
+                "errors": errors,
             }
-            row["errors"] = sum(o.status != 200 for o in outcomes)
             rows.append(row)
             print(f"  {label:32s} c={count:<2d} {row['img_s']:6.1f} img/s  p50 {row['p50_ms']:7.1f} ms", flush=True)
     return rows

@@ -174,7 +174,7 @@ def _free_port() -> int:
 def main() -> None:
     import numpy as np
 
-    from bench.__main__ import drive, raw_posts
+    from stress.load import drive, raw_posts
     from stress.server import sample_photos
 
     folder = ROOT / "bench-results" / "torchserve"

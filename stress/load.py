@@ -204,3 +204,15 @@ def _closed_loop_part(
     url: str, path: str, bodies: list[bytes], headers: dict[str, str], clients: int, seconds: float
 ) -> list[Outcome]:
     return closed_loop(url, lambda i: Request("POST", path, bodies[i % len(bodies)], headers), clients, seconds)
+
+
+def raw_posts(path: str, images: list[bytes]) -> list[Request]:
+    """One POST per photo, the photo as the raw body."""
+    return [Request("POST", path, image, {"Content-Type": "application/octet-stream"}) for image in images]
+
+
+def drive(url: str, requests_: list[Request], concurrency: int, seconds: float) -> tuple[list[float], int]:
+    """`concurrency` keep-alive clients send `requests_` in turn for `seconds`; latencies (s) of 200s, and errors."""
+    outcomes = closed_loop(url, lambda i: requests_[i % len(requests_)], concurrency, seconds)
+    outcomes = answered_within(outcomes, seconds)
+    return [o.seconds for o in outcomes if o.status == 200], sum(o.status != 200 for o in outcomes)
