@@ -6,8 +6,10 @@
 # `make container-test` builds it, runs it and checks it from outside (tests/container/).
 ARG PYTHON_IMAGE=python:3.11-slim
 
-# The dependencies alone, from the two pyproject.toml files: a change to the code reuses this stage,
-# and the runtime's copy of it, instead of reinstalling and recopying torch.
+# The dependencies alone, from the two pyproject.toml files: a change to the code reuses this stage
+# instead of reinstalling torch. The runtime is built FROM it, not from a fresh base with a copy of
+# /opt/venv: a copy would store the 5.5 GB CUDA build of torch twice, and the builder needs room for
+# the layer, its blob and the container it came from at once (34 GB free with a copy, half without).
 FROM ${PYTHON_IMAGE} AS deps
 # The torch wheel index: CPU-only wheels by default (no CUDA libraries: a much smaller image).
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
@@ -42,17 +44,16 @@ RUN mkdir -p /opt/torch \
     esac \
     && python -m service.weights check
 
-FROM ${PYTHON_IMAGE}
+# The runtime: the dependencies' stage (its /src holds only the two pyproject.toml files), the two
+# wheels installed into its virtual environment, the torch cache and the weights file.
+FROM deps
 ARG WEIGHTS=imagenet
-ENV VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH TORCH_HOME=/opt/torch PYTHONUNBUFFERED=1 \
+ENV TORCH_HOME=/opt/torch PYTHONUNBUFFERED=1 \
     LAYERTAP_WEIGHTS=${WEIGHTS} LAYERTAP_ALLOW_DOWNLOAD=false LAYERTAP_PORT=8080
 RUN groupadd --gid 10001 layertap \
     && useradd --no-log-init --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin layertap
-# Only what runs: the virtual environment (dependencies, then the two wheels), the torch cache, the weights file.
-COPY --from=deps /opt/venv /opt/venv
 COPY --from=build /wheels /tmp/wheels
-RUN pip install --no-cache-dir --disable-pip-version-check --no-deps --no-index /tmp/wheels/*.whl \
-    && rm -r /tmp/wheels && pip check
+RUN pip install --no-deps --no-index /tmp/wheels/*.whl && rm -r /tmp/wheels && pip check
 COPY --from=build /opt/torch /opt/torch
 COPY --from=build /app /app
 WORKDIR /app

@@ -42,6 +42,12 @@ DOCKERFILE = ROOT / "Dockerfile"
 LABEL = "layertap.container-test"
 NAME_PREFIX = "layertap-container-test"
 BUILD_TIMEOUT_S = 1200
+# Free space the build needs where the engine stores images: the 5.5 GB CUDA build of torch is, at its
+# peak, the running container's copy, the blob being committed and the new layer, three copies at once
+# (peaks of 20.4 and 21.8 GiB measured with podman and overlay). Checked before building, so that a short
+# disk fails in seconds with both figures, not minutes in with "no space left on device"; set just under
+# the lowest peak seen, so that it never refuses a build that could have passed.
+NEEDED_FREE_BYTES = 20 * 2**30
 # What each run measured (engine, build and stop times, image size, leftovers): conftest.py prints it.
 REPORTS: list[dict] = []
 # The Debian release whose python3 is each Python version (what the official slim images are built on).
@@ -101,6 +107,13 @@ class Engine:
 
     def inspect(self, what: str) -> dict:
         return json.loads(self("inspect", what).stdout)[0]
+
+    def storage_root(self) -> Path | None:
+        """Where the engine keeps images (podman's graph root, docker's root dir); None if not on this machine."""
+        field_ = "{{.Store.GraphRoot}}" if self.name == "podman" else "{{.DockerRootDir}}"
+        done = self("info", "--format", field_, check=False)
+        root = Path(done.stdout.strip()) if done.returncode == 0 and done.stdout.strip() else None
+        return root if root is not None and root.exists() else None
 
     def labelled_images(self) -> set[str]:
         """Images made here: the label is on the image and on each build layer (podman; docker's classic builder)."""
@@ -354,8 +367,33 @@ def plan_build(engine: Engine, workdir: Path, run_id: str) -> BuildPlan:
     return plan
 
 
-def build(engine: Engine, plan: BuildPlan, tag: str, build_args: dict[str, str], log_path: Path) -> float:
-    """Build the Dockerfile as ``tag`` (output in ``log_path``); returns the seconds it took."""
+def check_room(engine: Engine, needed: int = NEEDED_FREE_BYTES) -> Path | None:
+    """Raise EngineError, naming both figures, when the engine's storage has less than ``needed`` bytes free.
+
+    Returns the storage root (None where the engine keeps it elsewhere, a remote docker daemon: not checked).
+    """
+    root = engine.storage_root()
+    if root is None:
+        return None
+    free = shutil.disk_usage(root).free
+    if free < needed:
+        raise EngineError(
+            f"the build needs about {needed / 2**30:.0f} GiB free at {root} and {free / 2**30:.1f} GiB is; "
+            "free some space (`make container-clean` removes what an interrupted run left)"
+        )
+    return root
+
+
+@dataclass
+class BuildResult:
+    seconds: float
+    peak_disk_bytes: int | None  # the most the storage's free space fell during the build (None: not measured)
+
+
+def build(
+    engine: Engine, plan: BuildPlan, tag: str, build_args: dict[str, str], log_path: Path, storage: Path | None = None
+) -> BuildResult:
+    """Build the Dockerfile as ``tag`` (output in ``log_path``), watching the free space at ``storage``."""
     command = [*engine.argv, "build", "--file", str(DOCKERFILE), "--tag", tag, "--label", f"{LABEL}=image"]
     if engine.name == "podman":
         # HEALTHCHECK exists only in the docker image format: OCI images drop it.
@@ -368,8 +406,14 @@ def build(engine: Engine, plan: BuildPlan, tag: str, build_args: dict[str, str],
         log.write(" ".join(command) + "\n")
         log.flush()
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        free_before = lowest_free = shutil.disk_usage(storage).free if storage else 0
         try:
-            returncode = process.wait(BUILD_TIMEOUT_S)
+            while (returncode := process.poll()) is None:
+                if time.monotonic() - started > BUILD_TIMEOUT_S:
+                    raise subprocess.TimeoutExpired(command, BUILD_TIMEOUT_S)
+                if storage:
+                    lowest_free = min(lowest_free, shutil.disk_usage(storage).free)
+                time.sleep(0.5)
         except BaseException as exc:  # a timeout, or the test run interrupted: let the engine clean up its build
             process.terminate()
             try:
@@ -382,7 +426,7 @@ def build(engine: Engine, plan: BuildPlan, tag: str, build_args: dict[str, str],
             raise
     if returncode != 0:
         raise EngineError(f"the build exited with {returncode}:\n{log_path.read_text()[-6000:]}")
-    return time.monotonic() - started
+    return BuildResult(time.monotonic() - started, free_before - lowest_free if storage else None)
 
 
 def clean(engine: Engine) -> list[str]:

@@ -26,6 +26,8 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import re
+import shutil
 import subprocess
 import threading
 import time
@@ -123,9 +125,10 @@ def container(engine, weights, run_id, tmp_path_factory) -> Container:
     report: dict = {"engine": " ".join(engine.argv)}
     try:
         started = time.monotonic()
+        storage = harness.check_room(engine)
         plan = harness.plan_build(engine, workdir, run_id)
-        build_s = harness.build(
-            engine, plan, image, {"WEIGHTS": weights.relative_to(ROOT).as_posix()}, workdir / "build.log"
+        built = harness.build(
+            engine, plan, image, {"WEIGHTS": weights.relative_to(ROOT).as_posix()}, workdir / "build.log", storage
         )
         port = free_port()
         engine(
@@ -145,7 +148,8 @@ def container(engine, weights, run_id, tmp_path_factory) -> Container:
         running.wait_ready()
         report.update(
             notes=plan.notes,
-            build_s=round(build_s),
+            build_s=round(built.seconds),
+            build_peak_disk_gib=None if built.peak_disk_bytes is None else round(built.peak_disk_bytes / 2**30, 1),
             ready_s=round(time.monotonic() - run_started, 1),
             setup_s=round(time.monotonic() - started),
             image_bytes=int(engine.inspect(image)["Size"]),
@@ -328,3 +332,12 @@ def test_stop_finishes_requests_in_flight_and_exits_0(container, photos):
     assert elapsed < GRACE_S, f"the stop took {elapsed:.1f} s (SIGKILL comes at {GRACE_S} s)"
     assert "Shutting down: Master" in container.logs()
     container.report["stop_s"] = round(elapsed, 1)
+
+
+def test_a_short_disk_fails_before_building_with_both_figures(engine):
+    storage = engine.storage_root()
+    assert storage is not None, "the engine's storage is not on this machine: check_room would check nothing"
+    free = shutil.disk_usage(storage).free
+    with pytest.raises(harness.EngineError, match=rf"needs about \d+ GiB free at {re.escape(str(storage))}"):
+        harness.check_room(engine, needed=free + 2**40)
+    assert harness.check_room(engine, needed=0) == storage
