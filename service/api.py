@@ -14,7 +14,7 @@ import logging
 import threading
 
 import numpy as np
-from flask import Blueprint, Response, g, request
+from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from . import __version__, metrics
@@ -37,7 +37,6 @@ log = logging.getLogger("layertap.api")
 api = Blueprint("api", __name__)
 
 
-GET_ENDPOINTS = ("/", "/shapes", "/info", "/labels", "/health", "/ready", "/metrics", "/openapi.json", "/docs")
 ENCODINGS = ("json", "base64")
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
@@ -249,10 +248,27 @@ def render_service_error(exc: ServiceError) -> Response:
 
 
 def render_http_error(exc: HTTPException) -> Response:
-    code, message, status, headers = http_error(
-        exc, f"endpoints: POST /features, GET {', '.join(GET_ENDPOINTS)}; the Open Inference Protocol under /v2"
-    )
+    code, message, status, headers = http_error(exc, endpoints_hint())
     return error_response(code, message, status, headers)
+
+
+def endpoints_hint() -> str:
+    """What a 404 lists: this protocol's routes by method, read from the app's routes (built once per app)."""
+    hint = current_app.extensions.get("layertap.endpoints_hint")
+    if hint is None:
+        by_method: dict[str, list[str]] = {"POST": [], "GET": []}
+        for rule in current_app.url_map.iter_rules():
+            # The v2 protocol has its own hint; the page's assets and the docs' files are not endpoints.
+            if rule.arguments or rule.rule.startswith("/v2"):
+                continue
+            for method in by_method:
+                if method in rule.methods:
+                    by_method[method].append(rule.rule.rstrip("/") or "/")
+        hint = "; ".join(f"{method} {', '.join(rules)}" for method, rules in by_method.items() if rules)
+        hint = current_app.extensions["layertap.endpoints_hint"] = (
+            f"endpoints: {hint}; the Open Inference Protocol under /v2"
+        )
+    return hint
 
 
 def render_unexpected(exc: Exception) -> Response:

@@ -222,7 +222,9 @@ def test_limits_are_413(small_limits_app, photos):
 
 
 def test_unknown_route_and_method_are_json(client):
-    assert_error(client.get("/nope"), 404, "not_found", "/features")
+    response = client.get("/nope")
+    assert_error(response, 404, "not_found", "POST /features, /explain; GET /shapes")
+    assert ", /docs; the Open Inference Protocol under /v2" in response.json["error"]["message"]
     response = client.get("/features")
     assert_error(response, 405, "method_not_allowed")
     assert "POST" in response.headers["Allow"]
