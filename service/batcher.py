@@ -1,8 +1,8 @@
 """Dynamic batching on one worker thread, with admission control and deadlines; it knows nothing of models.
 
 Request threads :meth:`~Batcher.reserve` room for their items (images) *before* preparing them
-(decoding), so refusing work under overload costs next to nothing; they then
-:meth:`~Ticket.submit` a payload and wait on its future. The batcher's thread runs ``setup``
+(decoding), so refusing work under overload costs next to nothing (:mod:`service.admission`);
+they then :meth:`~service.admission.Ticket.submit` a payload and wait on its future. The batcher's thread runs ``setup``
 once, then takes the first job, gathers the jobs that arrive within ``max_delay_s`` (waiting
 only while reserved work is still being prepared, so a lone client never waits), up to
 ``max_batch_size`` items, and hands their payloads to ``handle`` in one call. A job may name its
@@ -30,8 +30,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import metrics
-from .errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded, ServiceError
+from .admission import Admission, Ticket
+from .errors import DeadlineExceeded, InferenceFailed, NotReady, ServiceError
 
 log = logging.getLogger("layertap.batcher")
 
@@ -58,38 +58,6 @@ class _Job:
     future: Future = field(default_factory=Future)
 
 
-class Ticket:
-    """Room reserved for ``items``: submit the prepared payload once, or release it (``with`` does on error)."""
-
-    def __init__(self, batcher: Batcher, items: int, deadline: float):
-        self._batcher, self.items, self.deadline = batcher, items, deadline
-        self._open = True
-
-    def submit(self, payload: Any, kind: str | None = None) -> Done:
-        """Queue ``payload`` (batched only with payloads of the same ``kind``) and wait for its result."""
-        self._open = False
-        return self._batcher._submit(payload, self.items, self.deadline, kind)
-
-    def resize(self, items: int) -> None:
-        """Hold room for ``items`` instead: fewer frees the rest, more waits in line for it (Overloaded if none)."""
-        if items > self.items:
-            self._batcher._acquire(items - self.items, wait=True)
-        elif items < self.items:
-            self._batcher._release(self.items - items)
-        self.items = items
-
-    def release(self) -> None:
-        if self._open:
-            self._open = False
-            self._batcher._release(self.items, preparing=True)
-
-    def __enter__(self) -> Ticket:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
 class Batcher:
     """One thread that runs ``setup()`` and then batches of payloads through ``handle``."""
 
@@ -108,7 +76,6 @@ class Batcher:
         if max_queued < max_batch_size:
             raise ValueError(f"max_queued ({max_queued}) must be at least max_batch_size ({max_batch_size})")
         self.name = name
-        self.admission_wait_s = admission_wait_s
         self._handle = handle
         self.max_batch_size, self.max_delay_s, self.max_queued, self.timeout_s = (
             max_batch_size,
@@ -117,13 +84,9 @@ class Batcher:
             timeout_s,
         )
         self.batch_limits = dict(batch_limits or {})  # items per batch, by kind (default: max_batch_size)
+        self.admission = Admission(name, max_queued, admission_wait_s)
         self._queue: queue.Queue = queue.Queue()
         self._held: collections.deque = collections.deque()  # taken while gathering another kind: next batch's
-        self._lock = threading.Lock()
-        self._room = threading.Condition(self._lock)  # notified whenever room frees or the state changes
-        self._line: collections.deque = collections.deque()  # requests waiting for room, first come first served
-        self._waiting = 0  # reserved and not yet taken by the thread (being prepared, or queued)
-        self._preparing = 0  # reservations not submitted yet: worth waiting for when forming a batch
         self._thread: threading.Thread | None = None
         self.state = "created"  # created, starting, running, failed, stopped
         self.failure: str | None = None
@@ -143,74 +106,26 @@ class Batcher:
         self._thread = None
         if self.state != "failed":
             self.state = "stopped"
-        with self._lock:
-            self._room.notify_all()  # requests waiting for room are refused now, not at their wait's end
+            # Requests waiting for room are refused now, not at their wait's end.
+            self.admission.close(lambda: NotReady("the service is shutting down", retry_after_s=1))
         self._fail_queued(NotReady("the service is shutting down", retry_after_s=1))
 
     @property
     def waiting(self) -> int:
         """Items reserved and not yet taken by the thread."""
-        return self._waiting
+        return self.admission.waiting
 
     # ---- request side ----------------------------------------------------------------------
     def reserve(self, items: int, wait: bool = True) -> Ticket:
-        """Room for ``items``, or Overloaded; the deadline starts now.
-
-        With ``wait``, a request that finds the queue full waits in line, up to the admission wait,
-        for room. Waiting is what keeps goodput under overload: a client that ignores
-        ``Retry-After`` and resends at once would otherwise turn every freed slot into hundreds of
-        refusals, whose parsing and uploads take the CPU from the work admitted (HAProxy's
-        ``timeout queue``). The line is first come, first served, so a request for many images is
-        not overtaken forever by single images.
-        """
-        self._acquire(items, wait)
-        with self._lock:
-            self._preparing += 1
-        return Ticket(self, items, time.monotonic() + self.timeout_s)
-
-    def _acquire(self, items: int, wait: bool) -> None:
-        with self._lock:
-            self._check_serving()
-            if not self._line and self._waiting + items <= self.max_queued:
-                self._take(items)
-                return
-            if not wait or self.admission_wait_s <= 0:
-                raise self._overloaded()
-            turn = object()
-            self._line.append(turn)
-            try:
-                admitted = self._room.wait_for(
-                    lambda: (
-                        self.state not in ("starting", "running")
-                        or (self._line[0] is turn and self._waiting + items <= self.max_queued)
-                    ),
-                    self.admission_wait_s,
-                )
-                self._check_serving()
-                if not admitted:
-                    raise self._overloaded()
-                self._take(items)
-            finally:
-                self._line.remove(turn)
-                self._room.notify_all()  # the next in line may fit now
-
-    def _take(self, items: int) -> None:
-        self._waiting += items
-        metrics.QUEUE_IMAGES.labels(self.name).set(self._waiting)
-
-    def _check_serving(self) -> None:
-        if self.state == "failed":
-            raise InferenceFailed(f"the {self.name} thread stopped ({self.failure}); the service must restart")
-        if self.state == "stopped":
-            raise NotReady("the service is shutting down", retry_after_s=1)
+        """Room for ``items`` (waiting in line for it with ``wait``), or Overloaded; the deadline starts now."""
+        return self.admission.reserve(items, self._submit, self.timeout_s, wait)
 
     def _submit(self, payload: Any, items: int, deadline: float, kind: str | None = None) -> Done:
         job = _Job(payload=payload, items=items, deadline=deadline, kind=kind)
         self._queue.put(job)
-        with self._lock:
-            # Only now: the thread waits for more work while payloads are being prepared, and must
-            # not see "nothing being prepared" and an empty queue between the two steps.
-            self._preparing -= 1
+        # Only now: the thread waits for more work while payloads are being prepared, and must not
+        # see "nothing being prepared" and an empty queue between the two steps.
+        self.admission.submitted()
         if self.state == "failed":  # the thread died while this was being prepared
             self._fail_queued(InferenceFailed(f"the {self.name} thread stopped; the service must restart"))
         try:
@@ -221,30 +136,12 @@ class Batcher:
         except CancelledError:
             raise DeadlineExceeded("the request was cancelled before it was served") from None
 
-    def _overloaded(self) -> Overloaded:
-        return Overloaded(
-            f"{self._waiting} images are already waiting for {self.name} (the queue holds {self.max_queued}); "
-            "retry shortly",
-            retry_after_s=1,
-        )
-
-    def _release(self, items: int, preparing: bool = False) -> None:
-        with self._lock:
-            self._waiting -= items
-            if preparing:
-                self._preparing -= 1
-            metrics.QUEUE_IMAGES.labels(self.name).set(self._waiting)
-            self._room.notify_all()
-
     # ---- the thread --------------------------------------------------------------------------
     def _serve(self, setup: Callable[[], None]) -> None:
         try:
             setup()
         except Exception as exc:
-            self.failure = f"{type(exc).__name__}: {exc}"
-            self.state = "failed"
-            with self._lock:
-                self._room.notify_all()
+            self._failed(f"{type(exc).__name__}: {exc}")
             log.exception("%s failed to start", self.name)
             self._fail_queued(InferenceFailed(f"{self.name} failed to start: {self.failure}"))
             return
@@ -260,16 +157,19 @@ class Batcher:
                 if _STOP in batch:
                     break
         except BaseException as exc:  # the loop itself broke: no request may wait on a dead thread
-            self.failure = f"{type(exc).__name__}: {exc}"
-            self.state = "failed"
-            with self._lock:
-                self._room.notify_all()
+            self._failed(f"{type(exc).__name__}: {exc}")
             log.exception("%s thread stopped", self.name)
             error = InferenceFailed(f"the {self.name} thread stopped ({type(exc).__name__}); the service must restart")
             for job in batch:
                 if job is not _STOP and not job.future.done():
                     job.future.set_exception(error)
             self._fail_queued(error)
+
+    def _failed(self, failure: str) -> None:
+        self.failure, self.state = failure, "failed"
+        self.admission.close(
+            lambda: InferenceFailed(f"the {self.name} thread stopped ({failure}); the service must restart")
+        )
 
     def _gather(self, first: _Job) -> list:
         """The first job plus those of its kind arriving within the delay, while more are on their way.
@@ -291,7 +191,7 @@ class Batcher:
                 job = self._queue.get_nowait()
             except queue.Empty:
                 remaining = wait_until - time.monotonic()
-                if remaining <= 0 or self._preparing == 0:
+                if remaining <= 0 or self.admission.preparing == 0:
                     break
                 try:
                     job = self._queue.get(timeout=min(remaining, 0.0005))
@@ -312,7 +212,7 @@ class Batcher:
         for job in batch:
             if job is _STOP:
                 continue
-            self._release(job.items)
+            self.admission.release(job.items)
             if not job.future.set_running_or_notify_cancel():
                 continue  # its client gave up
             if job.deadline <= now:
@@ -346,5 +246,5 @@ class Batcher:
             except queue.Empty:
                 return
             if job is not _STOP and job.future.set_running_or_notify_cancel():
-                self._release(job.items)
+                self.admission.release(job.items)
                 job.future.set_exception(error)

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import metrics, postprocess
-from .batcher import Done, Ticket
+from .admission import Ticket
+from .batcher import Done
 from .capture import LayerCall
 from .errors import InvalidRequest, StartupError, TooManyImages, UnknownModel
 from .explain_methods import CAM_METHODS, METHODS

@@ -24,7 +24,8 @@ import torch
 import torchvision
 
 from . import hardware, metrics
-from .batcher import Batcher, Done, Ticket
+from .admission import Ticket
+from .batcher import Batcher, Done
 from .capture import LayerCall, LayerTap
 from .errors import LayerUnavailable, NotReady, ServiceError, StartupError, UnknownLayer
 from .explainer import Explainer, ExplainWork

@@ -71,57 +71,6 @@ def test_a_full_queue_refuses_at_once_and_frees_its_room_as_work_is_taken(make):
     assert batcher.waiting == 0
 
 
-def test_a_full_queue_holds_new_work_for_the_admission_wait_and_admits_it_when_room_frees(make):
-    """Clients that resend at once after a 429 would spin; a short wait for room keeps them still."""
-    batcher = make(Gate(), max_queued=2, max_batch_size=2, admission_wait_s=30)
-    holder = batcher.reserve(2)
-    with ThreadPoolExecutor(1) as pool:
-        waiting = pool.submit(batcher.reserve, 1)
-        time.sleep(0.2)
-        assert not waiting.done()  # still waiting for room, not refused
-        with pytest.raises(Overloaded):  # a caller that may not wait is refused at once
-            batcher.reserve(1, wait=False)
-        holder.release()
-        admitted = waiting.result(10)
-    assert batcher.waiting == 1
-    admitted.release()
-
-
-def test_the_admission_wait_ends_in_a_refusal_when_no_room_frees(make):
-    batcher = make(Gate(), max_queued=2, max_batch_size=2, admission_wait_s=0.05)
-    holder = batcher.reserve(2)
-    with pytest.raises(Overloaded):
-        batcher.reserve(1)
-    holder.release()
-    assert batcher.waiting == 0
-
-
-def test_the_line_for_room_is_first_come_first_served(make):
-    """A request for many images is not overtaken forever by single images arriving after it."""
-    batcher = make(Gate(), max_queued=4, max_batch_size=4, admission_wait_s=30)
-    holders = [batcher.reserve(1) for _ in range(4)]
-    admitted: list[str] = []
-
-    def wait_for_room(name: str, images: int):
-        ticket = batcher.reserve(images)
-        admitted.append(name)
-        return ticket
-
-    with ThreadPoolExecutor(2) as pool:
-        big = pool.submit(wait_for_room, "big", 3)
-        time.sleep(0.1)  # "big" is first in line
-        small = pool.submit(wait_for_room, "small", 1)
-        time.sleep(0.1)
-        holders.pop().release()  # room for one: "small" fits, but "big" is ahead of it
-        time.sleep(0.1)
-        assert not small.done()
-        for holder in holders:
-            holder.release()
-        big.result(10).release()
-        small.result(10)
-    assert admitted == ["big", "small"]
-
-
 def test_requests_waiting_for_room_are_refused_when_the_batcher_stops(make):
     batcher = make(Gate(), max_queued=1, max_batch_size=1, admission_wait_s=30)
     batcher.reserve(1)
@@ -133,29 +82,6 @@ def test_requests_waiting_for_room_are_refused_when_the_batcher_stops(make):
         with pytest.raises(NotReady):
             waiting.result(10)
     assert time.monotonic() - started < 5  # answered at the stop, not at the end of its 30 s wait
-
-
-def test_a_ticket_resized_to_the_images_sent_holds_exactly_that_room(make):
-    """Room for one is held before an upload is read, then resized to what the body held."""
-    batcher = make(Gate(), max_queued=4, max_batch_size=4)
-    ticket = batcher.reserve(1)
-    ticket.resize(3)
-    assert batcher.waiting == 3
-    with pytest.raises(Overloaded):
-        ticket.resize(5)
-    ticket.resize(2)
-    assert batcher.waiting == 2
-    ticket.release()
-    assert batcher.waiting == 0
-
-
-def test_a_released_reservation_frees_its_room(make):
-    batcher = make(Gate(), max_queued=2, max_batch_size=2)
-    with pytest.raises(ValueError), batcher.reserve(2):
-        raise ValueError("the image did not decode")
-    assert batcher.waiting == 0
-    batcher.reserve(2).release()
-    assert batcher.waiting == 0
 
 
 def test_work_queued_behind_a_busy_thread_runs_as_one_batch(make):
