@@ -9,9 +9,10 @@ ARG PYTHON_IMAGE=python:3.11-slim
 # The dependencies alone, from the two pyproject.toml files: a change to the code reuses this stage
 # instead of reinstalling torch. The runtime is built FROM it, not from a fresh base with a copy of
 # /opt/venv: a copy would store the 5.5 GB CUDA build of torch twice, and the builder needs room for
-# the layer, its blob and the container it came from at once (34 GB free with a copy, half without).
+# the layer, its blob and the container it came from at once (peaks of 34 GB with a copy, 21 without).
 FROM ${PYTHON_IMAGE} AS deps
-# The torch wheel index: CPU-only wheels by default (no CUDA libraries: a much smaller image).
+# The torch wheel index: CPU-only wheels by default (no CUDA libraries: a much smaller image). It is
+# recorded in the image's history, as every build argument a RUN uses: put no credentials in it.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
@@ -19,8 +20,8 @@ WORKDIR /src
 COPY pyproject.toml ./
 COPY client/pyproject.toml ./client/
 RUN python -c "import sys, tomllib; [print(d) for f in sys.argv[1:] for d in tomllib.load(open(f, 'rb'))['project']['dependencies']]" \
-        pyproject.toml client/pyproject.toml > /tmp/requirements.txt \
-    && pip install --extra-index-url "${TORCH_INDEX_URL}" -r /tmp/requirements.txt
+        pyproject.toml client/pyproject.toml > requirements.txt \
+    && pip install --extra-index-url "${TORCH_INDEX_URL}" -r requirements.txt
 
 # The server and the client as wheels (the server's carries the model repository, models/, as
 # service/models/), installed here to check the weights with the installed package, as the service will run.
@@ -44,8 +45,9 @@ RUN mkdir -p /opt/torch \
     esac \
     && python -m service.weights check
 
-# The runtime: the dependencies' stage (its /src holds only the two pyproject.toml files), the two
-# wheels installed into its virtual environment, the torch cache and the weights file.
+# The runtime: the dependencies' stage (its /src holds only the two pyproject.toml files and the
+# requirements read from them), the two wheels installed into its virtual environment, the torch
+# cache and the weights file.
 FROM deps
 ARG WEIGHTS=imagenet
 ENV TORCH_HOME=/opt/torch PYTHONUNBUFFERED=1 \

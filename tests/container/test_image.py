@@ -125,8 +125,8 @@ def container(engine, weights, run_id, tmp_path_factory) -> Container:
     report: dict = {"engine": " ".join(engine.argv)}
     try:
         started = time.monotonic()
-        storage = harness.check_room(engine)
         plan = harness.plan_build(engine, workdir, run_id)
+        storage = harness.check_room(engine, harness.needed_free_gib(plan))
         built = harness.build(
             engine, plan, image, {"WEIGHTS": weights.relative_to(ROOT).as_posix()}, workdir / "build.log", storage
         )
@@ -336,8 +336,20 @@ def test_stop_finishes_requests_in_flight_and_exits_0(container, photos):
 
 def test_a_short_disk_fails_before_building_with_both_figures(engine):
     storage = engine.storage_root()
-    assert storage is not None, "the engine's storage is not on this machine: check_room would check nothing"
-    free = shutil.disk_usage(storage).free
-    with pytest.raises(harness.EngineError, match=rf"needs about \d+ GiB free at {re.escape(str(storage))}"):
-        harness.check_room(engine, needed=free + 2**40)
-    assert harness.check_room(engine, needed=0) == storage
+    if storage is None:  # a remote docker daemon: its disk is not ours to read, and nothing is checked
+        assert harness.check_room(engine, 1e9) is None
+        return
+    needed = shutil.disk_usage(storage).free / 2**30 + 1024
+    pattern = rf"needs about {needed:g} GiB free at {re.escape(str(storage))} and \d+\.\d GiB is free"
+    with pytest.raises(harness.EngineError, match=pattern):
+        harness.check_room(engine, needed)
+    assert harness.check_room(engine, 0) == harness.check_room(engine, None) == storage
+
+
+def test_the_room_needed_is_known_for_the_cuda_build_only_and_can_be_set(monkeypatch):
+    monkeypatch.delenv("LAYERTAP_CONTAINER_MIN_FREE_GIB", raising=False)
+    assert harness.needed_free_gib(harness.BuildPlan()) is None  # the CPU index answered: a small image
+    local = harness.BuildPlan(build_args={"TORCH_INDEX_URL": "file:///opt/pypi-more/simple"})
+    assert harness.needed_free_gib(local) == harness.NEEDED_FREE_GIB_CUDA_TORCH
+    monkeypatch.setenv("LAYERTAP_CONTAINER_MIN_FREE_GIB", "7.5")
+    assert harness.needed_free_gib(harness.BuildPlan()) == 7.5
