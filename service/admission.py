@@ -19,21 +19,24 @@ import collections
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import metrics
 from .errors import Overloaded, ServiceError
+
+if TYPE_CHECKING:
+    from .batcher import Done
 
 
 class Ticket:
     """Room reserved for ``items``: submit the prepared payload once, or release it (``with`` does on error)."""
 
-    def __init__(self, admission: Admission, submit: Callable[..., Any], items: int, deadline: float):
+    def __init__(self, admission: Admission, submit: Callable[..., Done], items: int, deadline: float):
         self._admission, self._submit = admission, submit
         self.items, self.deadline = items, deadline
         self._open = True
 
-    def submit(self, payload: Any, kind: str | None = None) -> Any:
+    def submit(self, payload: Any, kind: str | None = None) -> Done:
         """Queue ``payload`` (batched only with payloads of the same ``kind``) and wait for its result."""
         self._open = False
         return self._submit(payload, self.items, self.deadline, kind)
@@ -49,7 +52,7 @@ class Ticket:
     def release(self) -> None:
         if self._open:
             self._open = False
-            self._admission.release(self.items, preparing=True)
+            self._admission.release(self.items, unsubmitted=True)
 
     def __enter__(self) -> Ticket:
         return self
@@ -70,7 +73,7 @@ class Admission:
         self.preparing = 0  # reservations not submitted yet: worth waiting for when forming a batch
         self._closed: Callable[[], ServiceError] | None = None
 
-    def reserve(self, items: int, submit: Callable[..., Any], timeout_s: float, wait: bool = True) -> Ticket:
+    def reserve(self, items: int, submit: Callable[..., Done], timeout_s: float, wait: bool = True) -> Ticket:
         """Room for ``items`` or Overloaded (or the closing error); the ticket's deadline starts now."""
         self.acquire(items, wait)
         with self._lock:
@@ -108,14 +111,14 @@ class Admission:
         with self._lock:
             self.preparing -= 1
 
-    def release(self, items: int, preparing: bool = False) -> None:
+    def release(self, items: int, unsubmitted: bool = False) -> None:
         """Free room for ``items``: the thread took them, or a request shrank or gave up.
 
-        ``preparing``: the reservation ends unsubmitted, so it is no longer being prepared either.
+        ``unsubmitted``: the reservation ends without a payload, so it is no longer being prepared either.
         """
         with self._lock:
             self.waiting -= items
-            if preparing:
+            if unsubmitted:
                 self.preparing -= 1
             metrics.QUEUE_IMAGES.labels(self.name).set(self.waiting)
             self._room.notify_all()

@@ -2,15 +2,15 @@
 
 Request threads :meth:`~Batcher.reserve` room for their items (images) *before* preparing them
 (decoding), so refusing work under overload costs next to nothing (:mod:`service.admission`);
-they then :meth:`~service.admission.Ticket.submit` a payload and wait on its future. The batcher's thread runs ``setup``
-once, then takes the first job, gathers the jobs that arrive within ``max_delay_s`` (waiting
-only while reserved work is still being prepared, so a lone client never waits), up to
-``max_batch_size`` items, and hands their payloads to ``handle`` in one call. A job may name its
-``kind``: a batch holds jobs of one kind only (inference and explanations are never mixed), up
-to that kind's own limit in ``batch_limits``; a job of another kind, or one that would cross the
-limit, is held for the next batch while this one goes on gathering its own kind. ``handle``
-returns one result per payload, or a ServiceError for a payload that alone failed; if it
-raises, only that batch's jobs fail.
+they then :meth:`~service.admission.Ticket.submit` a payload and wait on its future. The
+batcher's thread runs ``setup`` once, then takes the first job, gathers the jobs that arrive
+within ``max_delay_s`` (waiting only while reserved work is still being prepared, so a lone
+client never waits), up to ``max_batch_size`` items, and hands their payloads to ``handle`` in
+one call. A job may name its ``kind``: a batch holds jobs of one kind only (inference and
+explanations are never mixed), up to that kind's own limit in ``batch_limits``; a job of another
+kind, or one that would cross the limit, is held for the next batch while this one goes on
+gathering its own kind. ``handle`` returns one result per payload, or a ServiceError for a
+payload that alone failed; if it raises, only that batch's jobs fail.
 
 A job whose client gave up (its future cancelled) or whose deadline passed before the thread
 reached it is never handled. Everything that waits on this thread is answered, even if the

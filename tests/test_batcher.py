@@ -84,6 +84,33 @@ def test_requests_waiting_for_room_are_refused_when_the_batcher_stops(make):
     assert time.monotonic() - started < 5  # answered at the stop, not at the end of its 30 s wait
 
 
+def test_requests_waiting_for_room_get_the_failure_at_once_when_the_thread_dies():
+    loading = threading.Event()
+
+    def setup():
+        assert loading.wait(30)
+        raise RuntimeError("out of memory")
+
+    options = {"max_batch_size": 1, "max_delay_s": 0.05, "max_queued": 1, "timeout_s": 30, "admission_wait_s": 30}
+    batcher = Batcher("test", Gate(), **options)
+    batcher.start(setup)
+    try:
+        batcher.reserve(1)  # the room, taken while the model loads
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(batcher.reserve, 1)
+            time.sleep(0.1)
+            assert not waiting.done()
+            started = time.monotonic()
+            loading.set()
+            with pytest.raises(InferenceFailed, match=r"stopped \(RuntimeError: out of memory\); the service must"):
+                waiting.result(10)
+        assert time.monotonic() - started < 5  # at the failure, not at the end of its 30 s wait
+        with pytest.raises(InferenceFailed):
+            batcher.reserve(1, wait=False)
+    finally:
+        batcher.close(timeout=1)
+
+
 def test_work_queued_behind_a_busy_thread_runs_as_one_batch(make):
     gate = Gate()
     batcher = make(gate, max_batch_size=8)
