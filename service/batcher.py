@@ -128,6 +128,8 @@ class Batcher:
         self.admission.submitted()
         if self.state == "failed":  # the thread died while this was being prepared
             self._fail_queued(InferenceFailed(f"the {self.name} thread stopped; the service must restart"))
+        elif self.state == "stopped":  # closed while this was being prepared: nothing will take it
+            self._fail_queued(NotReady("the service is shutting down", retry_after_s=1))
         try:
             return job.future.result(timeout=max(0.0, deadline - time.monotonic()))
         except FutureTimeout:

@@ -111,6 +111,16 @@ def test_requests_waiting_for_room_get_the_failure_at_once_when_the_thread_dies(
         batcher.close(timeout=1)
 
 
+def test_work_prepared_across_the_stop_is_refused_at_once_not_at_its_deadline(make):
+    batcher = make(Gate(), timeout_s=30)
+    ticket = batcher.reserve(1)  # decoding when the stop comes
+    batcher.close(timeout=1)
+    started = time.monotonic()
+    with pytest.raises(NotReady, match="shutting down"):
+        ticket.submit("late")
+    assert time.monotonic() - started < 5
+
+
 def test_work_queued_behind_a_busy_thread_runs_as_one_batch(make):
     gate = Gate()
     batcher = make(gate, max_batch_size=8)
