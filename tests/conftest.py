@@ -33,6 +33,7 @@ ALLOWED_SKIPS = (
     "needs AVX2",
     "needs glibc",
     "needs a container engine",
+    "needs free disk",  # for the container image: tests/container/harness.py, NEEDED_FREE_GIB_CUDA_TORCH
 )
 
 

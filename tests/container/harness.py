@@ -47,8 +47,9 @@ BUILD_TIMEOUT_S = 1200
 # answer) needs where the engine stores images: at its peak the builder holds three copies of the 5.5 GB
 # torch layer (the build container, the blob being committed, the new layer). Two builds with podman and
 # overlay saw the free space fall by 20.4 and 21.8 GiB; other writers only add to such a figure, so the
-# lower one bounds the need from above, and the check sits just under it: it refuses, in seconds and
-# naming both figures, a build that would fail minutes in with "no space left on device", and no other.
+# lower one bounds the need from above, and the check sits just under it: it stops, in seconds and
+# naming both figures, a build that would fail minutes in with "no space left on device", and no other
+# (the test skips then: a machine may lack the disk as it may lack an engine).
 # LAYERTAP_CONTAINER_MIN_FREE_GIB overrides it; builds from the CPU index (a far smaller image) are not checked.
 NEEDED_FREE_GIB_CUDA_TORCH = 20.0
 # What each run measured (engine, build and stop times, image size, leftovers): conftest.py prints it.
@@ -77,6 +78,10 @@ PIP_OPTIONS_KEPT = (
 
 class EngineError(RuntimeError):
     """The engine is there but a step failed; the message carries its output."""
+
+
+class NoRoom(EngineError):
+    """The engine's storage has less free space than the build needs (the message starts "needs free disk")."""
 
 
 def new_run_id() -> str:
@@ -379,7 +384,7 @@ def needed_free_gib(plan: BuildPlan) -> float | None:
 
 
 def check_room(engine: Engine, needed_gib: float | None) -> Path | None:
-    """Raise EngineError, naming both figures, when the engine's storage has less than ``needed_gib`` free.
+    """Raise NoRoom, naming both figures, when the engine's storage has less than ``needed_gib`` free.
 
     Returns the storage root, to watch during the build (None where the engine keeps it on another
     machine, a remote docker daemon); with ``needed_gib`` None the root is returned unchecked.
@@ -389,9 +394,9 @@ def check_room(engine: Engine, needed_gib: float | None) -> Path | None:
         return root
     free = shutil.disk_usage(root).free
     if free < needed_gib * 2**30:
-        raise EngineError(
-            f"the build needs about {needed_gib:g} GiB free at {root} and {free / 2**30:.1f} GiB is free; "
-            "free some space (`make container-clean` removes what an interrupted run left)"
+        raise NoRoom(
+            f"needs free disk: the build needs about {needed_gib:g} GiB at {root}, and {free / 2**30:.1f} GiB "
+            "is free (`make container-clean` removes what an interrupted run left)"
         )
     return root
 
