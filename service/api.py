@@ -29,6 +29,7 @@ from .http_shared import (
     timing_headers,
     unexpected_error,
 )
+from .oip import routes as oip_routes
 from .postprocess import POOLS, OutputOptions
 from .uploads import read_images
 
@@ -259,7 +260,7 @@ def endpoints_hint() -> str:
         by_method: dict[str, list[str]] = {"POST": [], "GET": []}
         for rule in current_app.url_map.iter_rules():
             # The v2 protocol has its own hint; the page's assets and the docs' files are not endpoints.
-            if rule.arguments or rule.rule == "/v2" or rule.rule.startswith("/v2/"):
+            if rule.arguments or oip_routes.owns(rule.rule):
                 continue
             for method in by_method:
                 if method in rule.methods:
