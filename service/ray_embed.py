@@ -17,6 +17,8 @@ import argparse
 import os
 import sys
 
+from .postprocess import POOLS
+
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff")
 
 
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     command.add_argument("source", help="a folder (recursive), a file, or any path ray.data.read_binary_files reads")
     command.add_argument("--out", required=True, help="folder (or bucket path) for the Parquet files")
     command.add_argument("--layers", default=None, help="comma-separated layer names (default: the model's default)")
-    command.add_argument("--pool", default="none", choices=("none", "avg", "max", "cls"))
+    command.add_argument("--pool", default=POOLS[0], choices=POOLS)
     command.add_argument("--normalize", action="store_true", help="scale each row to unit L2 norm")
     command.add_argument("--model", default=None, help="a model of LAYERTAP_MODELS (default: the first)")
     command.add_argument("--address", default=None, help="a Ray cluster to join (default: RAY_ADDRESS, else local)")

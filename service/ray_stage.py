@@ -59,7 +59,6 @@ class LayertapEmbedder:
         if not self.plane.wait_ready(600):
             raise RuntimeError(f"the model did not load: {self.plane.failure}")
         self.options = OutputOptions(pool=pool, normalize=normalize)
-        self.model = model
         runner, self.layers = self.plane.check(model, tuple(layers) if layers else None, self.options)
         self.model = runner.name
         self.shapes = self._row_shapes()
