@@ -104,11 +104,7 @@ class LayerTap:
         respect to exactly that value, and no graph is kept upstream of it. Call it in grad mode.
         """
         state = _Pass(gradient_of=name)
-        self._pass = state
-        try:
-            output = self.model(inputs)
-        finally:
-            self._pass = None
+        output = self._run(inputs, state)
         if name not in state.captured:
             raise ValueError(f"no tensor output was produced for {name!r}; trace() lists the layers that exist")
         return first_tensor(output), state.captured[name]
@@ -132,12 +128,13 @@ class LayerTap:
     def hook_count(self) -> int:
         return len(self._handles)
 
-    def _run(self, inputs: torch.Tensor, state: _Pass) -> None:
+    def _run(self, inputs: torch.Tensor, state: _Pass):
+        """The model's output, or None for a pass abandoned once everything it wanted was captured."""
         self._pass = state
         try:
-            self.model(inputs)
+            return self.model(inputs)
         except _AllCaptured:
-            pass
+            return None
         finally:
             self._pass = None
 
