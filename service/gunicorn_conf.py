@@ -8,12 +8,15 @@ then forks workers that each build their own model in ``create_app()``.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+
+from gunicorn.workers.base import Worker
 
 from service.hardware import cuda_expected
 from service.logs import gunicorn_logconfig
@@ -83,7 +86,8 @@ def pre_request(worker, req) -> None:  # noqa: ARG001 - gunicorn's hook signatur
 
 
 def post_worker_init(worker) -> None:
-    """Accept connections only once the model is warm; on SIGTERM, turn readiness to 503 before stopping.
+    """Accept connections only once the model is warm; on SIGTERM, turn readiness to 503 before stopping;
+    on Ctrl-C, quit once.
 
     Waiting here keeps a worker that is still loading (at start, or replacing one that died) off
     the shared socket, so its siblings answer instead of it returning 503s. A model that fails to
@@ -102,6 +106,28 @@ def post_worker_init(worker) -> None:
         stop_gracefully(signum, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    # Quick shutdown (Ctrl-C, SIGQUIT) as gunicorn's base worker does it, without gthread's addition:
+    # shutting its thread pool down from the handler takes the pool's lock, which the interrupted
+    # main thread may hold (it submits every request under it) or an earlier run of the handler does
+    # (Ctrl-C reaches the worker twice: from the terminal, then as SIGQUIT from the master). Either way
+    # the handler never returns (CPython issue 121649) and the worker hangs until the master kills it,
+    # graceful_timeout later. The pool's idle threads are joined at exit all the same.
+    quit_once = first_call_only(functools.partial(Worker.handle_quit, worker))
+    signal.signal(signal.SIGINT, quit_once)
+    signal.signal(signal.SIGQUIT, quit_once)
+
+
+def first_call_only(handler):
+    """``handler`` for the first signal; later ones (the process is already quitting) are ignored."""
+    called = False
+
+    def once(signum, frame):
+        nonlocal called
+        if not called:
+            called = True
+            handler(signum, frame)
+
+    return once
 
 
 def child_exit(server, worker) -> None:  # noqa: ARG001 - gunicorn's hook signature
