@@ -21,11 +21,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import metrics
-from .errors import Overloaded, ServiceError
+from service import metrics
+from service.errors import Overloaded, ServiceError
 
 if TYPE_CHECKING:
-    from .batcher import Done
+    from service.batcher import Done
 
 
 class Ticket:

@@ -17,9 +17,9 @@ import numpy as np
 from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
-from . import __version__, metrics
-from .errors import DeadlineExceeded, InvalidRequest, NotReady, Overloaded, ServiceError, UnknownLayer
-from .http_shared import (
+from service import __version__, metrics
+from service.errors import DeadlineExceeded, InvalidRequest, NotReady, Overloaded, ServiceError, UnknownLayer
+from service.http_shared import (
     data_plane,
     expects_continue,
     headers_of,
@@ -29,9 +29,9 @@ from .http_shared import (
     timing_headers,
     unexpected_error,
 )
-from .oip import routes as oip_routes
-from .postprocess import POOLS, OutputOptions
-from .uploads import read_images
+from service.oip import routes as oip_routes
+from service.postprocess import POOLS, OutputOptions
+from service.uploads import read_images
 
 log = logging.getLogger("layertap.api")
 

@@ -16,16 +16,16 @@ from flask import Flask, Response, g, request
 from flask_swagger_ui import get_swaggerui_blueprint
 from werkzeug.exceptions import HTTPException
 
-from . import api, logs, metrics
-from .auth import OPEN_ENDPOINTS, OPEN_PREFIXES, PROBE_ENDPOINTS, check_bearer
-from .dataplane import DataPlane
-from .errors import ServiceError
-from .explain_api import explain_api
-from .oip import routes as oip
-from .openapi import docs
-from .settings import Settings
-from .ui import ui
-from .upload_gate import UploadGate
+from service import api, logs, metrics
+from service.auth import OPEN_ENDPOINTS, OPEN_PREFIXES, PROBE_ENDPOINTS, check_bearer
+from service.dataplane import DataPlane
+from service.errors import ServiceError
+from service.explain_api import explain_api
+from service.oip import routes as oip
+from service.openapi import docs
+from service.settings import Settings
+from service.ui import ui
+from service.upload_gate import UploadGate
 
 access_log = logging.getLogger("layertap.access")
 KNOWN_METHODS = frozenset({"GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"})

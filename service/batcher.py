@@ -30,8 +30,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
-from .admission import Admission, Ticket
-from .errors import DeadlineExceeded, InferenceFailed, NotReady, ServiceError
+from service.admission import Admission, Ticket
+from service.errors import DeadlineExceeded, InferenceFailed, NotReady, ServiceError
 
 log = logging.getLogger("layertap.batcher")
 

@@ -22,20 +22,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import metrics, postprocess
-from .admission import Ticket
-from .batcher import Done
-from .capture import LayerCall
-from .errors import InvalidRequest, StartupError, TooManyImages, UnknownModel
-from .explain_methods import CAM_METHODS, METHODS
-from .explainer import ExplainWork, ImageExplanation
-from .image_inputs import ImageInput
-from .inputs import Prepared
-from .model_repository import load_entry
-from .postprocess import OutputOptions
-from .runner import ModelRunner, Work
-from .settings import Settings
-from .weights import resolve_weights
+from service import metrics, postprocess
+from service.admission import Ticket
+from service.batcher import Done
+from service.capture import LayerCall
+from service.errors import InvalidRequest, StartupError, TooManyImages, UnknownModel
+from service.explain_methods import CAM_METHODS, METHODS
+from service.explainer import ExplainWork, ImageExplanation
+from service.image_inputs import ImageInput
+from service.inputs import Prepared
+from service.model_repository import load_entry
+from service.postprocess import OutputOptions
+from service.runner import ModelRunner, Work
+from service.settings import Settings
+from service.weights import resolve_weights
 
 log = logging.getLogger("layertap.dataplane")
 

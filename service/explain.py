@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .explain_methods import CAM_METHODS
+from service.explain_methods import CAM_METHODS
 
 
 def class_activation_map(activations: torch.Tensor, gradients: torch.Tensor, method: str) -> torch.Tensor:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, g, request
 
-from .api import ENCODINGS, choice_arg, encode_feature, int_arg
-from .errors import InvalidRequest
-from .explain_methods import METHODS
-from .heatmap import overlay_png, to_unit
-from .http_shared import data_plane, expects_continue, json_response, timing_headers
-from .uploads import read_images
+from service.api import ENCODINGS, choice_arg, encode_feature, int_arg
+from service.errors import InvalidRequest
+from service.explain_methods import METHODS
+from service.heatmap import overlay_png, to_unit
+from service.http_shared import data_plane, expects_continue, json_response, timing_headers
+from service.uploads import read_images
 
 explain_api = Blueprint("explain_api", __name__)
 

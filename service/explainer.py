@@ -24,11 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .capture import LayerTap
-from .errors import DeadlineExceeded, InferenceFailed, ServiceError
-from .explain import class_activation_map, path_inputs, quadrature, scaled_and_resized
-from .explain_methods import CAM_METHODS
-from .inputs import Prepared
+from service.capture import LayerTap
+from service.errors import DeadlineExceeded, InferenceFailed, ServiceError
+from service.explain import class_activation_map, path_inputs, quadrature, scaled_and_resized
+from service.explain_methods import CAM_METHODS
+from service.inputs import Prepared
 
 log = logging.getLogger("layertap.explainer")
 

@@ -16,8 +16,8 @@ import orjson
 from flask import Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
-from .auth import Unauthorized
-from .errors import (
+from service.auth import Unauthorized
+from service.errors import (
     InternalError,
     InvalidRequest,
     Overloaded,
@@ -27,10 +27,10 @@ from .errors import (
     UnknownModel,
     UnsupportedMediaType,
 )
-from .uploads import body_limit_error
+from service.uploads import body_limit_error
 
 if TYPE_CHECKING:
-    from .dataplane import DataPlane, Timings
+    from service.dataplane import DataPlane, Timings
 
 log = logging.getLogger("layertap.http")
 

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import InvalidImage, ServiceError
-from .gpu_decode import EncodedJpeg, JpegBatchDecoder, inspect_jpeg
-from .image_inputs import ImageInput, Pixels, Tensor
-from .preprocess import ImagePreprocessor
+from service.errors import InvalidImage, ServiceError
+from service.gpu_decode import EncodedJpeg, JpegBatchDecoder, inspect_jpeg
+from service.image_inputs import ImageInput, Pixels, Tensor
+from service.preprocess import ImagePreprocessor
 
 # After prepare(): (crop, crop, 3) uint8 pixels, a JPEG left for the device, or a client's tensor.
 Prepared = np.ndarray | EncodedJpeg | Tensor

@@ -10,9 +10,9 @@ import torch
 import torchvision
 from torch import nn
 
-from .errors import StartupError, WeightsUnavailable
-from .model_repository import ModelEntry
-from .weights import Weights
+from service.errors import StartupError, WeightsUnavailable
+from service.model_repository import ModelEntry
+from service.weights import Weights
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

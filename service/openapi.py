@@ -25,22 +25,22 @@ from typing import TYPE_CHECKING, ClassVar
 from flask import Blueprint, Response, current_app
 from pydantic.json_schema import models_json_schema
 
-from . import __version__, messages
-from .api import BOOLEANS, ENCODINGS
-from .auth import OPEN_ENDPOINTS
-from .explain_api import DEFAULT_STEPS, FORMATS
-from .explain_methods import METHODS
-from .http_shared import TIMING_HEADERS, json_response
-from .oip import openapi as v2_operations
-from .oip import routes as oip
-from .oip import schema as v2
-from .postprocess import POOLS
-from .shapes import MAX_BATCH, MAX_SIDE
+from service import __version__, messages
+from service.api import BOOLEANS, ENCODINGS
+from service.auth import OPEN_ENDPOINTS
+from service.explain_api import DEFAULT_STEPS, FORMATS
+from service.explain_methods import METHODS
+from service.http_shared import TIMING_HEADERS, json_response
+from service.oip import openapi as v2_operations
+from service.oip import routes as oip
+from service.oip import schema as v2
+from service.postprocess import POOLS
+from service.shapes import MAX_BATCH, MAX_SIDE
 
 if TYPE_CHECKING:
     from werkzeug.routing import Map
 
-    from .dataplane import DataPlane
+    from service.dataplane import DataPlane
 
 docs = Blueprint("docs", __name__)
 

@@ -38,11 +38,11 @@ from torch import nn
 from torch.ao.nn.quantized import FloatFunctional
 from torchvision.models.quantization.resnet import QuantizableBasicBlock, QuantizableBottleneck, QuantizableResNet
 
-from .capture import LayerTap
-from .model_repository import ModelEntry
-from .preprocess import ImagePreprocessor
-from .settings import SAMPLE_PHOTOS
-from .weights import Weights
+from service.capture import LayerTap
+from service.model_repository import ModelEntry
+from service.preprocess import ImagePreprocessor
+from service.settings import SAMPLE_PHOTOS
+from service.weights import Weights
 
 log = logging.getLogger("layertap.quantize")
 

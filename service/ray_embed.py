@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 
-from .postprocess import POOLS
+from service.postprocess import POOLS
 
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff")
 
@@ -37,7 +37,7 @@ def embed(
     """Read the images, run them through ``actors`` model actors, write Parquet to ``out`` (Ray must be initialized)."""
     import ray
 
-    from .ray_stage import LayertapEmbedder
+    from service.ray_stage import LayertapEmbedder
 
     settings = {k: v for k, v in os.environ.items() if k.startswith("LAYERTAP_")}
     # Each file is one read task's worth at most; the reads go as wide as the cluster lets them.

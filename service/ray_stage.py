@@ -33,11 +33,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pyarrow as pa
 
-from . import postprocess
-from .dataplane import DataPlane
-from .errors import ServiceError
-from .postprocess import OutputOptions
-from .settings import Settings
+from service import postprocess
+from service.dataplane import DataPlane
+from service.errors import ServiceError
+from service.postprocess import OutputOptions
+from service.settings import Settings
 
 SHAPE_KEY = b"shape"
 

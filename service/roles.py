@@ -6,9 +6,9 @@ the model's calls, listed in the order they return (service/shapes.py).
 
 from __future__ import annotations
 
-from .capture import LayerCall
-from .errors import StartupError
-from .model_repository import ModelEntry
+from service.capture import LayerCall
+from service.errors import StartupError
+from service.model_repository import ModelEntry
 
 SPATIAL_LAYOUTS = ("nchw", "nhwc")
 

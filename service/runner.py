@@ -23,23 +23,23 @@ import numpy as np
 import torch
 import torchvision
 
-from . import hardware, metrics
-from .admission import Ticket
-from .batcher import Batcher, Done
-from .capture import LayerCall, LayerTap
-from .errors import LayerUnavailable, NotReady, ServiceError, StartupError, UnknownLayer
-from .explainer import Explainer, ExplainWork
-from .folding import fold_batch_norms
-from .inputs import Inputs, Prepared
-from .model import DTYPES, build_model, place, resolve_device
-from .model_repository import ModelEntry
-from .preprocess import ImagePreprocessor
-from .quantize import Int8Model, build_int8, served_calls
-from .roles import roles, spatial_layers
-from .runtime import release_free_heap
-from .settings import Settings
-from .shapes import ShapeTracer
-from .weights import Weights
+from service import hardware, metrics
+from service.admission import Ticket
+from service.batcher import Batcher, Done
+from service.capture import LayerCall, LayerTap
+from service.errors import LayerUnavailable, NotReady, ServiceError, StartupError, UnknownLayer
+from service.explainer import Explainer, ExplainWork
+from service.folding import fold_batch_norms
+from service.inputs import Inputs, Prepared
+from service.model import DTYPES, build_model, place, resolve_device
+from service.model_repository import ModelEntry
+from service.preprocess import ImagePreprocessor
+from service.quantize import Int8Model, build_int8, served_calls
+from service.roles import roles, spatial_layers
+from service.runtime import release_free_heap
+from service.settings import Settings
+from service.shapes import ShapeTracer
+from service.weights import Weights
 
 log = logging.getLogger("layertap.runner")
 

@@ -14,7 +14,7 @@ from typing import Literal, get_args
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .hardware import available_cores, cuda_expected, default_sizing
+from service.hardware import available_cores, cuda_expected, default_sizing
 
 # The device-aware sizes (service/hardware.py) are the defaults here too: one place holds the numbers.
 _CPU_SIZING = default_sizing(cuda=False)

@@ -18,8 +18,8 @@ import torch
 import torchvision
 from torch import nn
 
-from .capture import LayerCall, LayerTap
-from .errors import InvalidRequest
+from service.capture import LayerCall, LayerTap
+from service.errors import InvalidRequest
 
 log = logging.getLogger("layertap.shapes")
 

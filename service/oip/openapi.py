@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..openapi import Describe
+    from service.openapi import Describe
 
 
 def operations(d: Describe) -> dict[str, dict]:

@@ -25,9 +25,9 @@ import orjson
 from flask import Blueprint, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from .. import __version__, metrics
-from ..errors import InvalidRequest, ServiceError, TooLarge, UnknownLayer, UnknownModel
-from ..http_shared import (
+from service import __version__, metrics
+from service.errors import InvalidRequest, ServiceError, TooLarge, UnknownLayer, UnknownModel
+from service.http_shared import (
     data_plane,
     expects_continue,
     headers_of,
@@ -37,14 +37,14 @@ from ..http_shared import (
     timing_headers,
     unexpected_error,
 )
-from ..postprocess import POOLS, OutputOptions
-from ..uploads import read_decoded_body
-from . import tensors
-from .schema import InferenceRequest, parse_request
+from service.oip import tensors
+from service.oip.schema import InferenceRequest, parse_request
+from service.postprocess import POOLS, OutputOptions
+from service.uploads import read_decoded_body
 
 if TYPE_CHECKING:
-    from ..dataplane import DataPlane, Options
-    from ..runner import ModelRunner
+    from service.dataplane import DataPlane, Options
+    from service.runner import ModelRunner
 
 log = logging.getLogger("layertap.oip")
 

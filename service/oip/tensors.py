@@ -23,10 +23,10 @@ import math
 
 import numpy as np
 
-from ..errors import InvalidRequest
-from ..image_inputs import ImageInput, Pixels, Tensor
-from ..uploads import check_image_count, decode_base64
-from .schema import RequestInput
+from service.errors import InvalidRequest
+from service.image_inputs import ImageInput, Pixels, Tensor
+from service.oip.schema import RequestInput
+from service.uploads import check_image_count, decode_base64
 
 BINARY_HEADER = "Inference-Header-Content-Length"
 _LENGTH_PREFIX = 4  # bytes of the little-endian length before each BYTES element
