@@ -49,7 +49,7 @@ def service_rows(url: str, images: list[bytes], clients: tuple[int, ...], second
 def in_process(batch: int = 8, repeats: int = 5) -> dict:
     """Model-thread milliseconds per batch of ``batch`` images, float32: Grad-CAM at layer4 and layer1, and fc."""
     from service.app import create_app
-    from service.settings import Settings
+    from service.core.settings import Settings
 
     app = create_app(Settings(weights="random", device="cpu", dtype="float32", log_level="warning"))
     plane = app.extensions["layertap.dataplane"]

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from service.app import create_app
-from service.hardware import cpu_flags, default_sizing
-from service.settings import DEFAULT_MODEL_REPOSITORY, SAMPLE_PHOTOS, Settings
+from service.core.hardware import cpu_flags, default_sizing
+from service.core.settings import DEFAULT_MODEL_REPOSITORY, SAMPLE_PHOTOS, Settings
 from stress.load import Request, answered_within, closed_loop, closed_loop_processes, percentile
 from stress.server import start_server
 

@@ -26,12 +26,12 @@ def in_process(images: list[bytes], layers: list[str], batch: int, seconds: floa
     import torch
 
     from service.capture import LayerTap
+    from service.core.settings import Settings
     from service.folding import fold_batch_norms
     from service.model import build_model, place
     from service.model_repository import load_entry
     from service.preprocess import ImagePreprocessor
     from service.quantize import build_int8
-    from service.settings import Settings
     from service.weights import resolve_weights
 
     settings = Settings(weights="random")

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from service.core.settings import SAMPLE_PHOTOS, Settings
 from service.dataplane import DataPlane
 from service.model_repository import load_entry
 from service.runner import ModelRunner
-from service.settings import SAMPLE_PHOTOS, Settings
 from service.weights import resolve_weights
 from stress.server import photo_files
 

@@ -21,8 +21,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from service.core.settings import DEFAULT_MODEL_REPOSITORY
 from service.runtime import apply_openmp_defaults, tune_malloc
-from service.settings import DEFAULT_MODEL_REPOSITORY
 from stress.load import Request, closed_loop, percentile
 from stress.server import rss_mb, sample_photos, start_server
 
@@ -45,7 +45,7 @@ class ModelRow:
 def in_process(name: str, images: list[bytes], seconds: float) -> tuple[dict, float]:
     """(the model's /info description, img/s through the data plane at batch 16)."""
     from service.app import create_app
-    from service.settings import Settings
+    from service.core.settings import Settings
 
     app = create_app(Settings(models=name, weights="random", device="cpu", log_level="warning"))
     plane = app.extensions["layertap.dataplane"]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from bench import overload
 from bench.torchserve import TorchServe
-from service.hardware import cpu_flags
-from service.settings import SAMPLE_PHOTOS
+from service.core.hardware import cpu_flags
+from service.core.settings import SAMPLE_PHOTOS
 
 
 @dataclass

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import requests
 
-from service.hardware import available_cores
+from service.core.hardware import available_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 VERSION = "0.12.0"
@@ -156,9 +156,9 @@ def save_seeded_weights(path: Path) -> None:
     """ResNet18's state dict with the weights layertap serves under ``LAYERTAP_WEIGHTS=random`` (seed 0)."""
     import torch
 
+    from service.core.settings import DEFAULT_MODEL_REPOSITORY
     from service.model import build_model
     from service.model_repository import load_entry
-    from service.settings import DEFAULT_MODEL_REPOSITORY
     from service.weights import resolve_weights
 
     entry = load_entry(DEFAULT_MODEL_REPOSITORY, "resnet18")

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from service import metrics
-from service.errors import Overloaded, ServiceError
+from service.core.errors import Overloaded, ServiceError
 
 if TYPE_CHECKING:
     from service.batcher import Done

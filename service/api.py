@@ -1,6 +1,6 @@
 """The layertap REST API: parse and validate requests, call the data plane, render with orjson.
 
-Nothing here touches torch. The data plane raises domain errors (``service/errors.py``); they
+Nothing here touches torch. The data plane raises domain errors (``service/core/errors.py``); they
 take their HTTP status and ``Retry-After`` from service/http_shared.py, and this front-end adds
 the hints that name its URLs and renders them, like werkzeug's own errors, as
 ``{"error": {"code", "message", "request_id"}}``. The Open Inference Protocol is the other
@@ -18,7 +18,7 @@ from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from service import __version__, metrics
-from service.errors import DeadlineExceeded, InvalidRequest, NotReady, Overloaded, ServiceError, UnknownLayer
+from service.core.errors import DeadlineExceeded, InvalidRequest, NotReady, Overloaded, ServiceError, UnknownLayer
 from service.http_shared import (
     data_plane,
     expects_continue,

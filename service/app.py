@@ -18,12 +18,12 @@ from werkzeug.exceptions import HTTPException
 
 from service import api, logs, metrics
 from service.auth import OPEN_ENDPOINTS, OPEN_PREFIXES, PROBE_ENDPOINTS, check_bearer
+from service.core.errors import ServiceError
+from service.core.settings import Settings
 from service.dataplane import DataPlane
-from service.errors import ServiceError
 from service.explain_api import explain_api
 from service.oip import routes as oip
 from service.openapi import docs
-from service.settings import Settings
 from service.ui import ui
 from service.upload_gate import UploadGate
 
@@ -34,7 +34,7 @@ KNOWN_METHODS = frozenset({"GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "P
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app and start loading its models; ``/ready`` turns 200 once each has run a warm-up pass.
 
-    Raises :class:`~service.errors.StartupError` (with a message that says what to change) when a
+    Raises :class:`~service.core.errors.StartupError` (with a message that says what to change) when a
     model entry or its weights cannot be had.
     """
     settings = settings or Settings()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 
-from service.errors import ServiceError
+from service.core.errors import ServiceError
 
 
 class Unauthorized(ServiceError):

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.admission import Admission, Ticket
-from service.errors import DeadlineExceeded, InferenceFailed, NotReady, ServiceError
+from service.core.errors import DeadlineExceeded, InferenceFailed, NotReady, ServiceError
 
 log = logging.getLogger("layertap.batcher")
 

@@ -26,7 +26,8 @@ from service import metrics, postprocess
 from service.admission import Ticket
 from service.batcher import Done
 from service.capture import LayerCall
-from service.errors import InvalidRequest, StartupError, TooManyImages, UnknownModel
+from service.core.errors import InvalidRequest, StartupError, TooManyImages, UnknownModel
+from service.core.settings import Settings
 from service.explain_methods import CAM_METHODS, METHODS
 from service.explainer import ExplainWork, ImageExplanation
 from service.image_inputs import ImageInput
@@ -34,7 +35,6 @@ from service.inputs import Prepared
 from service.model_repository import load_entry
 from service.postprocess import OutputOptions
 from service.runner import ModelRunner, Work
-from service.settings import Settings
 from service.weights import resolve_weights
 
 log = logging.getLogger("layertap.dataplane")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, g, request
 
 from service.api import ENCODINGS, choice_arg, encode_feature, int_arg
-from service.errors import InvalidRequest
+from service.core.errors import InvalidRequest
 from service.explain_methods import METHODS
 from service.heatmap import overlay_png, to_unit
 from service.http_shared import data_plane, expects_continue, json_response, timing_headers

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from service.capture import LayerTap
-from service.errors import DeadlineExceeded, InferenceFailed, ServiceError
+from service.core.errors import DeadlineExceeded, InferenceFailed, ServiceError
 from service.explain import class_activation_map, path_inputs, quadrature, scaled_and_resized
 from service.explain_methods import CAM_METHODS
 from service.inputs import Prepared

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from service.errors import ServiceError
+from service.core.errors import ServiceError
 from service.model_repository import Preprocessing
 from service.preprocess import ImagePreprocessor, resized_size
 

@@ -18,10 +18,10 @@ import tempfile
 
 from gunicorn.workers.base import Worker
 
-from service.hardware import cuda_expected
+from service.core.hardware import cuda_expected
+from service.core.settings import Settings
 from service.logs import gunicorn_logconfig
 from service.runtime import apply_openmp_defaults, tune_malloc
-from service.settings import Settings
 from service.upload_gate import defer_continue
 
 # Not imported from service.metrics: prometheus_client must not be imported in the master before

@@ -17,7 +17,7 @@ from flask import Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from service.auth import Unauthorized
-from service.errors import (
+from service.core.errors import (
     InternalError,
     InvalidRequest,
     Overloaded,

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from service.errors import InvalidImage, ServiceError
+from service.core.errors import InvalidImage, ServiceError
 from service.gpu_decode import EncodedJpeg, JpegBatchDecoder, inspect_jpeg
 from service.image_inputs import ImageInput, Pixels, Tensor
 from service.preprocess import ImagePreprocessor

@@ -10,7 +10,7 @@ import torch
 import torchvision
 from torch import nn
 
-from service.errors import StartupError, WeightsUnavailable
+from service.core.errors import StartupError, WeightsUnavailable
 from service.model_repository import ModelEntry
 from service.weights import Weights
 

@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from service.errors import ImageTooLarge, InvalidImage
+from service.core.errors import ImageTooLarge, InvalidImage
+from service.core.settings import PREPROCESSING_MODES
 from service.model_repository import Preprocessing
-from service.settings import PREPROCESSING_MODES
 
 # Decoders layertap accepts (Pillow's JPEG decoder also opens the MPO files of phone cameras).
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")

@@ -39,9 +39,9 @@ from torch.ao.nn.quantized import FloatFunctional
 from torchvision.models.quantization.resnet import QuantizableBasicBlock, QuantizableBottleneck, QuantizableResNet
 
 from service.capture import LayerTap
+from service.core.settings import SAMPLE_PHOTOS
 from service.model_repository import ModelEntry
 from service.preprocess import ImagePreprocessor
-from service.settings import SAMPLE_PHOTOS
 from service.weights import Weights
 
 log = logging.getLogger("layertap.quantize")

@@ -34,10 +34,10 @@ import numpy as np
 import pyarrow as pa
 
 from service import postprocess
+from service.core.errors import ServiceError
+from service.core.settings import Settings
 from service.dataplane import DataPlane
-from service.errors import ServiceError
 from service.postprocess import OutputOptions
-from service.settings import Settings
 
 SHAPE_KEY = b"shape"
 

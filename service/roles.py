@@ -7,7 +7,7 @@ the model's calls, listed in the order they return (service/shapes.py).
 from __future__ import annotations
 
 from service.capture import LayerCall
-from service.errors import StartupError
+from service.core.errors import StartupError
 from service.model_repository import ModelEntry
 
 SPATIAL_LAYOUTS = ("nchw", "nhwc")

@@ -23,11 +23,13 @@ import numpy as np
 import torch
 import torchvision
 
-from service import hardware, metrics
+from service import metrics
 from service.admission import Ticket
 from service.batcher import Batcher, Done
 from service.capture import LayerCall, LayerTap
-from service.errors import LayerUnavailable, NotReady, ServiceError, StartupError, UnknownLayer
+from service.core import hardware
+from service.core.errors import LayerUnavailable, NotReady, ServiceError, StartupError, UnknownLayer
+from service.core.settings import Settings
 from service.explainer import Explainer, ExplainWork
 from service.folding import fold_batch_norms
 from service.inputs import Inputs, Prepared
@@ -37,7 +39,6 @@ from service.preprocess import ImagePreprocessor
 from service.quantize import Int8Model, build_int8, served_calls
 from service.roles import roles, spatial_layers
 from service.runtime import release_free_heap
-from service.settings import Settings
 from service.shapes import ShapeTracer
 from service.weights import Weights
 

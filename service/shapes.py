@@ -4,7 +4,7 @@ Meta tensors carry shapes and dtypes but no data, so tracing a 4096×4096 input 
 The twin is built on the meta device directly; a family whose constructor computes with
 tensors (RegNet derives its widths from them) cannot be, so it is copied from the real model
 and moved there instead. A size the architecture refuses (ViT asserts its input size) is an
-:class:`~service.errors.InvalidRequest` that says why, never a crash.
+:class:`~service.core.errors.InvalidRequest` that says why, never a crash.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torchvision
 from torch import nn
 
 from service.capture import LayerCall, LayerTap
-from service.errors import InvalidRequest
+from service.core.errors import InvalidRequest
 
 log = logging.getLogger("layertap.shapes")
 

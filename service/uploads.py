@@ -17,7 +17,7 @@ import orjson
 from flask import current_app, request
 from werkzeug.exceptions import HTTPException
 
-from service.errors import InvalidRequest, TooLarge, TooManyImages, UnsupportedMediaType
+from service.core.errors import InvalidRequest, TooLarge, TooManyImages, UnsupportedMediaType
 
 RAW_TYPES = ("application/octet-stream", "")
 

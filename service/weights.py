@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 import torch
 import torchvision
 
-from service.errors import StartupError, WeightsUnavailable
+from service.core.errors import StartupError, WeightsUnavailable
 from service.model_repository import ModelEntry
 
 ALTERNATIVES = (
@@ -97,9 +97,9 @@ def _from_file(path: Path) -> Weights:
 
 
 def _main(argv: list[str]) -> int:
+    from service.core.settings import Settings
     from service.model import build_model, resolve_device
     from service.model_repository import load_entry
-    from service.settings import Settings
 
     command = argv[0] if argv else "check"
     if command not in ("download", "check"):

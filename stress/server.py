@@ -13,7 +13,7 @@ from pathlib import Path
 
 import requests
 
-from service.settings import SAMPLE_PHOTOS
+from service.core.settings import SAMPLE_PHOTOS
 
 ROOT = Path(__file__).resolve().parents[1]
 GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "python:service.gunicorn_conf"]

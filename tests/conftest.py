@@ -17,7 +17,7 @@ import torchvision
 from PIL import Image
 
 from service.app import create_app
-from service.settings import SAMPLE_PHOTOS, Settings
+from service.core.settings import SAMPLE_PHOTOS, Settings
 
 PHOTOS = ("grace_hopper.jpg", "rocket.jpg", "chelsea.png", "coffee.png")
 

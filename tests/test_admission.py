@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from service.admission import Admission
-from service.errors import NotReady, Overloaded
+from service.core.errors import NotReady, Overloaded
 
 
 def no_submit(*args):

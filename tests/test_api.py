@@ -15,7 +15,7 @@ from PIL import Image
 
 from service import runner as runner_module
 from service.app import create_app
-from service.settings import Settings
+from service.core.settings import Settings
 from tests.conftest import encode, gradient_image
 from tests.reference import reference_outputs
 

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from service.batcher import Batcher
-from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
+from service.core.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
 
 
 class Gate:

@@ -14,9 +14,9 @@ from PIL import Image
 
 from service.app import create_app
 from service.capture import LayerTap
-from service.errors import InferenceFailed, InvalidImage, InvalidRequest, StartupError, UnknownModel
+from service.core.errors import InferenceFailed, InvalidImage, InvalidRequest, StartupError, UnknownModel
+from service.core.settings import Settings
 from service.postprocess import OutputOptions, apply
-from service.settings import Settings
 from tests.reference import row_cosines
 
 

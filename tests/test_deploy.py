@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.hardware import default_sizing
-from service.settings import Settings
+from service.core.hardware import default_sizing
+from service.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = sorted(p for p in (ROOT / "deploy" / "k8s").glob("*.yaml") if p.name != "kustomization.yaml")

@@ -19,8 +19,8 @@ from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from service.app import create_app
-from service.errors import InvalidRequest, UnknownLayer
-from service.settings import Settings
+from service.core.errors import InvalidRequest, UnknownLayer
+from service.core.settings import Settings
 from tests.reference import IMAGENET_MEAN, IMAGENET_STD, cosine, reference_activation_and_gradient
 
 LIBRARY = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "layercam": LayerCAM, "hirescam": HiResCAM}
@@ -201,7 +201,7 @@ def test_a_mixed_batch_in_small_chunks_equals_each_request_alone(reference_model
 def test_a_failing_or_late_group_fails_alone(reference_model, rocket):
     import time as clock
 
-    from service.errors import DeadlineExceeded, InferenceFailed
+    from service.core.errors import DeadlineExceeded, InferenceFailed
     from service.explainer import ExplainWork
 
     works = [

@@ -17,11 +17,11 @@ from PIL import Image
 
 from service import gpu_decode
 from service.capture import LayerTap
-from service.errors import ImageTooLarge, InvalidImage
+from service.core.errors import ImageTooLarge, InvalidImage
+from service.core.settings import DEFAULT_MODEL_REPOSITORY
 from service.gpu_decode import EncodedJpeg, JpegBatchDecoder, inspect_jpeg
 from service.model_repository import Preprocessing, load_entry
 from service.preprocess import ImagePreprocessor
-from service.settings import DEFAULT_MODEL_REPOSITORY
 from tests.conftest import encode, gradient_image
 from tests.reference import cosine
 

@@ -7,10 +7,10 @@ import io
 import pytest
 from PIL import Image
 
-from service import hardware
 from service.app import create_app
-from service.hardware import available_cores, cgroup_cpu_quota, cuda_expected, default_sizing, fast_dtype
-from service.settings import Settings
+from service.core import hardware
+from service.core.hardware import available_cores, cgroup_cpu_quota, cuda_expected, default_sizing, fast_dtype
+from service.core.settings import Settings
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from bench.int8_accuracy import compare, report, variants
+from service.core.settings import DEFAULT_MODEL_REPOSITORY
 from service.model_repository import load_entry
-from service.settings import DEFAULT_MODEL_REPOSITORY
 from service.weights import imagenet_cache_path
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torchvision
 
+from service.core.settings import DEFAULT_MODEL_REPOSITORY
 from service.model_repository import load_entry
-from service.settings import DEFAULT_MODEL_REPOSITORY
 
 ENTRIES = sorted(p.stem for p in DEFAULT_MODEL_REPOSITORY.glob("*.toml"))
 

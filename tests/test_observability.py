@@ -10,8 +10,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
+from service.core.settings import Settings
 from service.logs import JsonFormatter, RequestIdFilter
-from service.settings import Settings
 
 
 def scrape(client) -> dict[tuple[str, tuple], float]:

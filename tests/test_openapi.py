@@ -9,8 +9,8 @@ import jsonschema
 import schemathesis
 
 from service.app import create_app
+from service.core.settings import Settings
 from service.http_shared import TIMING_HEADERS
-from service.settings import Settings
 
 
 def test_document_loads_and_lists_exactly_the_routes(app, client):

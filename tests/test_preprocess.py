@@ -10,7 +10,7 @@ import pytest
 import torchvision.transforms.functional as F
 from PIL import Image
 
-from service.errors import ImageTooLarge, InvalidImage
+from service.core.errors import ImageTooLarge, InvalidImage
 from service.model_repository import Preprocessing
 from service.preprocess import ImagePreprocessor
 from tests.conftest import encode, gradient_image

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from service.app import create_app
-from service.errors import LayerUnavailable
-from service.settings import Settings
+from service.core.errors import LayerUnavailable
+from service.core.settings import Settings
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
@@ -80,9 +80,9 @@ def test_int8_containers_fire(int8, photos):
 
 
 def test_calibration_is_cached_and_keyed_by_the_weights(int8, tmp_path, state_dict, caplog):
+    from service.core.settings import DEFAULT_MODEL_REPOSITORY
     from service.model_repository import load_entry
     from service.quantize import build_int8
-    from service.settings import DEFAULT_MODEL_REPOSITORY
     from service.weights import resolve_weights
 
     entry = load_entry(DEFAULT_MODEL_REPOSITORY, "resnet18")
@@ -106,7 +106,7 @@ def test_calibration_is_cached_and_keyed_by_the_weights(int8, tmp_path, state_di
 
 def test_int8_refuses_a_gpu(weights_file, monkeypatch):
     from service import runner
-    from service.errors import StartupError
+    from service.core.errors import StartupError
 
     monkeypatch.setattr(runner, "resolve_device", lambda spec: torch.device("cuda"))
     with pytest.raises(StartupError, match="runs on the CPU only"):
@@ -114,9 +114,9 @@ def test_int8_refuses_a_gpu(weights_file, monkeypatch):
 
 
 def test_an_unwritable_cache_does_not_stop_int8(int8, tmp_path, state_dict):
+    from service.core.settings import DEFAULT_MODEL_REPOSITORY
     from service.model_repository import load_entry
     from service.quantize import build_int8
-    from service.settings import DEFAULT_MODEL_REPOSITORY
     from service.weights import resolve_weights
 
     entry = load_entry(DEFAULT_MODEL_REPOSITORY, "resnet18")
@@ -127,7 +127,7 @@ def test_an_unwritable_cache_does_not_stop_int8(int8, tmp_path, state_dict):
 
 
 def test_int8_outside_the_resnet_family_is_a_clear_start_up_error(tmp_path):
-    from service.errors import StartupError
+    from service.core.errors import StartupError
 
     with pytest.raises(StartupError, match=r"int8 serves the ResNet family .* LAYERTAP_PRECISION=float32"):
         create_app(Settings(models="mobilenet_v3_large", weights="random", precision="int8", int8_cache_dir=tmp_path))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.settings import Settings, settings_table
+from service.core.settings import Settings, settings_table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -50,7 +50,7 @@ def test_a_renamed_variable_is_refused_with_its_new_name(monkeypatch, name):
 
 
 def test_torch_threads_divide_the_cores(monkeypatch):
-    monkeypatch.setattr("service.settings.available_cores", lambda: 8)
+    monkeypatch.setattr("service.core.settings.available_cores", lambda: 8)
     assert Settings(workers=2).effective_torch_threads() == 4
     assert Settings(workers=16).effective_torch_threads() == 1
     assert Settings(workers=2, torch_threads=3).effective_torch_threads() == 3
@@ -60,7 +60,7 @@ def test_readme_table_is_the_settings_list():
     text = README.read_text()
     block = re.search(r"<!-- settings-table:start -->\n(.*?)\n<!-- settings-table:end -->", text, re.S)
     assert block, "README lacks the settings table markers"
-    assert block.group(1).strip() == settings_table(), "regenerate: python -m service.settings --write-readme"
+    assert block.group(1).strip() == settings_table(), "regenerate: python -m service.core.settings --write-readme"
     documented = set(re.findall(r"`(LAYERTAP_[A-Z0-9_]+)`", block.group(1)))
     assert documented == {f"LAYERTAP_{name.upper()}" for name in Settings.model_fields}
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torchvision
 
-from service.errors import WeightsUnavailable
+from service.core.errors import WeightsUnavailable
+from service.core.settings import DEFAULT_MODEL_REPOSITORY
 from service.model import build_model
 from service.model_repository import load_entry
-from service.settings import DEFAULT_MODEL_REPOSITORY
 from service.weights import imagenet_cache_path, resolve_weights
 
 
@@ -109,7 +109,7 @@ def test_weights_of_another_architecture_are_refused(entry, tmp_path):
 
 
 def test_cuda_on_a_machine_without_it_is_a_clear_start_up_error(monkeypatch):
-    from service.errors import StartupError
+    from service.core.errors import StartupError
     from service.model import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

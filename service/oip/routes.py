@@ -26,7 +26,7 @@ from flask import Blueprint, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from service import __version__, metrics
-from service.errors import InvalidRequest, ServiceError, TooLarge, UnknownLayer, UnknownModel
+from service.core.errors import InvalidRequest, ServiceError, TooLarge, UnknownLayer, UnknownModel
 from service.http_shared import (
     data_plane,
     expects_continue,

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-from service.errors import InvalidRequest
+from service.core.errors import InvalidRequest
 
 # The protocol's parameter maps: values are strings, numbers and booleans. Every list and map is
 # bounded, so that a malformed request is refused after a handful of errors, never a million.

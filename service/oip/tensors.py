@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from service.errors import InvalidRequest
+from service.core.errors import InvalidRequest
 from service.image_inputs import ImageInput, Pixels, Tensor
 from service.oip.schema import RequestInput
 from service.uploads import check_image_count, decode_base64

@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from service.errors import InvalidRequest, TooManyImages
+from service.core.errors import InvalidRequest, TooManyImages
 from service.image_inputs import Pixels, Tensor
 from service.oip import tensors
 from service.oip.schema import RequestInput

@@ -14,9 +14,9 @@ from typing import Literal, get_args
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.hardware import available_cores, cuda_expected, default_sizing
+from service.core.hardware import available_cores, cuda_expected, default_sizing
 
-# The device-aware sizes (service/hardware.py) are the defaults here too: one place holds the numbers.
+# The device-aware sizes (service/core/hardware.py) are the defaults here too: one place holds the numbers.
 _CPU_SIZING = default_sizing(cuda=False)
 _CUDA_SIZING = default_sizing(cuda=True, cores=1)  # its workers depend on the cores; the rest does not
 
@@ -24,7 +24,7 @@ _CUDA_SIZING = default_sizing(cuda=True, cores=1)  # its workers depend on the c
 def _bundled(folder: str) -> Path:
     """A folder that ships with the server: inside the package once installed (the wheel maps the
     repository's ``models/`` to ``service/models/``, see pyproject.toml), beside it in a checkout."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # service/, two levels above service/core/settings.py
     installed = package / folder
     return installed if installed.is_dir() else package.parent / folder
 
@@ -174,7 +174,7 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _device_aware_defaults(cls, data):
-        """Sizes a user did not set follow the device (service/hardware.py has the rules)."""
+        """Sizes a user did not set follow the device (service/core/hardware.py has the rules)."""
         if isinstance(data, dict):
             sizing = default_sizing(cuda_expected(str(data.get("device", "auto")).strip().lower()))
             for name in ("workers", "threads", "max_batch_size", "max_queue_images"):
@@ -256,6 +256,6 @@ if __name__ == "__main__":
     import sys
 
     if sys.argv[1:] == ["--write-readme"]:
-        write_readme_table(Path(__file__).resolve().parent.parent / "README.md")
+        write_readme_table(Path(__file__).resolve().parents[2] / "README.md")
     else:
         print(settings_table())
