@@ -31,7 +31,7 @@ from bench import explain, overload
 from bench.inprocess import INT8_CACHE, in_process
 from bench.report import Cell, report
 from bench.torchserve import TorchServe
-from service.runtime import apply_openmp_defaults, tune_malloc
+from service.ops.process import apply_openmp_defaults, tune_malloc
 from stress.load import Request, drive, percentile, raw_posts
 from stress.server import rss_mb, sample_photos, start_server
 

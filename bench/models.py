@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from service.core.settings import DEFAULT_MODEL_REPOSITORY
-from service.runtime import apply_openmp_defaults, tune_malloc
+from service.ops.process import apply_openmp_defaults, tune_malloc
 from stress.load import Request, closed_loop, percentile
 from stress.server import rss_mb, sample_photos, start_server
 

@@ -21,8 +21,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from service import metrics
 from service.core.errors import Overloaded, ServiceError
+from service.ops import metrics
 
 if TYPE_CHECKING:
     from service.batcher import Done

@@ -17,7 +17,7 @@ import numpy as np
 from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
-from service import __version__, metrics
+from service import __version__
 from service.core.errors import DeadlineExceeded, InvalidRequest, NotReady, Overloaded, ServiceError, UnknownLayer
 from service.http_shared import (
     data_plane,
@@ -30,6 +30,7 @@ from service.http_shared import (
     unexpected_error,
 )
 from service.oip import routes as oip_routes
+from service.ops import metrics
 from service.postprocess import POOLS, OutputOptions
 from service.uploads import read_images
 

@@ -16,7 +16,7 @@ from flask import Flask, Response, g, request
 from flask_swagger_ui import get_swaggerui_blueprint
 from werkzeug.exceptions import HTTPException
 
-from service import api, logs, metrics
+from service import api
 from service.auth import OPEN_ENDPOINTS, OPEN_PREFIXES, PROBE_ENDPOINTS, check_bearer
 from service.core.errors import ServiceError
 from service.core.settings import Settings
@@ -24,6 +24,7 @@ from service.dataplane import DataPlane
 from service.explain_api import explain_api
 from service.oip import routes as oip
 from service.openapi import docs
+from service.ops import logs, metrics
 from service.ui import ui
 from service.upload_gate import UploadGate
 

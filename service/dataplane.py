@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service import metrics, postprocess
+from service import postprocess
 from service.admission import Ticket
 from service.batcher import Done
 from service.capture import LayerCall
@@ -33,6 +33,7 @@ from service.explainer import ExplainWork, ImageExplanation
 from service.image_inputs import ImageInput
 from service.inputs import Prepared
 from service.model_repository import load_entry
+from service.ops import metrics
 from service.postprocess import OutputOptions
 from service.runner import ModelRunner, Work
 from service.weights import resolve_weights

@@ -20,11 +20,11 @@ from gunicorn.workers.base import Worker
 
 from service.core.hardware import cuda_expected
 from service.core.settings import Settings
-from service.logs import gunicorn_logconfig
-from service.runtime import apply_openmp_defaults, tune_malloc
+from service.ops.logs import gunicorn_logconfig
+from service.ops.process import apply_openmp_defaults, tune_malloc
 from service.upload_gate import defer_continue
 
-# Not imported from service.metrics: prometheus_client must not be imported in the master before
+# Not imported from service.ops.metrics: prometheus_client must not be imported in the master before
 # this variable is set, or forked workers would inherit its single-process mode.
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -32,7 +32,7 @@ _settings = Settings()
 
 # Set here, in the master, so that every worker inherits them before it imports torch.
 apply_openmp_defaults()
-# Each worker writes its metrics under this folder; /metrics sums them (service/metrics.py).
+# Each worker writes its metrics under this folder; /metrics sums them (service/ops/metrics.py).
 if MULTIPROCESS_ENV not in os.environ:
     os.environ[MULTIPROCESS_ENV] = tempfile.mkdtemp(prefix="layertap-metrics-")
 
@@ -73,7 +73,7 @@ def on_starting(server) -> None:
 
 def post_fork(server, worker) -> None:  # noqa: ARG001 - gunicorn's hook signature
     """Per-worker memory tuning, before the worker imports torch."""
-    applied = tune_malloc()  # see service/runtime.py
+    applied = tune_malloc()  # see service/ops/process.py
     worker.log.debug("malloc options applied: %s", applied or "none (not glibc)")
     # On the CPU, keep torch from loading Triton, a GPU kernel compiler (~80 MB).
     if not cuda_expected(_settings.device):

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 import torchvision
 
-from service import metrics
 from service.admission import Ticket
 from service.batcher import Batcher, Done
 from service.capture import LayerCall, LayerTap
@@ -35,10 +34,11 @@ from service.folding import fold_batch_norms
 from service.inputs import Inputs, Prepared
 from service.model import DTYPES, build_model, place, resolve_device
 from service.model_repository import ModelEntry
+from service.ops import metrics
+from service.ops.process import release_free_heap
 from service.preprocess import ImagePreprocessor
 from service.quantize import Int8Model, build_int8, served_calls
 from service.roles import roles, spatial_layers
-from service.runtime import release_free_heap
 from service.shapes import ShapeTracer
 from service.weights import Weights
 

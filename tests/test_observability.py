@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
 from service.core.settings import Settings
-from service.logs import JsonFormatter, RequestIdFilter
+from service.ops.logs import JsonFormatter, RequestIdFilter
 
 
 def scrape(client) -> dict[tuple[str, tuple], float]:

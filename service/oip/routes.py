@@ -25,7 +25,7 @@ import orjson
 from flask import Blueprint, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from service import __version__, metrics
+from service import __version__
 from service.core.errors import InvalidRequest, ServiceError, TooLarge, UnknownLayer, UnknownModel
 from service.http_shared import (
     data_plane,
@@ -39,6 +39,7 @@ from service.http_shared import (
 )
 from service.oip import tensors
 from service.oip.schema import InferenceRequest, parse_request
+from service.ops import metrics
 from service.postprocess import POOLS, OutputOptions
 from service.uploads import read_decoded_body
 
