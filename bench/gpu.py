@@ -9,7 +9,7 @@ The whole run took 7 minutes on one H200 with 16 cores, most of it the accuracy 
 nine models; ``--quick`` (ResNet18, the default configuration only) takes a fraction. It prints:
 
 1. **in process**: JPEG decode + resize + crop with Pillow (one thread) and on the GPU (batched
-   nvjpeg, service/gpu_decode.py); ResNet18's forward pass to ``avgpool`` per dtype and batch; the
+   nvjpeg, service/images/jpeg.py); ResNet18's forward pass to ``avgpool`` per dtype and batch; the
    whole GPU pipeline (decode on the GPU + bfloat16 forward) at the service's batch size, which
    is the limit the service is held to;
 2. **the service** (gunicorn, default settings unless the row says otherwise) driven with the
@@ -97,10 +97,10 @@ def rate(fn, items: int, seconds: float = 1.5) -> float:
 def in_process_part(jpegs: list[bytes], batch: int, device: str) -> tuple[list[str], float]:
     """Rows, and the whole GPU pipeline's img/s at the service's batch size (the service's limit)."""
     from service.capture import LayerTap
-    from service.gpu_decode import JpegBatchDecoder, inspect_jpeg
+    from service.images.jpeg import JpegBatchDecoder, inspect_jpeg
+    from service.images.preprocess import ImagePreprocessor
     from service.model import DTYPES, build_model, place
     from service.model_repository import load_entry
-    from service.preprocess import ImagePreprocessor
     from service.weights import resolve_weights
 
     cuda = torch.device(device)

@@ -28,9 +28,9 @@ def in_process(images: list[bytes], layers: list[str], batch: int, seconds: floa
     from service.capture import LayerTap
     from service.core.settings import Settings
     from service.folding import fold_batch_norms
+    from service.images.preprocess import ImagePreprocessor
     from service.model import build_model, place
     from service.model_repository import load_entry
-    from service.preprocess import ImagePreprocessor
     from service.quantize import build_int8
     from service.weights import resolve_weights
 

@@ -30,8 +30,8 @@ from service.core.errors import InvalidRequest, StartupError, TooManyImages, Unk
 from service.core.settings import Settings
 from service.explain_methods import CAM_METHODS, METHODS
 from service.explainer import ExplainWork, ImageExplanation
-from service.image_inputs import ImageInput
-from service.inputs import Prepared
+from service.images.batch import Prepared
+from service.images.sources import ImageInput
 from service.model_repository import load_entry
 from service.ops import metrics
 from service.postprocess import OutputOptions

@@ -28,7 +28,7 @@ from service.capture import LayerTap
 from service.core.errors import DeadlineExceeded, InferenceFailed, ServiceError
 from service.explain import class_activation_map, path_inputs, quadrature, scaled_and_resized
 from service.explain_methods import CAM_METHODS
-from service.inputs import Prepared
+from service.images.batch import Prepared
 
 log = logging.getLogger("layertap.explainer")
 

@@ -40,8 +40,8 @@ from torchvision.models.quantization.resnet import QuantizableBasicBlock, Quanti
 
 from service.capture import LayerTap
 from service.core.settings import SAMPLE_PHOTOS
+from service.images.preprocess import ImagePreprocessor
 from service.model_repository import ModelEntry
-from service.preprocess import ImagePreprocessor
 from service.weights import Weights
 
 log = logging.getLogger("layertap.quantize")

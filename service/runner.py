@@ -31,12 +31,12 @@ from service.core.errors import LayerUnavailable, NotReady, ServiceError, Startu
 from service.core.settings import Settings
 from service.explainer import Explainer, ExplainWork
 from service.folding import fold_batch_norms
-from service.inputs import Inputs, Prepared
+from service.images.batch import Inputs, Prepared
+from service.images.preprocess import ImagePreprocessor
 from service.model import DTYPES, build_model, place, resolve_device
 from service.model_repository import ModelEntry
 from service.ops import metrics
 from service.ops.process import release_free_heap
-from service.preprocess import ImagePreprocessor
 from service.quantize import Int8Model, build_int8, served_calls
 from service.roles import roles, spatial_layers
 from service.shapes import ShapeTracer

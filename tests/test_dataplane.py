@@ -262,7 +262,7 @@ def test_encoded_pixel_and_tensor_images_share_one_batch(plane, photos):
     """All three image forms in one forward pass: each row as if it had come alone, as an upload."""
     import torchvision
 
-    from service.image_inputs import Pixels, Tensor
+    from service.images.sources import Pixels, Tensor
 
     transform = torchvision.models.ResNet18_Weights.DEFAULT.transforms()
     chelsea = Image.open(io.BytesIO(photos["chelsea.png"])).convert("RGB")

@@ -1,4 +1,4 @@
-"""Batched JPEG decoding on the model's device (service/gpu_decode.py), against the CPU path.
+"""Batched JPEG decoding on the model's device (service/images/jpeg.py), against the CPU path.
 
 On a machine without CUDA everything runs on ``torch.device("cpu")``: the same code, with libjpeg
 in place of nvjpeg. With CUDA the same tests run there too. Budget as for ``fast`` preprocessing:
@@ -15,13 +15,13 @@ import pytest
 import torch
 from PIL import Image
 
-from service import gpu_decode
 from service.capture import LayerTap
 from service.core.errors import ImageTooLarge, InvalidImage
 from service.core.settings import DEFAULT_MODEL_REPOSITORY
-from service.gpu_decode import EncodedJpeg, JpegBatchDecoder, inspect_jpeg
+from service.images import jpeg as gpu_decode
+from service.images.jpeg import EncodedJpeg, JpegBatchDecoder, inspect_jpeg
+from service.images.preprocess import ImagePreprocessor
 from service.model_repository import Preprocessing, load_entry
-from service.preprocess import ImagePreprocessor
 from tests.conftest import encode, gradient_image
 from tests.reference import cosine
 

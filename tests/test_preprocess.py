@@ -11,8 +11,8 @@ import torchvision.transforms.functional as F
 from PIL import Image
 
 from service.core.errors import ImageTooLarge, InvalidImage
+from service.images.preprocess import ImagePreprocessor
 from service.model_repository import Preprocessing
-from service.preprocess import ImagePreprocessor
 from tests.conftest import encode, gradient_image
 
 IMAGENET = Preprocessing(

@@ -34,7 +34,7 @@ DEFAULT_MODEL_REPOSITORY = _bundled("models")
 SAMPLE_PHOTOS = DEFAULT_MODEL_REPOSITORY / "photos"
 
 
-# The values of LAYERTAP_PREPROCESSING, which service/preprocess.py accepts too.
+# The values of LAYERTAP_PREPROCESSING, which service/images/preprocess.py accepts too.
 PreprocessingMode = Literal["fast", "exact"]
 PREPROCESSING_MODES: tuple[str, ...] = get_args(PreprocessingMode)
 

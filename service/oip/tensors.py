@@ -24,7 +24,7 @@ import math
 import numpy as np
 
 from service.core.errors import InvalidRequest
-from service.image_inputs import ImageInput, Pixels, Tensor
+from service.images.sources import ImageInput, Pixels, Tensor
 from service.oip.schema import RequestInput
 from service.uploads import check_image_count, decode_base64
 

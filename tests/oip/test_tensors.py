@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from service.core.errors import InvalidRequest, TooManyImages
-from service.image_inputs import Pixels, Tensor
+from service.images.sources import Pixels, Tensor
 from service.oip import tensors
 from service.oip.schema import RequestInput
 

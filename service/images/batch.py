@@ -1,6 +1,6 @@
 """The model's input batch: images prepared in request threads, assembled on the model's device in its thread.
 
-An image reaches the data plane in one of three forms (service/image_inputs.py): encoded bytes,
+An image reaches the data plane in one of three forms (service/images/sources.py): encoded bytes,
 decoded :class:`Pixels` (resized and cropped here like a decoded upload) or a :class:`Tensor`
 (already resized, cropped and normalized by the client: used as it is).
 
@@ -9,7 +9,7 @@ limit is checked from the header, and the image is either decoded there with Pil
 ``(crop, crop, 3)`` uint8) or, when the device decodes JPEGs (``LAYERTAP_JPEG_DECODER``, CUDA by
 default), left encoded for the model thread. The model thread calls :meth:`Inputs.assemble` on a
 whole batch: pixels travel to the device as one block, JPEGs are decoded there in one call
-(service/gpu_decode.py), the block is normalized as torchvision does (x/255, then (x-mean)/std)
+(service/images/jpeg.py), the block is normalized as torchvision does (x/255, then (x-mean)/std)
 and client tensors take their slots: one float32 ``(n, 3, crop, crop)`` tensor.
 """
 
@@ -22,9 +22,9 @@ import torch
 from PIL import Image
 
 from service.core.errors import InvalidImage, ServiceError
-from service.gpu_decode import EncodedJpeg, JpegBatchDecoder, inspect_jpeg
-from service.image_inputs import ImageInput, Pixels, Tensor
-from service.preprocess import ImagePreprocessor
+from service.images.jpeg import EncodedJpeg, JpegBatchDecoder, inspect_jpeg
+from service.images.preprocess import ImagePreprocessor
+from service.images.sources import ImageInput, Pixels, Tensor
 
 # After prepare(): (crop, crop, 3) uint8 pixels, a JPEG left for the device, or a client's tensor.
 Prepared = np.ndarray | EncodedJpeg | Tensor

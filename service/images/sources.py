@@ -1,6 +1,6 @@
 """The forms an image reaches the data plane in, without torch: front-ends build these, the runner prepares them.
 
-- encoded ``bytes``: any format the preprocessor takes (service/preprocess.py);
+- encoded ``bytes``: any format the preprocessor takes (service/images/preprocess.py);
 - :class:`Pixels`: decoded RGB of any size, resized and cropped like a decoded upload;
 - :class:`Tensor`: the model's input for one image, already resized, cropped and normalized.
 """
