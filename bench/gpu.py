@@ -96,12 +96,12 @@ def rate(fn, items: int, seconds: float = 1.5) -> float:
 
 def in_process_part(jpegs: list[bytes], batch: int, device: str) -> tuple[list[str], float]:
     """Rows, and the whole GPU pipeline's img/s at the service's batch size (the service's limit)."""
-    from service.capture import LayerTap
     from service.images.jpeg import JpegBatchDecoder, inspect_jpeg
     from service.images.preprocess import ImagePreprocessor
-    from service.model import DTYPES, build_model, place
-    from service.model_repository import load_entry
-    from service.weights import resolve_weights
+    from service.modeling.build import DTYPES, build_model, place
+    from service.modeling.entries import load_entry
+    from service.modeling.tap import LayerTap
+    from service.modeling.weights import resolve_weights
 
     cuda = torch.device(device)
     entry = load_entry(DEFAULT_MODEL_REPOSITORY, "resnet18")

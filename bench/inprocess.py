@@ -25,14 +25,14 @@ def in_process(images: list[bytes], layers: list[str], batch: int, seconds: floa
     import numpy as np
     import torch
 
-    from service.capture import LayerTap
     from service.core.settings import Settings
-    from service.folding import fold_batch_norms
     from service.images.preprocess import ImagePreprocessor
-    from service.model import build_model, place
-    from service.model_repository import load_entry
-    from service.quantize import build_int8
-    from service.weights import resolve_weights
+    from service.modeling.build import build_model, place
+    from service.modeling.entries import load_entry
+    from service.modeling.folding import fold_batch_norms
+    from service.modeling.int8 import build_int8
+    from service.modeling.tap import LayerTap
+    from service.modeling.weights import resolve_weights
 
     settings = Settings(weights="random")
     torch.set_num_threads(settings.effective_torch_threads())

@@ -6,7 +6,7 @@
 Both models are the service's own runners (same preprocessing, calibration and cache), fed the
 sample photos of ``models/photos/`` and, to see more than four predictions, each photo mirrored and
 zoomed in. Top-1 agreement only means something with trained weights: ``imagenet`` needs the
-torch cache (``python -m service.weights download`` where there is network). The README's int8
+torch cache (``python -m service.modeling.weights download`` where there is network). The README's int8
 table comes from this report.
 """
 
@@ -24,9 +24,9 @@ from PIL import Image, ImageOps
 
 from service.core.settings import SAMPLE_PHOTOS, Settings
 from service.dataplane import DataPlane
-from service.model_repository import load_entry
+from service.modeling.entries import load_entry
+from service.modeling.weights import resolve_weights
 from service.runner import ModelRunner
-from service.weights import resolve_weights
 from stress.server import photo_files
 
 from .__main__ import INT8_CACHE, ROOT

@@ -157,9 +157,9 @@ def save_seeded_weights(path: Path) -> None:
     import torch
 
     from service.core.settings import DEFAULT_MODEL_REPOSITORY
-    from service.model import build_model
-    from service.model_repository import load_entry
-    from service.weights import resolve_weights
+    from service.modeling.build import build_model
+    from service.modeling.entries import load_entry
+    from service.modeling.weights import resolve_weights
 
     entry = load_entry(DEFAULT_MODEL_REPOSITORY, "resnet18")
     torch.save(build_model(entry, resolve_weights("random", entry)).state_dict(), path)

@@ -25,18 +25,18 @@ import numpy as np
 from service import postprocess
 from service.admission import Ticket
 from service.batcher import Done
-from service.capture import LayerCall
 from service.core.errors import InvalidRequest, StartupError, TooManyImages, UnknownModel
 from service.core.settings import Settings
 from service.explain_methods import CAM_METHODS, METHODS
 from service.explainer import ExplainWork, ImageExplanation
 from service.images.batch import Prepared
 from service.images.sources import ImageInput
-from service.model_repository import load_entry
+from service.modeling.entries import load_entry
+from service.modeling.tap import LayerCall
+from service.modeling.weights import resolve_weights
 from service.ops import metrics
 from service.postprocess import OutputOptions
 from service.runner import ModelRunner, Work
-from service.weights import resolve_weights
 
 log = logging.getLogger("layertap.dataplane")
 

@@ -3,7 +3,7 @@
 A runner hands its explain batches here (service/runner.py): they run in their own batches,
 never with inference work, in grad mode, on a float32 model (the served one when it is float32,
 else a float32 copy built on the first explain). Gradients come from the layer's hook in
-service/capture.py, which makes the chosen call's output a leaf of the graph: the gradient is
+service/modeling/tap.py, which makes the chosen call's output a leaf of the graph: the gradient is
 with respect to the value that call returned, even where a later in-place op (``relu(inplace)``
 after ``bn1``, ``out += identity`` after ``bn2``) rewrites it, and for one call of a module that
 runs twice (``relu``, ``relu_1``). Nothing upstream of the layer keeps a graph.
@@ -24,11 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from service.capture import LayerTap
 from service.core.errors import DeadlineExceeded, InferenceFailed, ServiceError
 from service.explain import class_activation_map, path_inputs, quadrature, scaled_and_resized
 from service.explain_methods import CAM_METHODS
 from service.images.batch import Prepared
+from service.modeling.tap import LayerTap
 
 log = logging.getLogger("layertap.explainer")
 

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from typing_extensions import TypeAliasType
 
-from service.model_repository import LAYOUTS
+from service.modeling.entries import LAYOUTS
 
 NestedNumbers = TypeAliasType("NestedNumbers", "float | list[NestedNumbers]")
 

@@ -31,11 +31,11 @@ from service.auth import OPEN_ENDPOINTS
 from service.explain_api import DEFAULT_STEPS, FORMATS
 from service.explain_methods import METHODS
 from service.http_shared import TIMING_HEADERS, json_response
+from service.modeling.shapes import MAX_BATCH, MAX_SIDE
 from service.oip import openapi as v2_operations
 from service.oip import routes as oip
 from service.oip import schema as v2
 from service.postprocess import POOLS
-from service.shapes import MAX_BATCH, MAX_SIDE
 
 if TYPE_CHECKING:
     from werkzeug.routing import Map

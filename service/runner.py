@@ -25,22 +25,22 @@ import torchvision
 
 from service.admission import Ticket
 from service.batcher import Batcher, Done
-from service.capture import LayerCall, LayerTap
 from service.core import hardware
 from service.core.errors import LayerUnavailable, NotReady, ServiceError, StartupError, UnknownLayer
 from service.core.settings import Settings
 from service.explainer import Explainer, ExplainWork
-from service.folding import fold_batch_norms
 from service.images.batch import Inputs, Prepared
 from service.images.preprocess import ImagePreprocessor
-from service.model import DTYPES, build_model, place, resolve_device
-from service.model_repository import ModelEntry
+from service.modeling.build import DTYPES, build_model, place, resolve_device
+from service.modeling.entries import ModelEntry
+from service.modeling.folding import fold_batch_norms
+from service.modeling.int8 import Int8Model, build_int8, served_calls
+from service.modeling.roles import roles, spatial_layers
+from service.modeling.shapes import ShapeTracer
+from service.modeling.tap import LayerCall, LayerTap
+from service.modeling.weights import Weights
 from service.ops import metrics
 from service.ops.process import release_free_heap
-from service.quantize import Int8Model, build_int8, served_calls
-from service.roles import roles, spatial_layers
-from service.shapes import ShapeTracer
-from service.weights import Weights
 
 log = logging.getLogger("layertap.runner")
 
@@ -295,7 +295,7 @@ class ModelRunner:
         parts: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
         step = self.settings.max_batch_size
         tap = self._tap if self._fast_tap is None or wanted & self._needs_original else self._fast_tap
-        # int8 modules carry some float names under another module's name (service/quantize.py)
+        # int8 modules carry some float names under another module's name (service/modeling/int8.py)
         calls = {name: self._int8.served[name] if self._int8 else name for name in wanted}
         with torch.inference_mode():
             for start in range(0, len(batch), step):

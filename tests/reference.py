@@ -2,7 +2,7 @@
 
 It calls each leaf module directly and uses out-of-place ops only (``torch.relu``, ``a + b``),
 so every intermediate value stays what its module computed. It shares no code with
-service.capture: if the hooks return post-ReLU ``bn1`` or post-residual ``bn2``, the
+service.modeling.tap: if the hooks return post-ReLU ``bn1`` or post-residual ``bn2``, the
 comparison fails.
 """
 
@@ -69,7 +69,7 @@ def every_call(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Every module call's output, cloned the moment it returns, named as torchvision FX names calls.
 
     The second, generic reference, for any architecture: a plain hook per module, written here
-    apart from service.capture. A tuple output (attention's ``(output, weights)``) is its first
+    apart from service.modeling.tap. A tuple output (attention's ``(output, weights)``) is its first
     element.
     """
     out: dict[str, torch.Tensor] = {}

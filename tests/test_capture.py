@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 
-from service.capture import LayerTap, call_name
+from service.modeling.tap import LayerTap, call_name
 from tests.reference import reference_outputs
 
 GOLDEN_LAYERS = (

@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from service.app import create_app
-from service.capture import LayerTap
 from service.core.errors import InferenceFailed, InvalidImage, InvalidRequest, StartupError, UnknownModel
 from service.core.settings import Settings
+from service.modeling.tap import LayerTap
 from service.postprocess import OutputOptions, apply
 from tests.reference import row_cosines
 

@@ -153,8 +153,8 @@ def explainer_for(model: torch.nn.Module, chunk_images: int):
     runner). A copy: the tap's hooks stay on the model it taps, and the session's reference model must stay bare."""
     import copy
 
-    from service.capture import LayerTap
     from service.explainer import Explainer
+    from service.modeling.tap import LayerTap
 
     own = copy.deepcopy(model)
     return Explainer(lambda: (own, LayerTap(own)), lambda _: "nchw", IMAGENET_MEAN, IMAGENET_STD, chunk_images)

@@ -16,10 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
-from service.capture import LayerTap
 from service.images import preprocess as preprocess_module
 from service.images.preprocess import TORCH_RESIZE_KERNEL, ImagePreprocessor
-from service.model_repository import Preprocessing
+from service.images.recipe import Preprocessing
+from service.modeling.tap import LayerTap
 from tests.reference import cosine, normalize
 from tests.test_preprocess import IMAGENET
 

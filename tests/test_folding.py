@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from service.capture import LayerTap
-from service.folding import find_conv_bn_pairs, fold_batch_norms
+from service.modeling.folding import find_conv_bn_pairs, fold_batch_norms
+from service.modeling.tap import LayerTap
 from tests.reference import reference_outputs
 
 SAMPLE = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))

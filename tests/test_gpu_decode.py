@@ -15,13 +15,14 @@ import pytest
 import torch
 from PIL import Image
 
-from service.capture import LayerTap
 from service.core.errors import ImageTooLarge, InvalidImage
 from service.core.settings import DEFAULT_MODEL_REPOSITORY
 from service.images import jpeg as gpu_decode
 from service.images.jpeg import EncodedJpeg, JpegBatchDecoder, inspect_jpeg
 from service.images.preprocess import ImagePreprocessor
-from service.model_repository import Preprocessing, load_entry
+from service.images.recipe import Preprocessing
+from service.modeling.entries import load_entry
+from service.modeling.tap import LayerTap
 from tests.conftest import encode, gradient_image
 from tests.reference import cosine
 

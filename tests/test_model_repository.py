@@ -6,7 +6,7 @@ import pytest
 import torchvision
 
 from service.core.settings import DEFAULT_MODEL_REPOSITORY
-from service.model_repository import load_entry
+from service.modeling.entries import load_entry
 
 ENTRIES = sorted(p.stem for p in DEFAULT_MODEL_REPOSITORY.glob("*.toml"))
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from service.core.errors import ImageTooLarge, InvalidImage
 from service.images.preprocess import ImagePreprocessor
-from service.model_repository import Preprocessing
+from service.images.recipe import Preprocessing
 from tests.conftest import encode, gradient_image
 
 IMAGENET = Preprocessing(

@@ -81,9 +81,9 @@ def test_int8_containers_fire(int8, photos):
 
 def test_calibration_is_cached_and_keyed_by_the_weights(int8, tmp_path, state_dict, caplog):
     from service.core.settings import DEFAULT_MODEL_REPOSITORY
-    from service.model_repository import load_entry
-    from service.quantize import build_int8
-    from service.weights import resolve_weights
+    from service.modeling.entries import load_entry
+    from service.modeling.int8 import build_int8
+    from service.modeling.weights import resolve_weights
 
     entry = load_entry(DEFAULT_MODEL_REPOSITORY, "resnet18")
     first = tmp_path / "a.pt"
@@ -115,9 +115,9 @@ def test_int8_refuses_a_gpu(weights_file, monkeypatch):
 
 def test_an_unwritable_cache_does_not_stop_int8(int8, tmp_path, state_dict):
     from service.core.settings import DEFAULT_MODEL_REPOSITORY
-    from service.model_repository import load_entry
-    from service.quantize import build_int8
-    from service.weights import resolve_weights
+    from service.modeling.entries import load_entry
+    from service.modeling.int8 import build_int8
+    from service.modeling.weights import resolve_weights
 
     entry = load_entry(DEFAULT_MODEL_REPOSITORY, "resnet18")
     blocker = tmp_path / "file-not-folder"

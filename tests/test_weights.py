@@ -10,9 +10,9 @@ import torchvision
 
 from service.core.errors import WeightsUnavailable
 from service.core.settings import DEFAULT_MODEL_REPOSITORY
-from service.model import build_model
-from service.model_repository import load_entry
-from service.weights import imagenet_cache_path, resolve_weights
+from service.modeling.build import build_model
+from service.modeling.entries import load_entry
+from service.modeling.weights import imagenet_cache_path, resolve_weights
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_weights_of_another_architecture_are_refused(entry, tmp_path):
 
 def test_cuda_on_a_machine_without_it_is_a_clear_start_up_error(monkeypatch):
     from service.core.errors import StartupError
-    from service.model import resolve_device
+    from service.modeling.build import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")

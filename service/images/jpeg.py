@@ -38,7 +38,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from service.core.errors import ServiceError
 from service.images.preprocess import ImagePreprocessor, resized_size
-from service.model_repository import Preprocessing
+from service.images.recipe import Preprocessing
 
 # torchvision 0.29 deprecates its decoders in favour of TorchCodec (which would be a new
 # dependency); the call is the same until then, and a warning per batch helps no operator.

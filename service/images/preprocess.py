@@ -37,7 +37,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from service.core.errors import ImageTooLarge, InvalidImage
 from service.core.settings import PREPROCESSING_MODES
-from service.model_repository import Preprocessing
+from service.images.recipe import Preprocessing
 
 # Decoders layertap accepts (Pillow's JPEG decoder also opens the MPO files of phone cameras).
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")

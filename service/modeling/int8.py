@@ -38,11 +38,11 @@ from torch import nn
 from torch.ao.nn.quantized import FloatFunctional
 from torchvision.models.quantization.resnet import QuantizableBasicBlock, QuantizableBottleneck, QuantizableResNet
 
-from service.capture import LayerTap
 from service.core.settings import SAMPLE_PHOTOS
 from service.images.preprocess import ImagePreprocessor
-from service.model_repository import ModelEntry
-from service.weights import Weights
+from service.modeling.entries import ModelEntry
+from service.modeling.tap import LayerTap
+from service.modeling.weights import Weights
 
 log = logging.getLogger("layertap.quantize")
 

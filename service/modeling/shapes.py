@@ -18,8 +18,8 @@ import torch
 import torchvision
 from torch import nn
 
-from service.capture import LayerCall, LayerTap
 from service.core.errors import InvalidRequest
+from service.modeling.tap import LayerCall, LayerTap
 
 log = logging.getLogger("layertap.shapes")
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from service.capture import LayerTap
+from service.modeling.tap import LayerTap
 
 log = logging.getLogger("layertap.folding")
 

@@ -11,31 +11,11 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+from service.images.recipe import INTERPOLATIONS, Preprocessing
+
 # How a layer's output is laid out after the batch dimension: channels then space (most CNNs),
 # space then channels (Swin's stages), or a sequence of tokens (ViT's encoder). Pooling needs it.
 LAYOUTS = ("nchw", "nhwc", "tokens")
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """Resize the shorter side to ``resize``, center-crop ``crop``×``crop``, normalize with mean/std."""
-
-    resize: int
-    crop: int
-    interpolation: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def describe(self) -> dict:
-        return {
-            "resize": self.resize,
-            "crop": self.crop,
-            "interpolation": self.interpolation,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "color": "RGB after EXIF orientation",
-        }
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,14 @@
 """The parts some layers play in a model: its classifier, its default embedding, the map explanations read.
 
 Each is the model entry's choice where it makes one (``models/<name>.toml``), else inferred from
-the model's calls, listed in the order they return (service/shapes.py).
+the model's calls, listed in the order they return (service/modeling/shapes.py).
 """
 
 from __future__ import annotations
 
-from service.capture import LayerCall
 from service.core.errors import StartupError
-from service.model_repository import ModelEntry
+from service.modeling.entries import ModelEntry
+from service.modeling.tap import LayerCall
 
 SPATIAL_LAYOUTS = ("nchw", "nhwc")
 

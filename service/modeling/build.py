@@ -11,8 +11,8 @@ import torchvision
 from torch import nn
 
 from service.core.errors import StartupError, WeightsUnavailable
-from service.model_repository import ModelEntry
-from service.weights import Weights
+from service.modeling.entries import ModelEntry
+from service.modeling.weights import Weights
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

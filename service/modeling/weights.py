@@ -7,8 +7,8 @@ alternatives, so a misconfigured service stops at start with a sentence, not a t
 
 Also a command, used at container build time and before gunicorn forks its workers::
 
-    python -m service.weights download   # put the ImageNet weights into the torch cache
-    python -m service.weights check      # load the configured weights into the model, check the device
+    python -m service.modeling.weights download   # put the ImageNet weights into the torch cache
+    python -m service.modeling.weights check      # load the configured weights into the model, check the device
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 import torchvision
 
 from service.core.errors import StartupError, WeightsUnavailable
-from service.model_repository import ModelEntry
+from service.modeling.entries import ModelEntry
 
 ALTERNATIVES = (
     "set LAYERTAP_WEIGHTS to 'imagenet' (needs the torch cache or a download), "
@@ -66,7 +66,7 @@ def _imagenet(entry: ModelEntry, allow_download: bool) -> Weights:
     if not cached.is_file() and not allow_download:
         raise WeightsUnavailable(
             f"ImageNet weights {member} are not in the torch cache ({cached}) and LAYERTAP_ALLOW_DOWNLOAD is off; "
-            f"run `python -m service.weights download` where there is network, or {ALTERNATIVES}"
+            f"run `python -m service.modeling.weights download` where there is network, or {ALTERNATIVES}"
         )
     try:
         state_dict = member.get_state_dict(progress=False, check_hash=True)
@@ -98,12 +98,12 @@ def _from_file(path: Path) -> Weights:
 
 def _main(argv: list[str]) -> int:
     from service.core.settings import Settings
-    from service.model import build_model, resolve_device
-    from service.model_repository import load_entry
+    from service.modeling.build import build_model, resolve_device
+    from service.modeling.entries import load_entry
 
     command = argv[0] if argv else "check"
     if command not in ("download", "check"):
-        print("usage: python -m service.weights [download|check]", file=sys.stderr)
+        print("usage: python -m service.modeling.weights [download|check]", file=sys.stderr)
         return 2
     settings = Settings()
     spec = "imagenet" if command == "download" else settings.weights
