@@ -27,8 +27,8 @@ from service.admission import Ticket
 from service.batcher import Done
 from service.core.errors import InvalidRequest, StartupError, TooManyImages, UnknownModel
 from service.core.settings import Settings
-from service.explain_methods import CAM_METHODS, METHODS
-from service.explainer import ExplainWork, ImageExplanation
+from service.explain.explainer import ExplainWork, ImageExplanation
+from service.explain.methods import CAM_METHODS, METHODS
 from service.images.batch import Prepared
 from service.images.sources import ImageInput
 from service.modeling.entries import load_entry

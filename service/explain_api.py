@@ -2,7 +2,7 @@
 
 Images come exactly as for ``/features`` (raw body, multipart, JSON base64) and are admitted
 by the same queue; the data plane checks the method, layer, class and steps before the upload is
-read, and the model thread runs the work in explain batches of its own (service/explainer.py).
+read, and the model thread runs the work in explain batches of its own (service/explain/explainer.py).
 The answer gives, per image, the class explained with its score and probability, the map at
 the layer's resolution and, for the CAM methods, scaled to [0, 1] and upsampled to the model's
 input; in JSON or base64 like ``/features``, or with ``format=png`` as the map over the image.
@@ -14,7 +14,7 @@ from flask import Blueprint, Response, g, request
 
 from service.api import ENCODINGS, choice_arg, encode_feature, int_arg
 from service.core.errors import InvalidRequest
-from service.explain_methods import METHODS
+from service.explain.methods import METHODS
 from service.heatmap import overlay_png, to_unit
 from service.http_shared import data_plane, expects_continue, json_response, timing_headers
 from service.uploads import read_images

@@ -28,8 +28,8 @@ from pydantic.json_schema import models_json_schema
 from service import __version__, messages
 from service.api import BOOLEANS, ENCODINGS
 from service.auth import OPEN_ENDPOINTS
+from service.explain.methods import METHODS
 from service.explain_api import DEFAULT_STEPS, FORMATS
-from service.explain_methods import METHODS
 from service.http_shared import TIMING_HEADERS, json_response
 from service.modeling.shapes import MAX_BATCH, MAX_SIDE
 from service.oip import openapi as v2_operations

@@ -28,7 +28,7 @@ from service.batcher import Batcher, Done
 from service.core import hardware
 from service.core.errors import LayerUnavailable, NotReady, ServiceError, StartupError, UnknownLayer
 from service.core.settings import Settings
-from service.explainer import Explainer, ExplainWork
+from service.explain.explainer import Explainer, ExplainWork
 from service.images.batch import Inputs, Prepared
 from service.images.preprocess import ImagePreprocessor
 from service.modeling.build import DTYPES, build_model, place, resolve_device

@@ -1,7 +1,7 @@
 """Explanations through the data plane, checked against the libraries practitioners trust and a hand-written pass.
 
 pytorch-grad-cam (``grad-cam`` on PyPI) and Captum are test dependencies only: the service
-computes its maps itself (service/explain.py, service/explainer.py) and must agree with them on
+computes its maps itself (service/explain/maps.py, service/explain/explainer.py) and must agree with them on
 the same model, weights, input, layer and class.
 """
 
@@ -153,7 +153,7 @@ def explainer_for(model: torch.nn.Module, chunk_images: int):
     runner). A copy: the tap's hooks stay on the model it taps, and the session's reference model must stay bare."""
     import copy
 
-    from service.explainer import Explainer
+    from service.explain.explainer import Explainer
     from service.modeling.tap import LayerTap
 
     own = copy.deepcopy(model)
@@ -162,7 +162,7 @@ def explainer_for(model: torch.nn.Module, chunk_images: int):
 
 def test_a_mixed_batch_in_small_chunks_equals_each_request_alone(reference_model, rocket, photos):
     """Layers, methods and step counts regrouped inside one batch, run in chunks of 3 images: as if each came alone."""
-    from service.explainer import ExplainWork
+    from service.explain.explainer import ExplainWork
 
     transform = torchvision.models.ResNet18_Weights.DEFAULT.transforms()
     chelsea = transform(Image.open(io.BytesIO(photos["chelsea.png"])).convert("RGB")).unsqueeze(0)
@@ -202,7 +202,7 @@ def test_a_failing_or_late_group_fails_alone(reference_model, rocket):
     import time as clock
 
     from service.core.errors import DeadlineExceeded, InferenceFailed
-    from service.explainer import ExplainWork
+    from service.explain.explainer import ExplainWork
 
     works = [
         ExplainWork(images=(None,), method="gradcam", layer="no.such.layer", target=None, steps=1),

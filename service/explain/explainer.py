@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from service.core.errors import DeadlineExceeded, InferenceFailed, ServiceError
-from service.explain import class_activation_map, path_inputs, quadrature, scaled_and_resized
-from service.explain_methods import CAM_METHODS
+from service.explain.maps import class_activation_map, path_inputs, quadrature, scaled_and_resized
+from service.explain.methods import CAM_METHODS
 from service.images.batch import Prepared
 from service.modeling.tap import LayerTap
 

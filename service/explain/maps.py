@@ -1,6 +1,6 @@
 """Explanations from gradients: the Grad-CAM family on a layer's map, integrated gradients on the input.
 
-Pure tensor arithmetic, no model and no HTTP: service/explainer.py runs the passes on the model
+Pure tensor arithmetic, no model and no HTTP: service/explain/explainer.py runs the passes on the model
 thread and hands these functions the activations and gradients.
 
 Class-activation maps, for activations ``A`` and gradients ``G = d score / d A`` of shape
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from service.explain_methods import CAM_METHODS
+from service.explain.methods import CAM_METHODS
 
 
 def class_activation_map(activations: torch.Tensor, gradients: torch.Tensor, method: str) -> torch.Tensor:

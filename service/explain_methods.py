@@ -1,4 +1,0 @@
-"""The explanation methods' names, without torch: front-ends validate with them, service/explain.py computes them."""
-
-CAM_METHODS = ("gradcam", "gradcam++", "layercam", "hirescam")
-METHODS = (*CAM_METHODS, "integrated_gradients")
