@@ -4,7 +4,7 @@ Closed loop, keep-alive clients that resend at once whatever the answer (they ig
 ``Retry-After``), against the capacity measured with 4 well-behaved clients in the same run.
 The service keeps its goodput when a refusal costs far less than a served request: a request
 waits up to ``LAYERTAP_MAX_QUEUE_WAIT_MS`` for room before its 429, so that spinning clients
-cannot turn every freed slot into thousands of refusals (service/admission.py).
+cannot turn every freed slot into thousands of refusals (service/batching/admission.py).
 """
 
 from __future__ import annotations

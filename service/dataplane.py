@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from service import postprocess
-from service.admission import Ticket
-from service.batcher import Done
+from service.batching.admission import Ticket
+from service.batching.batcher import Done
 from service.core.errors import InvalidRequest, StartupError, TooManyImages, UnknownModel
 from service.core.settings import Settings
 from service.explain.explainer import ExplainWork, ImageExplanation

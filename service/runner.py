@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import torchvision
 
-from service.admission import Ticket
-from service.batcher import Batcher, Done
+from service.batching.admission import Ticket
+from service.batching.batcher import Batcher, Done
 from service.core import hardware
 from service.core.errors import LayerUnavailable, NotReady, ServiceError, StartupError, UnknownLayer
 from service.core.settings import Settings

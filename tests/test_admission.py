@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from service.admission import Admission
+from service.batching.admission import Admission
 from service.core.errors import NotReady, Overloaded
 
 

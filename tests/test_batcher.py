@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from service.batcher import Batcher
+from service.batching.batcher import Batcher
 from service.core.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
 
 

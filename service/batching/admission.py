@@ -10,7 +10,7 @@ overtaken forever by single images.
 
 The count of reservations still being prepared is what the model thread reads to decide whether a
 batch is worth waiting for (:attr:`Admission.preparing`). It knows nothing of models or batches:
-:class:`~service.batcher.Batcher` owns one and gives its tickets somewhere to submit to.
+:class:`~service.batching.batcher.Batcher` owns one and gives its tickets somewhere to submit to.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from service.core.errors import Overloaded, ServiceError
 from service.ops import metrics
 
 if TYPE_CHECKING:
-    from service.batcher import Done
+    from service.batching.batcher import Done
 
 
 class Ticket:

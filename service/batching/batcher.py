@@ -1,8 +1,8 @@
 """Dynamic batching on one worker thread, with admission control and deadlines; it knows nothing of models.
 
 Request threads :meth:`~Batcher.reserve` room for their items (images) *before* preparing them
-(decoding), so refusing work under overload costs next to nothing (:mod:`service.admission`);
-they then :meth:`~service.admission.Ticket.submit` a payload and wait on its future. The
+(decoding), so refusing work under overload costs next to nothing (:mod:`service.batching.admission`);
+they then :meth:`~service.batching.admission.Ticket.submit` a payload and wait on its future. The
 batcher's thread runs ``setup`` once, then takes the first job, gathers the jobs that arrive
 within ``max_delay_s`` (waiting only while reserved work is still being prepared, so a lone
 client never waits), up to ``max_batch_size`` items, and hands their payloads to ``handle`` in
@@ -30,7 +30,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.admission import Admission, Ticket
+from service.batching.admission import Admission, Ticket
 from service.core.errors import DeadlineExceeded, InferenceFailed, NotReady, ServiceError
 
 log = logging.getLogger("layertap.batcher")
