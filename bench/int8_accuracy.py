@@ -26,7 +26,7 @@ from service.core.settings import SAMPLE_PHOTOS, Settings
 from service.dataplane import DataPlane
 from service.modeling.entries import load_entry
 from service.modeling.weights import resolve_weights
-from service.runner import ModelRunner
+from service.runners.runner import ModelRunner
 from stress.server import photo_files
 
 from .__main__ import INT8_CACHE, ROOT

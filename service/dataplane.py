@@ -36,7 +36,7 @@ from service.modeling.tap import LayerCall
 from service.modeling.weights import resolve_weights
 from service.ops import metrics
 from service.postprocess import OutputOptions
-from service.runner import ModelRunner, Work
+from service.runners.runner import ModelRunner, Work
 
 log = logging.getLogger("layertap.dataplane")
 

@@ -13,9 +13,9 @@ import torch
 import torchvision
 from PIL import Image
 
-from service import runner as runner_module
 from service.app import create_app
 from service.core.settings import Settings
+from service.runners import runner as runner_module
 from tests.conftest import encode, gradient_image
 from tests.reference import reference_outputs
 

@@ -105,8 +105,8 @@ def test_calibration_is_cached_and_keyed_by_the_weights(int8, tmp_path, state_di
 
 
 def test_int8_refuses_a_gpu(weights_file, monkeypatch):
-    from service import runner
     from service.core.errors import StartupError
+    from service.runners import runner
 
     monkeypatch.setattr(runner, "resolve_device", lambda spec: torch.device("cuda"))
     with pytest.raises(StartupError, match="runs on the CPU only"):

@@ -1,6 +1,6 @@
 """The model thread's explain jobs: gradients of a class score, with respect to a layer's output or to the input.
 
-A runner hands its explain batches here (service/runner.py): they run in their own batches,
+A runner hands its explain batches here (service/runners/runner.py): they run in their own batches,
 never with inference work, in grad mode, on a float32 model (the served one when it is float32,
 else a float32 copy built on the first explain). Gradients come from the layer's hook in
 service/modeling/tap.py, which makes the chosen call's output a leaf of the graph: the gradient is

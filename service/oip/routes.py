@@ -45,7 +45,7 @@ from service.uploads import read_decoded_body
 
 if TYPE_CHECKING:
     from service.dataplane import DataPlane, Options
-    from service.runner import ModelRunner
+    from service.runners.runner import ModelRunner
 
 log = logging.getLogger("layertap.oip")
 
