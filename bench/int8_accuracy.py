@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from service.core.settings import SAMPLE_PHOTOS, Settings
-from service.dataplane import DataPlane
+from service.dataplane.plane import DataPlane
 from service.modeling.entries import load_entry
 from service.modeling.weights import resolve_weights
 from service.runners.runner import ModelRunner

@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 
 from service import __version__
 from service.core.errors import DeadlineExceeded, InvalidRequest, NotReady, Overloaded, ServiceError, UnknownLayer
+from service.dataplane.pooling import POOLS, OutputOptions
 from service.http_shared import (
     data_plane,
     expects_continue,
@@ -31,7 +32,6 @@ from service.http_shared import (
 )
 from service.oip import routes as oip_routes
 from service.ops import metrics
-from service.postprocess import POOLS, OutputOptions
 from service.uploads import read_images
 
 log = logging.getLogger("layertap.api")

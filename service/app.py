@@ -20,7 +20,7 @@ from service import api
 from service.auth import OPEN_ENDPOINTS, OPEN_PREFIXES, PROBE_ENDPOINTS, check_bearer
 from service.core.errors import ServiceError
 from service.core.settings import Settings
-from service.dataplane import DataPlane
+from service.dataplane.plane import DataPlane
 from service.explain_api import explain_api
 from service.oip import routes as oip
 from service.openapi import docs

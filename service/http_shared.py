@@ -30,7 +30,7 @@ from service.core.errors import (
 from service.uploads import body_limit_error
 
 if TYPE_CHECKING:
-    from service.dataplane import DataPlane, Timings
+    from service.dataplane.plane import DataPlane, Timings
 
 log = logging.getLogger("layertap.http")
 

@@ -28,6 +28,7 @@ from pydantic.json_schema import models_json_schema
 from service import __version__, messages
 from service.api import BOOLEANS, ENCODINGS
 from service.auth import OPEN_ENDPOINTS
+from service.dataplane.pooling import POOLS
 from service.explain.methods import METHODS
 from service.explain_api import DEFAULT_STEPS, FORMATS
 from service.http_shared import TIMING_HEADERS, json_response
@@ -35,12 +36,11 @@ from service.modeling.shapes import MAX_BATCH, MAX_SIDE
 from service.oip import openapi as v2_operations
 from service.oip import routes as oip
 from service.oip import schema as v2
-from service.postprocess import POOLS
 
 if TYPE_CHECKING:
     from werkzeug.routing import Map
 
-    from service.dataplane import DataPlane
+    from service.dataplane.plane import DataPlane
 
 docs = Blueprint("docs", __name__)
 

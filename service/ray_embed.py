@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 
-from service.postprocess import POOLS
+from service.dataplane.pooling import POOLS
 
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff")
 

@@ -33,11 +33,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pyarrow as pa
 
-from service import postprocess
 from service.core.errors import ServiceError
 from service.core.settings import Settings
-from service.dataplane import DataPlane
-from service.postprocess import OutputOptions
+from service.dataplane import pooling as postprocess
+from service.dataplane.plane import DataPlane
+from service.dataplane.pooling import OutputOptions
 
 SHAPE_KEY = b"shape"
 
@@ -103,7 +103,7 @@ class LayertapEmbedder:
 
     def _row_shapes(self) -> dict[str, list[int]]:
         """Each layer's per-image shape after the output options: the service's own pooling, applied to zeros of
-        the traced shape (so the rule lives in service/postprocess.py alone)."""
+        the traced shape (so the rule lives in service/dataplane/pooling.py alone)."""
         runner = self.plane.runner(self.model)
         crop = runner.entry.preprocessing.crop
         traced = {call.name: call.shape for call in runner.shapes(1, crop, crop)}

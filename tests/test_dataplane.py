@@ -15,8 +15,8 @@ from PIL import Image
 from service.app import create_app
 from service.core.errors import InferenceFailed, InvalidImage, InvalidRequest, StartupError, UnknownModel
 from service.core.settings import Settings
+from service.dataplane.pooling import OutputOptions, apply
 from service.modeling.tap import LayerTap
-from service.postprocess import OutputOptions, apply
 from tests.reference import row_cosines
 
 

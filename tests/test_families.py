@@ -23,8 +23,8 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from service.app import create_app
 from service.core.settings import DEFAULT_MODEL_REPOSITORY, Settings
+from service.dataplane.pooling import OutputOptions
 from service.modeling.entries import load_entry
-from service.postprocess import OutputOptions
 from tests.conftest import encode, gradient_image, seeded_state_dict
 from tests.reference import every_call
 

@@ -27,6 +27,7 @@ from werkzeug.exceptions import HTTPException
 
 from service import __version__
 from service.core.errors import InvalidRequest, ServiceError, TooLarge, UnknownLayer, UnknownModel
+from service.dataplane.pooling import POOLS, OutputOptions
 from service.http_shared import (
     data_plane,
     expects_continue,
@@ -40,11 +41,10 @@ from service.http_shared import (
 from service.oip import tensors
 from service.oip.schema import InferenceRequest, parse_request
 from service.ops import metrics
-from service.postprocess import POOLS, OutputOptions
 from service.uploads import read_decoded_body
 
 if TYPE_CHECKING:
-    from service.dataplane import DataPlane, Options
+    from service.dataplane.plane import DataPlane, Options
     from service.runners.runner import ModelRunner
 
 log = logging.getLogger("layertap.oip")

@@ -22,11 +22,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service import postprocess
 from service.batching.admission import Ticket
 from service.batching.batcher import Done
 from service.core.errors import InvalidRequest, StartupError, TooManyImages, UnknownModel
 from service.core.settings import Settings
+from service.dataplane import pooling as postprocess
+from service.dataplane.pooling import OutputOptions
 from service.explain.explainer import ExplainWork, ImageExplanation
 from service.explain.methods import CAM_METHODS, METHODS
 from service.images.batch import Prepared
@@ -35,7 +36,6 @@ from service.modeling.entries import load_entry
 from service.modeling.tap import LayerCall
 from service.modeling.weights import resolve_weights
 from service.ops import metrics
-from service.postprocess import OutputOptions
 from service.runners.runner import ModelRunner, Work
 
 log = logging.getLogger("layertap.dataplane")
