@@ -65,7 +65,7 @@ def run_ray(folders: list[Path], out: Path) -> list[float]:
     of the command does)."""
     import ray
 
-    from service.ray_embed import embed
+    from service.bulk.ray_embed import embed
 
     os.environ["LAYERTAP_WEIGHTS"] = "random"
     os.environ["LAYERTAP_LOG_LEVEL"] = "warning"

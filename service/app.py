@@ -16,17 +16,17 @@ from flask import Flask, Response, g, request
 from flask_swagger_ui import get_swaggerui_blueprint
 from werkzeug.exceptions import HTTPException
 
-from service import api
-from service.auth import OPEN_ENDPOINTS, OPEN_PREFIXES, PROBE_ENDPOINTS, check_bearer
 from service.core.errors import ServiceError
 from service.core.settings import Settings
 from service.dataplane.plane import DataPlane
-from service.explain_api import explain_api
-from service.oip import routes as oip
-from service.openapi import docs
+from service.frontends.docs import docs
+from service.frontends.http.auth import OPEN_ENDPOINTS, OPEN_PREFIXES, PROBE_ENDPOINTS, check_bearer
+from service.frontends.http.upload_gate import UploadGate
+from service.frontends.oip import routes as oip
+from service.frontends.rest import routes as api
+from service.frontends.rest.explain import explain_api
+from service.frontends.ui.page import ui
 from service.ops import logs, metrics
-from service.ui import ui
-from service.upload_gate import UploadGate
 
 access_log = logging.getLogger("layertap.access")
 KNOWN_METHODS = frozenset({"GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"})

@@ -20,9 +20,9 @@ from gunicorn.workers.base import Worker
 
 from service.core.hardware import cuda_expected
 from service.core.settings import Settings
+from service.frontends.http.upload_gate import defer_continue
 from service.ops.logs import gunicorn_logconfig
 from service.ops.process import apply_openmp_defaults, tune_malloc
-from service.upload_gate import defer_continue
 
 # Not imported from service.ops.metrics: prometheus_client must not be imported in the master before
 # this variable is set, or forked workers would inherit its single-process mode.
@@ -81,7 +81,8 @@ def post_fork(server, worker) -> None:  # noqa: ARG001 - gunicorn's hook signatu
 
 
 def pre_request(worker, req) -> None:  # noqa: ARG001 - gunicorn's hook signature
-    """Leave ``Expect: 100-continue`` to the app, so that a refusal comes before the upload (service/upload_gate.py)."""
+    """Leave ``Expect: 100-continue`` to the app, so that a refusal comes before the upload
+    (service/frontends/http/upload_gate.py)."""
     defer_continue(req)
 
 

@@ -10,7 +10,7 @@ import schemathesis
 
 from service.app import create_app
 from service.core.settings import Settings
-from service.http_shared import TIMING_HEADERS
+from service.frontends.http.responses import TIMING_HEADERS
 
 
 def test_document_loads_and_lists_exactly_the_routes(app, client):

@@ -2,7 +2,7 @@
 
 The data plane, the runners and the preprocessing raise these; they know nothing of HTTP. Each
 front-end renders them in its protocol: the layertap API as ``{"error": {"code", "message"}}``
-with a status from its own table (``service/api.py``), where ``retry_after_s`` becomes a
+with a status from its own table (``service/frontends/rest/routes.py``), where ``retry_after_s`` becomes a
 ``Retry-After`` header. No client fault is ever an :class:`InternalError`.
 """
 

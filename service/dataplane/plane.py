@@ -1,7 +1,7 @@
 """The protocol-neutral data plane: route to a model, validate, extract, trace shapes, describe.
 
-Every front-end (the layertap REST API, service/api.py, and the Open Inference Protocol,
-service/oip/) parses its protocol, calls these methods and renders what they return or raise;
+Every front-end (the layertap REST API, service/frontends/rest/routes.py, and the Open Inference Protocol,
+service/frontends/oip/) parses its protocol, calls these methods and renders what they return or raise;
 nothing here knows HTTP. Requests name a model (default: the
 first of ``LAYERTAP_MODELS``), and each model has its own runner: its own thread, queue and
 limits, so a slow model never holds up another.

@@ -99,7 +99,7 @@ def http_features(server, root, relative: str, query: str) -> dict[str, np.ndarr
 def test_embeds_a_folder_like_the_service_and_records_bad_files(
     local_ray, service_settings, server, photo_folder, tmp_path
 ):
-    from service.ray_embed import main
+    from service.bulk.ray_embed import main
 
     root, good, bad = photo_folder
     out = tmp_path / "embeddings"
@@ -122,7 +122,7 @@ def test_embeds_a_folder_like_the_service_and_records_bad_files(
 
 
 def test_pooled_and_normalized_rows(local_ray, service_settings, server, photo_folder, tmp_path):
-    from service.ray_embed import main
+    from service.bulk.ray_embed import main
 
     root, _, _ = photo_folder
     out = tmp_path / "pooled"

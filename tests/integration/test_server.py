@@ -16,7 +16,7 @@ import requests
 import torch
 from PIL import Image
 
-from service.upload_gate import DRAIN_BYTES
+from service.frontends.http.upload_gate import DRAIN_BYTES
 from stress.server import rss_mb, start_server
 from tests.conftest import encode, gradient_image
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from service.core.errors import InvalidRequest, TooManyImages
+from service.frontends.oip import tensors
+from service.frontends.oip.schema import RequestInput
 from service.images.sources import Pixels, Tensor
-from service.oip import tensors
-from service.oip.schema import RequestInput
 
 
 def serialize_bytes(*elements: bytes) -> bytes:

@@ -1,4 +1,4 @@
-"""The debug page at ``/``: static HTML, CSS and JavaScript from ``service/ui/``, nothing from the internet.
+"""The debug page at ``/``: static HTML, CSS and JavaScript from ``static/`` beside this file, nothing from the internet.
 
 The page draws each channel of the chosen layers as a heatmap on a canvas, from ``/features``
 with ``encoding=base64``, and the top-5 classes when ``/labels`` has ImageNet's.
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from flask import Blueprint, Response, send_from_directory
 
-UI_DIR = Path(__file__).resolve().parent / "ui"
+UI_DIR = Path(__file__).resolve().parent / "static"
 
 ui = Blueprint("ui", __name__)
 

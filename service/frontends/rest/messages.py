@@ -1,10 +1,10 @@
 """The layertap API's response bodies, as pydantic models: the source of their OpenAPI schemas.
 
-service/api.py renders its answers as plain dicts with orjson (a ``layer1`` answer is 800,000
+service/frontends/rest/routes.py renders its answers as plain dicts with orjson (a ``layer1`` answer is 800,000
 floats, and validating it on the way out would cost more than computing it); these classes say
 what those dicts hold. They stay true because schemathesis checks every response of the running
 service against the document built from them (tests/integration/test_contract.py). The Open
-Inference Protocol's messages are in service/oip/schema.py.
+Inference Protocol's messages are in service/frontends/oip/schema.py.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
     layertap-ray embed s3://bucket/images --out s3://bucket/embeddings --address ray://head:10001 --actors 8 --gpus 1
 
 SRC is a folder (read recursively) or anything ``ray.data.read_binary_files`` reads; only files
-with an image suffix are taken. Each Ray actor runs :class:`service.ray_stage.LayertapEmbedder`,
+with an image suffix are taken. Each Ray actor runs :class:`service.bulk.ray_stage.LayertapEmbedder`,
 the service's own model runner, configured by the same ``LAYERTAP_*`` variables as the service
 (this command passes the ones set where it runs to every actor). ``--address`` (or
 ``RAY_ADDRESS``) joins an existing cluster; otherwise a local one starts for the run. Ray Data
@@ -37,7 +37,7 @@ def embed(
     """Read the images, run them through ``actors`` model actors, write Parquet to ``out`` (Ray must be initialized)."""
     import ray
 
-    from service.ray_stage import LayertapEmbedder
+    from service.bulk.ray_stage import LayertapEmbedder
 
     settings = {k: v for k, v in os.environ.items() if k.startswith("LAYERTAP_")}
     # Each file is one read task's worth at most; the reads go as wide as the cluster lets them.

@@ -1,10 +1,10 @@
 """The layertap REST API: parse and validate requests, call the data plane, render with orjson.
 
 Nothing here touches torch. The data plane raises domain errors (``service/core/errors.py``); they
-take their HTTP status and ``Retry-After`` from service/http_shared.py, and this front-end adds
+take their HTTP status and ``Retry-After`` from service/frontends/http/responses.py, and this front-end adds
 the hints that name its URLs and renders them, like werkzeug's own errors, as
 ``{"error": {"code", "message", "request_id"}}``. The Open Inference Protocol is the other
-front-end (service/oip/), over the same data plane.
+front-end (service/frontends/oip/), over the same data plane.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from werkzeug.exceptions import HTTPException
 from service import __version__
 from service.core.errors import DeadlineExceeded, InvalidRequest, NotReady, Overloaded, ServiceError, UnknownLayer
 from service.dataplane.pooling import POOLS, OutputOptions
-from service.http_shared import (
+from service.frontends.http.bodies import read_images
+from service.frontends.http.responses import (
     data_plane,
     expects_continue,
     headers_of,
@@ -30,9 +31,8 @@ from service.http_shared import (
     timing_headers,
     unexpected_error,
 )
-from service.oip import routes as oip_routes
+from service.frontends.oip import routes as oip_routes
 from service.ops import metrics
-from service.uploads import read_images
 
 log = logging.getLogger("layertap.api")
 

@@ -4,12 +4,12 @@ Generated wherever the code knows the answer:
 
 - paths, methods and path parameters from the Flask app's routes; a route that is not described
   here makes :func:`build_spec` fail, so no route goes undocumented and none is documented twice;
-- every body's schema from the pydantic models that define it: service/messages.py (the
-  layertap API) and service/oip/schema.py (the Open Inference Protocol);
+- every body's schema from the pydantic models that define it: service/frontends/rest/messages.py (the
+  layertap API) and service/frontends/oip/schema.py (the Open Inference Protocol);
 - enums and limits from the modules and settings that own them (pools, encodings, the served
   models, the image limits);
 - the bearer scheme only when ``LAYERTAP_API_KEY`` is set, on exactly the operations that check
-  it (service/auth.py leaves probes, metrics and this document open).
+  it (service/frontends/http/auth.py leaves probes, metrics and this document open).
 
 What is written here is what no code says: summaries, parameter descriptions and which statuses
 each operation answers. schemathesis drives the running service with this document and checks
@@ -25,17 +25,18 @@ from typing import TYPE_CHECKING, ClassVar
 from flask import Blueprint, Response, current_app
 from pydantic.json_schema import models_json_schema
 
-from service import __version__, messages
-from service.api import BOOLEANS, ENCODINGS
-from service.auth import OPEN_ENDPOINTS
+from service import __version__
 from service.dataplane.pooling import POOLS
 from service.explain.methods import METHODS
-from service.explain_api import DEFAULT_STEPS, FORMATS
-from service.http_shared import TIMING_HEADERS, json_response
+from service.frontends.http.auth import OPEN_ENDPOINTS
+from service.frontends.http.responses import TIMING_HEADERS, json_response
+from service.frontends.oip import openapi as v2_operations
+from service.frontends.oip import routes as oip
+from service.frontends.oip import schema as v2
+from service.frontends.rest import messages
+from service.frontends.rest.explain import DEFAULT_STEPS, FORMATS
+from service.frontends.rest.routes import BOOLEANS, ENCODINGS
 from service.modeling.shapes import MAX_BATCH, MAX_SIDE
-from service.oip import openapi as v2_operations
-from service.oip import routes as oip
-from service.oip import schema as v2
 
 if TYPE_CHECKING:
     from werkzeug.routing import Map
@@ -120,7 +121,9 @@ def build_spec(plane: DataPlane, url_map: Map) -> dict:
         path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             if rule.endpoint not in operations:
-                raise ValueError(f"route {method} {rule.rule} ({rule.endpoint}) is not described in service/openapi.py")
+                raise ValueError(
+                    f"route {method} {rule.rule} ({rule.endpoint}) is not described in service/frontends/docs.py"
+                )
             operation = dict(operations[rule.endpoint])
             versioned = "_version" if "version" in rule.arguments else ""  # one view serves both forms
             operation["operationId"] = rule.endpoint.replace(".", "_") + versioned

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, g, request
 
-from service.api import ENCODINGS, choice_arg, encode_feature, int_arg
 from service.core.errors import InvalidRequest
 from service.explain.methods import METHODS
-from service.heatmap import overlay_png, to_unit
-from service.http_shared import data_plane, expects_continue, json_response, timing_headers
-from service.uploads import read_images
+from service.frontends.http.bodies import read_images
+from service.frontends.http.responses import data_plane, expects_continue, json_response, timing_headers
+from service.frontends.rest.heatmap import overlay_png, to_unit
+from service.frontends.rest.routes import ENCODINGS, choice_arg, encode_feature, int_arg
 
 explain_api = Blueprint("explain_api", __name__)
 

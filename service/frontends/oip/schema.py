@@ -1,10 +1,10 @@
 """The Open Inference Protocol's REST messages (KServe v2), as pydantic models.
 
 One source for two jobs: the v2 front-end validates the JSON part of every infer request with
-:class:`InferenceRequest`, and the OpenAPI document (service/openapi.py) takes the JSON Schema
+:class:`InferenceRequest`, and the OpenAPI document (service/frontends/docs.py) takes the JSON Schema
 of every v2 message from these classes. Names and meanings follow the protocol's REST chapter
 (github.com/kserve/open-inference-protocol). ``data`` is left untyped: its element type depends
-on ``datatype``, and service/oip/tensors.py checks it with numpy, which is far faster than
+on ``datatype``, and service/frontends/oip/tensors.py checks it with numpy, which is far faster than
 validating a list of 150,528 floats element by element.
 
 Fields the protocol has and layertap does not use are accepted and ignored (KServe's client

@@ -1,7 +1,7 @@
-"""The Open Inference Protocol's operations in the OpenAPI document (service/openapi.py assembles it).
+"""The Open Inference Protocol's operations in the OpenAPI document (service/frontends/docs.py assembles it).
 
 Keyed by Flask endpoint name; paths, path parameters, security and every message schema are
-added by the builder from the routes and from service/oip/schema.py.
+added by the builder from the routes and from service/frontends/oip/schema.py.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from service.openapi import Describe
+    from service.frontends.docs import Describe
 
 
 def operations(d: Describe) -> dict[str, dict]:

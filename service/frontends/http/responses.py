@@ -1,6 +1,6 @@
 """What both HTTP front-ends share: JSON answers, the status and headers of errors, the timing headers.
 
-The layertap API (service/api.py) and the Open Inference Protocol (service/oip/) word their
+The layertap API (service/frontends/rest/routes.py) and the Open Inference Protocol (service/frontends/oip/) word their
 error bodies differently, but a client that is overloaded, unauthorized or asking for an unknown
 model gets the same status and the same ``Retry-After`` from either, and every answer with
 features says where its time went in the same headers.
@@ -16,7 +16,6 @@ import orjson
 from flask import Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
-from service.auth import Unauthorized
 from service.core.errors import (
     InternalError,
     InvalidRequest,
@@ -27,7 +26,8 @@ from service.core.errors import (
     UnknownModel,
     UnsupportedMediaType,
 )
-from service.uploads import body_limit_error
+from service.frontends.http.auth import Unauthorized
+from service.frontends.http.bodies import body_limit_error
 
 if TYPE_CHECKING:
     from service.dataplane.plane import DataPlane, Timings

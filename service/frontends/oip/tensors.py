@@ -24,9 +24,9 @@ import math
 import numpy as np
 
 from service.core.errors import InvalidRequest
+from service.frontends.http.bodies import check_image_count, decode_base64
+from service.frontends.oip.schema import RequestInput
 from service.images.sources import ImageInput, Pixels, Tensor
-from service.oip.schema import RequestInput
-from service.uploads import check_image_count, decode_base64
 
 BINARY_HEADER = "Inference-Header-Content-Length"
 _LENGTH_PREFIX = 4  # bytes of the little-endian length before each BYTES element

@@ -1,12 +1,12 @@
 """The Open Inference Protocol (KServe v2) front-end: parse, validate, call the data plane, render.
 
-A second thin front-end over the same data plane as the layertap API (service/api.py): a v2
+A second thin front-end over the same data plane as the layertap API (service/frontends/rest/routes.py): a v2
 request is admitted by the same queue, before its body is read, and its images join the same
 batches as ``/features`` requests. Only the wire format differs:
 
-- images arrive as one input tensor (service/oip/tensors.py), and the requested ``outputs`` are
+- images arrive as one input tensor (service/frontends/oip/tensors.py), and the requested ``outputs`` are
   layer names, each with its own ``pool``, ``normalize`` and ``binary_data`` parameters;
-- errors are ``{"error": "..."}`` with the statuses of service/http_shared.py;
+- errors are ``{"error": "..."}`` with the statuses of service/frontends/http/responses.py;
 - bodies may be gzip or deflate compressed, and answers are compressed when the client's
   ``Accept-Encoding`` asks (tritonclient's ``request_compression_algorithm`` and
   ``response_compression_algorithm``).
@@ -28,7 +28,8 @@ from werkzeug.exceptions import HTTPException
 from service import __version__
 from service.core.errors import InvalidRequest, ServiceError, TooLarge, UnknownLayer, UnknownModel
 from service.dataplane.pooling import POOLS, OutputOptions
-from service.http_shared import (
+from service.frontends.http.bodies import read_decoded_body
+from service.frontends.http.responses import (
     data_plane,
     expects_continue,
     headers_of,
@@ -38,10 +39,9 @@ from service.http_shared import (
     timing_headers,
     unexpected_error,
 )
-from service.oip import tensors
-from service.oip.schema import InferenceRequest, parse_request
+from service.frontends.oip import tensors
+from service.frontends.oip.schema import InferenceRequest, parse_request
 from service.ops import metrics
-from service.uploads import read_decoded_body
 
 if TYPE_CHECKING:
     from service.dataplane.plane import DataPlane, Options
