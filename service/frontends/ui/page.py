@@ -1,4 +1,4 @@
-"""The debug page at ``/``: static HTML, CSS and JavaScript from ``static/`` beside this file, nothing from the internet.
+"""The debug page at ``/``: static HTML, CSS and JavaScript from ``static/`` beside this file, nothing from outside.
 
 The page draws each channel of the chosen layers as a heatmap on a canvas, from ``/features``
 with ``encoding=base64``, and the top-5 classes when ``/labels`` has ImageNet's.
