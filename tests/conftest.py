@@ -115,8 +115,8 @@ def reference_model(state_dict) -> torch.nn.Module:
 @pytest.fixture(scope="session")
 def settings(weights_file) -> Settings:
     # Bit-exact preprocessing and float32, so that golden tests can compare with torchvision's own
-    # transforms and model; tests/test_fast_preprocessing.py covers the default preprocessing, `fast`,
-    # and tests/test_hardware.py the default dtype, `auto` (bfloat16 on CPUs with bf16 arithmetic).
+    # transforms and model; tests/images/test_fast_preprocessing.py covers the default preprocessing, `fast`,
+    # and tests/core/test_hardware.py the default dtype, `auto` (bfloat16 on CPUs with bf16 arithmetic).
     return Settings(
         weights=str(weights_file), device="cpu", dtype="float32", max_batch_delay_ms=5, preprocessing="exact"
     )

@@ -14,7 +14,7 @@ default) takes two measured shortcuts:
   on < 1% of pixels. Pillow still resizes where the CPU has no AVX2, for ``nearest``, and for
   sources over 4 Mpx (see _TORCH_RESIZE_MAX_PIXELS).
 
-Together they stay within cosine 0.9995 of ``exact`` on pooled features (tests/test_fast_preprocessing.py).
+Together they stay within cosine 0.9995 of ``exact`` on pooled features (tests/images/test_fast_preprocessing.py).
 Either way the result is the resized, center-cropped ``uint8`` pixels (height × width × RGB),
 so request threads hand the model thread a quarter of the bytes of float32.
 

@@ -20,8 +20,8 @@ from service.images import preprocess as preprocess_module
 from service.images.preprocess import TORCH_RESIZE_KERNEL, ImagePreprocessor
 from service.images.recipe import Preprocessing
 from service.modeling.tap import LayerTap
+from tests.images.test_preprocess import IMAGENET
 from tests.reference import cosine, normalize
-from tests.test_preprocess import IMAGENET
 
 LAYERS = frozenset({"layer1", "layer2", "avgpool", "fc"})
 needs_torch_kernel = pytest.mark.skipif(not TORCH_RESIZE_KERNEL, reason="needs AVX2: torch's uint8 resize kernel")

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from service.core.settings import Settings, settings_table
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_environment_variables_are_read(monkeypatch):
