@@ -1,1 +1,2 @@
-"""rest."""
+"""The layertap REST API: ``/features``, ``/explain``, ``/shapes``, ``/info``, ``/labels``, the probes and metrics.
+"""
