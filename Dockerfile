@@ -43,7 +43,7 @@ RUN mkdir -p /opt/torch \
         imagenet|random) ;; \
         *) mkdir -p "$(dirname "${WEIGHTS}")" && cp "/src/${WEIGHTS}" "${WEIGHTS}" ;; \
     esac \
-    && python -m service.modeling.weights check
+    && python -m service weights check
 
 # The runtime: the dependencies' stage (its /src holds only the two pyproject.toml files and the
 # requirements read from them), the two wheels installed into its virtual environment, the torch

@@ -6,7 +6,7 @@
 Both models are the service's own runners (same preprocessing, calibration and cache), fed the
 sample photos of ``models/photos/`` and, to see more than four predictions, each photo mirrored and
 zoomed in. Top-1 agreement only means something with trained weights: ``imagenet`` needs the
-torch cache (``python -m service.modeling.weights download`` where there is network). The README's int8
+torch cache (``python -m service weights download`` where there is network). The README's int8
 table comes from this report.
 """
 

@@ -63,7 +63,7 @@ def on_starting(server) -> None:
     shutil.rmtree(metrics_dir, ignore_errors=True)  # counts from an earlier run must not leak into this one
     os.makedirs(metrics_dir, exist_ok=True)
     check = subprocess.run(
-        [sys.executable, "-m", "service.modeling.weights", "check"], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "service", "weights", "check"], capture_output=True, text=True, check=False
     )
     if check.returncode != 0:
         lines = (check.stderr or check.stdout).strip().splitlines()

@@ -72,7 +72,7 @@ def test_dockerfile_is_linted_and_keeps_its_contract():
     """`make container-test` builds and runs the image; this is the part that needs no engine."""
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "-e ." not in dockerfile, "the image installs the wheel, not the source tree"
-    assert "python -m service.modeling.weights check" in dockerfile
+    assert "python -m service weights check" in dockerfile
     assert 'CMD ["gunicorn", "-c", "python:service.gunicorn_conf"]' in dockerfile
     assert "HEALTHCHECK" in dockerfile and "/health" in dockerfile
     assert re.search(r"^USER \d+$", dockerfile, re.M), "a numeric non-root user, as the manifests require"

@@ -1,2 +1,1 @@
-"""Embedding at cluster scale: the service's model runner as a Ray Data stage, and ``layertap-ray embed``.
-"""
+"""Embedding at cluster scale: the service's model runner as a Ray Data stage, and ``layertap-ray embed``."""

@@ -1,8 +1,8 @@
 """Typed settings: every knob of the service, read from ``LAYERTAP_*`` environment variables.
 
 This is the single place where a setting is declared. Each field has a type, a default and a
-one-line description; the README's configuration table is generated from (and tested against)
-this class, so the two cannot drift apart.
+one-line description; the configuration table in ``docs/configuration.md`` is generated from (and
+tested against) this class, so the two cannot drift apart: ``python -m service settings --write-docs``.
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ class Settings(BaseSettings):
 
 
 def settings_table() -> str:
-    """The README's configuration table, generated from the fields above."""
+    """The configuration table (docs/configuration.md), generated from the fields above."""
     rows = ["| variable | type | default | meaning |", "| --- | --- | --- | --- |"]
     for name, field in Settings.model_fields.items():
         default = field.default
@@ -240,22 +240,15 @@ def _type_label(annotation) -> str:
     return annotation.__name__
 
 
-README_MARKERS = ("<!-- settings-table:start -->", "<!-- settings-table:end -->")
+TABLE_MARKERS = ("<!-- settings-table:start -->", "<!-- settings-table:end -->")
+# In a checkout: the page the table lives in (an installed wheel has no docs/).
+DOCS_PAGE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 
-def write_readme_table(readme: Path) -> None:
-    """Replace the table between the README's markers with :func:`settings_table`."""
-    text = readme.read_text()
-    start, end = README_MARKERS
+def write_docs_table(page: Path = DOCS_PAGE) -> None:
+    """Replace the table between the page's markers with :func:`settings_table`."""
+    text = page.read_text()
+    start, end = TABLE_MARKERS
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{start}\n{settings_table()}\n{end}{tail}")
-
-
-if __name__ == "__main__":
-    import sys
-
-    if sys.argv[1:] == ["--write-readme"]:
-        write_readme_table(Path(__file__).resolve().parents[2] / "README.md")
-    else:
-        print(settings_table())
+    page.write_text(f"{head}{start}\n{settings_table()}\n{end}{tail}")

@@ -14,7 +14,6 @@ Also a command, used at container build time and before gunicorn forks its worke
 from __future__ import annotations
 
 import hashlib
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -22,7 +21,7 @@ from urllib.parse import urlparse
 import torch
 import torchvision
 
-from service.core.errors import StartupError, WeightsUnavailable
+from service.core.errors import WeightsUnavailable
 from service.modeling.entries import ModelEntry
 
 ALTERNATIVES = (
@@ -94,33 +93,3 @@ def _from_file(path: Path) -> Weights:
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise WeightsUnavailable(f"weights file {path} does not hold a state dict of tensors; {ALTERNATIVES}")
     return Weights(label=f"file:{path.name}@sha256:{digest.hexdigest()[:12]}", state_dict=loaded)
-
-
-def _main(argv: list[str]) -> int:
-    from service.core.settings import Settings
-    from service.modeling.build import build_model, resolve_device
-    from service.modeling.entries import load_entry
-
-    command = argv[0] if argv else "check"
-    if command not in ("download", "check"):
-        print("usage: python -m service.modeling.weights [download|check]", file=sys.stderr)
-        return 2
-    settings = Settings()
-    spec = "imagenet" if command == "download" else settings.weights
-    for name in settings.model_names:
-        try:
-            entry = load_entry(settings.model_repository, name)
-            weights = resolve_weights(spec, entry, allow_download=settings.allow_download, seed=settings.seed)
-            if command == "check":
-                build_model(entry, weights)
-                resolve_device(settings.device)
-        except (StartupError, ValueError) as exc:
-            print(f"layertap: {exc}", file=sys.stderr)
-            return 1
-        where = f" in {imagenet_cache_path(entry)}" if spec == "imagenet" else ""
-        print(f"layertap: {entry.name} weights {weights.label} ok{where}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))

@@ -1,2 +1,1 @@
-"""Running in production: Prometheus metrics, structured logs, and process tuning of the C runtimes under torch.
-"""
+"""Running in production: Prometheus metrics, structured logs, and process tuning of the C runtimes under torch."""

@@ -48,7 +48,7 @@ def test_report_on_seeded_weights(weights_file, photos, tmp_path):
 def test_int8_top1_agrees_with_float32_on_imagenet_weights(photos, tmp_path):
     """Thresholds not yet checked against real weights (none could be downloaded where this was written)."""
     if not real_imagenet_checkpoint():
-        pytest.skip("needs the ImageNet checkpoint in the torch cache (python -m service.modeling.weights download)")
+        pytest.skip("needs the ImageNet checkpoint in the torch cache (python -m service weights download)")
     images = [image for photo in photos.values() for image in variants(photo)]
     result = compare("imagenet", images, tmp_path)
     originals = slice(0, None, 3)

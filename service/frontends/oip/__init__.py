@@ -1,2 +1,1 @@
-"""The Open Inference Protocol (KServe v2) under ``/v2``: its messages, tensors, routes and operations.
-"""
+"""The Open Inference Protocol (KServe v2) under ``/v2``: its messages, tensors, routes and operations."""

@@ -1,2 +1,1 @@
-"""The layertap REST API: ``/features``, ``/explain``, ``/shapes``, ``/info``, ``/labels``, the probes and metrics.
-"""
+"""The layertap REST API: ``/features``, ``/explain``, ``/shapes``, ``/info``, ``/labels``, the probes and metrics."""

@@ -1,2 +1,1 @@
-"""The debug page at ``/``: static HTML, CSS and JavaScript served by the service itself.
-"""
+"""The debug page at ``/``: static HTML, CSS and JavaScript served by the service itself."""

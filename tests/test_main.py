@@ -1,0 +1,33 @@
+"""``python -m service``: the weights check the container and gunicorn's master run, and the settings table."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from service.__main__ import main
+from service.core.settings import settings_table
+
+
+def test_weights_check_passes_with_usable_weights(monkeypatch, capsys):
+    monkeypatch.setenv("LAYERTAP_WEIGHTS", "random")
+    monkeypatch.setenv("LAYERTAP_MODELS", "resnet18")
+    assert main(["weights", "check"]) == 0
+    assert "layertap: resnet18 weights random" in capsys.readouterr().out
+
+
+def test_weights_check_fails_with_the_reason(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("LAYERTAP_WEIGHTS", str(tmp_path / "missing.pt"))
+    assert main(["weights", "check"]) == 1
+    assert "missing.pt does not exist" in capsys.readouterr().err
+
+
+def test_settings_prints_the_generated_table(capsys):
+    assert main(["settings"]) == 0
+    assert capsys.readouterr().out.strip() == settings_table()
+
+
+def test_runs_as_a_module_and_refuses_unknown_commands():
+    done = subprocess.run([sys.executable, "-m", "service", "weights", "fetch"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "invalid choice: 'fetch'" in done.stderr
