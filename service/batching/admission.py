@@ -25,7 +25,7 @@ from service.core.errors import Overloaded, ServiceError
 from service.ops import metrics
 
 if TYPE_CHECKING:
-    from service.batching.batcher import Done
+    from service.batching.done import Done
 
 
 class Ticket:

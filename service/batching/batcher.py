@@ -31,21 +31,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.batching.admission import Admission, Ticket
+from service.batching.done import Done
 from service.core.errors import DeadlineExceeded, InferenceFailed, NotReady, ServiceError
 
 log = logging.getLogger("layertap.batcher")
 
 _STOP = object()
-
-
-@dataclass
-class Done:
-    """A handled job: its result, and where its time went."""
-
-    result: Any
-    queue_ms: float
-    run_ms: float
-    batch_items: int
 
 
 @dataclass
