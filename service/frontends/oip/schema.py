@@ -27,6 +27,13 @@ Parameters = Annotated[dict[str, bool | int | float | str], Field(max_length=64)
 _ELEMENTS = {"type": "array", "items": {"type": ["number", "string", "boolean"]}}
 
 
+def _elements_schema(schema: dict) -> None:
+    """``data``'s schema: the elements as above, optional but never null, so no ``default: null`` (which an
+    array does not admit, and which validators of the document refuse)."""
+    schema.pop("default", None)
+    schema.update(_ELEMENTS)
+
+
 class RequestInput(BaseModel):
     """An input tensor: its elements in ``data``, or after the JSON when ``binary_data_size`` says so."""
 
@@ -38,7 +45,7 @@ class RequestInput(BaseModel):
         default=None,
         description="The elements, row-major (flat or nested); BYTES elements are base64 strings. Absent when "
         "the binary_data_size parameter says the bytes follow the JSON (binary tensor data extension)",
-        json_schema_extra=_ELEMENTS,
+        json_schema_extra=_elements_schema,
     )
 
 
