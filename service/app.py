@@ -3,6 +3,11 @@
 Nothing is built at import time. gunicorn calls ``service.app:create_app()`` in each worker,
 after fork, so every worker process owns its own models and model threads; tests call it with
 their own :class:`Settings`.
+
+The front-ends are registered here and nowhere else (:data:`FRONT_ENDS`): each declares its
+routes, prefix, error body, hints, and open and probe routes (service/frontends/http/registry.py).
+Authentication, the access log and error rendering read that registry, so adding a protocol is
+adding an entry, and no front-end knows another.
 """
 
 from __future__ import annotations
@@ -13,23 +18,25 @@ import time
 import weakref
 
 from flask import Flask, Response, g, request
-from flask_swagger_ui import get_swaggerui_blueprint
 from werkzeug.exceptions import HTTPException
 
 from service.core.errors import ServiceError
 from service.core.settings import Settings
 from service.dataplane.plane import DataPlane
-from service.frontends.docs import docs
-from service.frontends.http.auth import OPEN_ENDPOINTS, OPEN_PREFIXES, PROBE_ENDPOINTS, check_bearer
+from service.frontends import docs
+from service.frontends.http import errors
+from service.frontends.http.auth import check_bearer
+from service.frontends.http.registry import FrontEnd, FrontEnds
 from service.frontends.http.upload_gate import UploadGate
-from service.frontends.oip import routes as oip
-from service.frontends.rest import routes as api
-from service.frontends.rest.explain import explain_api
-from service.frontends.ui.page import ui
+from service.frontends.oip.front_end import FRONT_END as OPEN_INFERENCE_PROTOCOL
+from service.frontends.rest.front_end import FRONT_END as LAYERTAP_API
+from service.frontends.ui.page import FRONT_END as DEBUG_PAGE
 from service.ops import logs, metrics
 
 access_log = logging.getLogger("layertap.access")
 KNOWN_METHODS = frozenset({"GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"})
+# Every protocol the service speaks. The one API without a prefix (the layertap API) owns every other URL.
+FRONT_ENDS: tuple[FrontEnd, ...] = (LAYERTAP_API, OPEN_INFERENCE_PROTOCOL, DEBUG_PAGE, docs.FRONT_END)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -41,25 +48,21 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings()
     logs.configure(settings.log_level, settings.log_format)
     plane = DataPlane.from_settings(settings)
+    front_ends = FrontEnds(FRONT_ENDS)
 
     app = Flask("layertap", static_folder=None)
-    # One byte over the limit, so that a chunked body past it is seen (uploads._read_body) rather than cut.
+    # One byte over the limit, so that a chunked body past it is seen (bodies._read_body) rather than cut.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     # Multipart parts without a file name are form fields: let them be as large as a body.
     app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_body_bytes
     app.extensions["layertap.dataplane"] = plane
     app.extensions["layertap.settings"] = settings
-    _install_request_hooks(app, settings)
-    app.register_blueprint(api.api)
-    app.register_blueprint(explain_api)
-    app.register_blueprint(oip.oip)
-    app.register_blueprint(docs)
-    app.register_blueprint(ui)
-    # Swagger UI from the package's own copy of its assets: nothing is fetched from the internet.
-    app.register_blueprint(
-        get_swaggerui_blueprint("/docs", "/openapi.json", config={"app_name": "layertap"}), url_prefix="/docs"
-    )
-    _register_error_handlers(app)
+    app.extensions["layertap.frontends"] = front_ends
+    _install_request_hooks(app, settings, front_ends)
+    for front_end in front_ends.all:
+        for blueprint in front_end.blueprints:
+            app.register_blueprint(blueprint)
+    _register_error_handlers(app, front_ends)
     # Unread bodies: 100 Continue only once the app reads, and a large refused upload closes rather than drains.
     app.wsgi_app = UploadGate(app.wsgi_app)
     plane.start()
@@ -68,18 +71,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     return app
 
 
-def _register_error_handlers(app: Flask) -> None:
-    """Errors in the words of the front-end whose URL was asked: the Open Inference Protocol's under /v2."""
+def _register_error_handlers(app: Flask, front_ends: FrontEnds) -> None:
+    """Errors in the words of the front-end whose URL was asked (the Open Inference Protocol's under /v2)."""
 
-    def front_end():
-        return oip if oip.owns(request.path) else api
+    def owner() -> FrontEnd:
+        return front_ends.owner(request.path)
 
-    app.register_error_handler(ServiceError, lambda exc: front_end().render_service_error(exc))
-    app.register_error_handler(HTTPException, lambda exc: front_end().render_http_error(exc))
-    app.register_error_handler(Exception, lambda exc: front_end().render_unexpected(exc))
+    app.register_error_handler(ServiceError, lambda exc: errors.render_service_error(exc, owner()))
+    app.register_error_handler(HTTPException, lambda exc: errors.render_http_error(exc, owner(), front_ends))
+    app.register_error_handler(Exception, lambda exc: errors.render_unexpected(exc, owner()))
 
 
-def _install_request_hooks(app: Flask, settings: Settings) -> None:
+def _install_request_hooks(app: Flask, settings: Settings, front_ends: FrontEnds) -> None:
     """Request id, authentication, then on the way out: metrics and one access-log line."""
     api_key = settings.api_key.get_secret_value() if settings.api_key else None
 
@@ -87,8 +90,7 @@ def _install_request_hooks(app: Flask, settings: Settings) -> None:
     def _begin() -> None:
         g.started = time.perf_counter()
         g.request_id = logs.request_id_from(request.headers.get("X-Request-ID"))
-        is_open = request.path in OPEN_ENDPOINTS or request.path.startswith(OPEN_PREFIXES)
-        if api_key and (settings.auth_all_endpoints or not is_open):
+        if api_key and (settings.auth_all_endpoints or not front_ends.is_open(request.path)):
             check_bearer(request.headers.get("Authorization"), api_key)
 
     @app.after_request
@@ -100,7 +102,7 @@ def _install_request_hooks(app: Flask, settings: Settings) -> None:
         metrics.REQUESTS.labels(endpoint, method, status).inc()
         metrics.REQUEST_SECONDS.labels(endpoint, status).observe(elapsed)
         response.headers["X-Request-ID"] = g.get("request_id", "")
-        if (endpoint not in PROBE_ENDPOINTS and endpoint != "/metrics") or response.status_code >= 400:
+        if endpoint not in front_ends.quiet_routes or response.status_code >= 400:
             access_log.info(
                 "%s %s %s",
                 request.method,

@@ -19,17 +19,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.core.errors import InvalidRequest
+
 POOLS = ("none", "avg", "max", "cls")
+
+
+def pool_named(value: object, name: str = "pool") -> str:
+    """``value`` as a pool, for every front-end: InvalidRequest naming the choices unless it is one of POOLS."""
+    if value not in POOLS:
+        raise InvalidRequest(f"{name} must be one of {', '.join(POOLS)}, not {str(value)[:50]!r}")
+    return value
 
 
 @dataclass(frozen=True)
 class OutputOptions:
+    """How one layer is returned: pooled (``pool``, one of POOLS) and L2-normalized or not."""
+
     pool: str = "none"
     normalize: bool = False
 
     def __post_init__(self):
-        if self.pool not in POOLS:
-            raise ValueError(f"pool must be one of {', '.join(POOLS)}, not {self.pool!r}")
+        pool_named(self.pool)
 
 
 def check_pool(pool: str, layer: str, layout: str) -> None:

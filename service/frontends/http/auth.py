@@ -1,4 +1,8 @@
-"""Optional bearer-token authentication (``LAYERTAP_API_KEY``), compared in constant time."""
+"""Optional bearer-token authentication (``LAYERTAP_API_KEY``), compared in constant time.
+
+Which routes stay open without a key (probes, metrics, the page and the document) is declared by
+each front-end (service/frontends/http/registry.py), not here.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +15,6 @@ class Unauthorized(ServiceError):
     """No valid bearer token; the HTTP layer answers 401 with a challenge."""
 
     code = "unauthorized"
-
-
-# Liveness and readiness, of both front-ends: what orchestrators poll.
-PROBE_ENDPOINTS = frozenset({"/health", "/ready", "/v2/health/live", "/v2/health/ready"})
-# Endpoints that stay open even with a key, so that probes and scrapers need no secret,
-# unless LAYERTAP_AUTH_ALL_ENDPOINTS is on.
-OPEN_ENDPOINTS = PROBE_ENDPOINTS | {"/", "/metrics", "/openapi.json"}
-OPEN_PREFIXES = ("/docs", "/ui/")
 
 
 def check_bearer(authorization: str | None, api_key: str) -> None:

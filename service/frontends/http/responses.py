@@ -1,66 +1,38 @@
-"""What both HTTP front-ends share: JSON answers, the status and headers of errors, the timing headers.
+"""What every HTTP front-end answers with: JSON, the timing headers, readiness, and admitted work.
 
-The layertap API (service/frontends/rest/routes.py) and the Open Inference Protocol (service/frontends/oip/) word their
-error bodies differently, but a client that is overloaded, unauthorized or asking for an unknown
-model gets the same status and the same ``Retry-After`` from either, and every answer with
-features says where its time went in the same headers.
+- :func:`json_response`: orjson, numpy arrays included.
+- :func:`timing_headers`: where a request's time went, the same headers on every front-end.
+- :func:`readiness`: the one readiness answer, 200, or 503 with ``Retry-After: 1``.
+- :func:`admitted`: the one admit → read → run sequence. Room in the model's queue is held before
+  the body is read, so a refusal under overload costs no upload and no decode.
 """
 
 from __future__ import annotations
 
-import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import orjson
 from flask import Response, current_app, request
-from werkzeug.exceptions import HTTPException
-
-from service.core.errors import (
-    InternalError,
-    InvalidRequest,
-    Overloaded,
-    ServiceError,
-    TooLarge,
-    Unavailable,
-    UnknownModel,
-    UnsupportedMediaType,
-)
-from service.frontends.http.auth import Unauthorized
-from service.frontends.http.bodies import body_limit_error
 
 if TYPE_CHECKING:
+    from service.batching.admission import Ticket
     from service.dataplane.plane import DataPlane, Timings
-
-log = logging.getLogger("layertap.http")
 
 TIMING_HEADERS = ("X-Preprocess-Time", "X-Queue-Time", "X-Inference-Time", "X-Total-Time")
 
-# Domain error → HTTP status, most specific first.
-STATUSES: tuple[tuple[type[Exception], int], ...] = (
-    (Unauthorized, 401),
-    (UnknownModel, 404),
-    (UnsupportedMediaType, 415),
-    (TooLarge, 413),
-    (InvalidRequest, 400),
-    (Overloaded, 429),
-    (Unavailable, 503),
-    (InternalError, 500),
-)
+Body = TypeVar("Body")
+Result = TypeVar("Result")
 
 
-def status_of(exc: ServiceError) -> int:
-    return next((code for kind, code in STATUSES if isinstance(exc, kind)), 500)
-
-
-def headers_of(exc: ServiceError) -> dict[str, str]:
-    """``Retry-After`` when a retry may succeed, and the bearer challenge on a 401."""
-    headers = {}
-    if exc.retry_after_s is not None:
-        headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
-    if isinstance(exc, Unauthorized):
-        headers["WWW-Authenticate"] = 'Bearer realm="layertap"'
-    return headers
+def json_response(body: dict, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+        status=status,
+        headers=headers,
+        mimetype="application/json",
+    )
 
 
 def timing_headers(timings: Timings, started: float) -> dict[str, str]:
@@ -74,13 +46,11 @@ def timing_headers(timings: Timings, started: float) -> dict[str, str]:
     }
 
 
-def json_response(body: dict, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
-        status=status,
-        headers=headers,
-        mimetype="application/json",
-    )
+def readiness(ready: bool, body: dict) -> Response:
+    """A readiness probe's answer: ``body`` with 200 when ready, else with 503 and ``Retry-After: 1``."""
+    if ready:
+        return json_response(body)
+    return json_response(body, status=503, headers={"Retry-After": "1"})
 
 
 def expects_continue() -> bool:
@@ -89,26 +59,15 @@ def expects_continue() -> bool:
     return request.headers.get("Expect", "").lower() == "100-continue"
 
 
-def http_error(exc: HTTPException, routes: str) -> tuple[str, str, int, dict[str, str]]:
-    """werkzeug's own errors (no route, wrong method, body over Flask's limit) as (code, message, status, headers);
-    ``routes`` lists the front-end's endpoints for a 404."""
-    code = (exc.name or "error").lower().replace(" ", "_")
-    message = exc.description or exc.name
-    headers = {}
-    if exc.code == 413:
-        error = body_limit_error()
-        code, message = error.code, error.message
-    elif exc.code == 404:
-        message = f"no route {request.path[:200]!r}; {routes}"
-    elif exc.code == 405 and exc.valid_methods:
-        headers["Allow"] = ", ".join(exc.valid_methods)
-    return code, message, exc.code or 500, headers
+def admitted(
+    plane: DataPlane, model: str | None, read: Callable[[], Body], run: Callable[[Body, Ticket], Result]
+) -> Result:
+    """Hold room in ``model``'s queue, then ``read`` the request's body, then ``run`` it with the ticket.
 
-
-def unexpected_error(exc: Exception) -> tuple[str, str, int]:
-    """A bug: logged with its stack, and told to the client without one."""
-    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
-    return "internal_error", "an internal error occurred; it has been logged", 500
+    Validate everything the URL says before calling this: a typo then costs no upload either.
+    """
+    with plane.admit(model, wait=not expects_continue()) as ticket:
+        return run(read(), ticket)
 
 
 def data_plane() -> DataPlane:

@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from service.frontends.docs import Describe
+    from service.dataplane.plane import DataPlane
+    from service.frontends.http.openapi import Describe
 
 
-def operations(d: Describe) -> dict[str, dict]:
+def operations(plane: DataPlane, d: Describe) -> dict[str, dict]:  # noqa: ARG001 - every front-end's signature
     return {
         "oip.server_metadata": {
             "summary": "Server metadata: name, version, protocol extensions",
@@ -37,12 +38,12 @@ def operations(d: Describe) -> dict[str, dict]:
             "responses": {
                 "200": {"description": "Ready", **d.body("ModelReady")},
                 "503": {"description": "Loading, draining or failed", **d.body("ModelReady")},
-                **d.errors(True, "404"),
+                **d.errors("404"),
             },
         },
         "oip.model_metadata": {
             "summary": "A model's inputs (BYTES, UINT8 or FP32 images) and outputs (every layer, -1: any batch)",
-            "responses": {"200": {"description": "OK", **d.body("ModelMetadata")}, **d.errors(True, "404")},
+            "responses": {"200": {"description": "OK", **d.body("ModelMetadata")}, **d.errors("404")},
         },
         "oip.infer": {
             "summary": "Outputs (layers) for the images of one input tensor; the binary tensor data extension",
@@ -70,7 +71,7 @@ def operations(d: Describe) -> dict[str, dict]:
                         "application/octet-stream": {"schema": d.binary},
                     },
                 },
-                **d.errors(True, "400", "404", "413", "415", "429", "503"),
+                **d.errors("400", "404", "413", "415", "429", "503"),
             },
         },
     }

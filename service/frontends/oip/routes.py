@@ -6,7 +6,7 @@ batches as ``/features`` requests. Only the wire format differs:
 
 - images arrive as one input tensor (service/frontends/oip/tensors.py), and the requested ``outputs`` are
   layer names, each with its own ``pool``, ``normalize`` and ``binary_data`` parameters;
-- errors are ``{"error": "..."}`` with the statuses of service/frontends/http/responses.py;
+- errors are ``{"error": "..."}`` with the statuses of service/frontends/http/errors.py;
 - bodies may be gzip or deflate compressed, and answers are compressed when the client's
   ``Accept-Encoding`` asks (tritonclient's ``request_compression_algorithm`` and
   ``response_compression_algorithm``).
@@ -17,37 +17,25 @@ Each model has one version, ``1``; the ``/versions/{version}`` routes answer for
 from __future__ import annotations
 
 import gzip
-import logging
 import zlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import orjson
 from flask import Blueprint, Response, g, request
-from werkzeug.exceptions import HTTPException
 
 from service import __version__
-from service.core.errors import InvalidRequest, ServiceError, TooLarge, UnknownLayer, UnknownModel
-from service.dataplane.pooling import POOLS, OutputOptions
+from service.core.errors import InvalidRequest, TooLarge, UnknownModel
+from service.dataplane.pooling import OutputOptions, pool_named
 from service.frontends.http.bodies import read_decoded_body
-from service.frontends.http.responses import (
-    data_plane,
-    expects_continue,
-    headers_of,
-    http_error,
-    json_response,
-    status_of,
-    timing_headers,
-    unexpected_error,
-)
+from service.frontends.http.responses import admitted, data_plane, json_response, readiness, timing_headers
 from service.frontends.oip import tensors
 from service.frontends.oip.schema import InferenceRequest, parse_request
-from service.ops import metrics
 
 if TYPE_CHECKING:
-    from service.dataplane.plane import DataPlane, Options
+    from service.batching.admission import Ticket
+    from service.dataplane.plane import DataPlane, Extraction, Options
     from service.runners.runner import ModelRunner
-
-log = logging.getLogger("layertap.oip")
 
 oip = Blueprint("oip", __name__)
 
@@ -64,11 +52,6 @@ IGNORED_PARAMETERS = ("priority", "timeout", "sequence_id", "sequence_start", "s
 MAX_JSON_VALUES = 1_000_000
 # Smaller answers are not worth compressing; binary tensors (float32) hardly compress at all.
 COMPRESS_MIN_BYTES = 1024
-
-
-def owns(path: str) -> bool:
-    """Whether a URL path belongs to this front-end (its errors are rendered here, even for unknown routes)."""
-    return path == PREFIX or path.startswith(PREFIX + "/")
 
 
 def _runner(plane: DataPlane, model: str, version: str | None) -> ModelRunner:
@@ -96,9 +79,8 @@ def server_live() -> Response:
 @oip.get(f"{PREFIX}/health/ready")
 def server_ready() -> Response:
     """200 once every model is loaded and warm; 503 while loading, draining or failed."""
-    if data_plane().ready:
-        return json_response({"ready": True})
-    return json_response({"ready": False}, status=503, headers={"Retry-After": "1"})
+    ready = data_plane().ready
+    return readiness(ready, {"ready": ready})
 
 
 @oip.get(f"{PREFIX}/models/<model>/ready")
@@ -106,9 +88,7 @@ def server_ready() -> Response:
 def model_ready(model: str, version: str | None = None) -> Response:
     """200 once this model is loaded and warm, else 503."""
     runner = _runner(data_plane(), model, version)
-    if runner.ready:
-        return json_response({"name": runner.name, "ready": True})
-    return json_response({"name": runner.name, "ready": False}, status=503, headers={"Retry-After": "1"})
+    return readiness(runner.ready, {"name": runner.name, "ready": runner.ready})
 
 
 @oip.get(f"{PREFIX}/models/<model>")
@@ -146,7 +126,8 @@ def infer(model: str, version: str | None = None) -> Response:
     """The requested layers for the images of the request's one input; binary where asked."""
     plane = data_plane()
     runner = _runner(plane, model, version)  # an unknown model or version costs no upload
-    with plane.admit(model, wait=not expects_continue()) as ticket:  # room held before the body is read
+
+    def read() -> _Parsed:
         header, binary = tensors.split_body(read_decoded_body(), request.headers.get(tensors.BINARY_HEADER))
         inference = parse_request(_parse_json(header))
         layers, options, binary_outputs = _requested_outputs(inference)
@@ -154,13 +135,19 @@ def infer(model: str, version: str | None = None) -> Response:
         raw = tensors.binary_parts(inference.inputs, binary)[0]
         crop = runner.entry.preprocessing.crop
         images = tensors.read_images(inference.inputs[0], raw, crop, plane.settings.max_images_per_request)
-        result = plane.extract(images, layers, options, model, ticket)
+        return _Parsed(inference, layers, options, binary_outputs, images)
+
+    def run(parsed: _Parsed, ticket: Ticket) -> tuple[_Parsed, Extraction]:
+        return parsed, plane.extract(parsed.images, parsed.layers, parsed.options, model, ticket)
+
+    parsed, result = admitted(plane, model, read, run)  # room held before the body is read
+    binary = parsed.binary_outputs
     outputs, chunks = tensors.render_outputs(
-        result.features, {name: binary_outputs.get(name, binary_outputs[None]) for name in result.features}
+        result.features, {name: binary.get(name, binary[None]) for name in result.features}
     )
     document = {"model_name": result.model, "model_version": VERSION, "outputs": outputs}
-    if inference.id is not None:
-        document["id"] = inference.id
+    if parsed.inference.id is not None:
+        document["id"] = parsed.inference.id
     body = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
     headers = timing_headers(result.timings, g.started)
     mimetype = "application/json"
@@ -170,6 +157,17 @@ def infer(model: str, version: str | None = None) -> Response:
         mimetype = "application/octet-stream"
     response = Response(body, headers=headers, mimetype=mimetype)
     return response if chunks else _compressed(response)
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    """An inference request read and checked: the layers asked for, their options, which go binary, the images."""
+
+    inference: InferenceRequest
+    layers: tuple[str, ...] | None
+    options: Options
+    binary_outputs: dict[str | None, bool]
+    images: list
 
 
 def _parse_json(header: bytes) -> object:
@@ -221,10 +219,7 @@ def _requested_outputs(
 
 
 def _pool(parameters: dict, key: str, default: str = "none") -> str:
-    value = parameters.get(key, default)
-    if value not in POOLS:
-        raise InvalidRequest(f"{key} must be one of {', '.join(POOLS)}, not {str(value)[:50]!r}")
-    return value
+    return pool_named(parameters.get(key, default), key)
 
 
 def _flag(parameters: dict, key: str, default: bool) -> bool:
@@ -245,34 +240,3 @@ def _compressed(response: Response) -> Response:
     response.set_data(gzip.compress(data, compresslevel=1) if encoding == "gzip" else zlib.compress(data, 1))
     response.headers["Content-Encoding"] = encoding
     return response
-
-
-# ---- errors --------------------------------------------------------------------------------
-def _error(code: str, message: str, status: int, headers: dict[str, str] | None = None) -> Response:
-    metrics.ERRORS.labels(code).inc()
-    return json_response({"error": message}, status=status, headers=headers)
-
-
-def render_service_error(exc: ServiceError) -> Response:
-    """A domain error as the protocol says: ``{"error": message}``, with the status and headers both front-ends use."""
-    status = status_of(exc)
-    message = exc.message
-    if isinstance(exc, UnknownLayer):
-        message = f"{message} (GET {PREFIX}/models/<model> lists every output)"
-    if status >= 500:
-        log.error("%s: %s", exc.code, exc.message)
-    return _error(exc.code, message, status, headers_of(exc))
-
-
-def render_http_error(exc: HTTPException) -> Response:
-    code, message, status, headers = http_error(
-        exc,
-        f"v2 endpoints: GET {PREFIX}, {PREFIX}/health/live, {PREFIX}/health/ready, "
-        f"{PREFIX}/models/<model>[/versions/{VERSION}][/ready]; "
-        f"POST {PREFIX}/models/<model>[/versions/{VERSION}]/infer",
-    )
-    return _error(code, message, status, headers)
-
-
-def render_unexpected(exc: Exception) -> Response:
-    return _error(*unexpected_error(exc))

@@ -15,9 +15,10 @@ from flask import Blueprint, Response, g, request
 from service.core.errors import InvalidRequest
 from service.explain.methods import METHODS
 from service.frontends.http.bodies import read_images
-from service.frontends.http.responses import data_plane, expects_continue, json_response, timing_headers
+from service.frontends.http.responses import admitted, data_plane, json_response, timing_headers
+from service.frontends.rest.arrays import encode_feature
 from service.frontends.rest.heatmap import overlay_png, to_unit
-from service.frontends.rest.routes import ENCODINGS, choice_arg, encode_feature, int_arg
+from service.frontends.rest.params import ENCODINGS, choice_arg, int_arg
 
 explain_api = Blueprint("explain_api", __name__)
 
@@ -45,11 +46,16 @@ def explain() -> Response:
     target = int_arg("target", None)
     steps = int_arg("steps", DEFAULT_STEPS)
     layer = plane.check_explain(model, method, request.args.get("layer"), target, steps)  # before the upload
-    with plane.admit(model, wait=not expects_continue()) as ticket:
+
+    def read() -> list[bytes]:
         images = read_images(plane.settings.max_images_per_request)
         if output_format == "png" and len(images) != 1:
             raise InvalidRequest(f"format=png draws one image; this request has {len(images)} (use format=json)")
-        result = plane.explain(images, method, layer, target, steps, model, ticket)
+        return images
+
+    result = admitted(
+        plane, model, read, lambda images, ticket: plane.explain(images, method, layer, target, steps, model, ticket)
+    )
     headers = timing_headers(result.timings, g.started)
     if output_format == "png":
         (image,) = result.explanations

@@ -7,8 +7,16 @@ with ``encoding=base64``, and the top-5 classes when ``/labels`` has ImageNet's.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flask import Blueprint, Response, send_from_directory
+
+from service.frontends.http.openapi import text
+from service.frontends.http.registry import FrontEnd
+
+if TYPE_CHECKING:
+    from service.dataplane.plane import DataPlane
+    from service.frontends.http.openapi import Describe
 
 UI_DIR = Path(__file__).resolve().parent / "static"
 
@@ -23,3 +31,21 @@ def page() -> Response:
 @ui.get("/ui/<path:name>")
 def asset(name: str) -> Response:
     return send_from_directory(UI_DIR, name, max_age=300)
+
+
+def _operations(plane: DataPlane, d: Describe) -> dict[str, dict]:  # noqa: ARG001 - every front-end's signature
+    return {
+        "ui.page": {
+            "summary": "The debug page: pick layers, upload an image, see activation maps",
+            "responses": {"200": {"description": "HTML", "content": text("text/html")}},
+        },
+    }
+
+
+FRONT_END = FrontEnd(
+    title="the debug page",
+    blueprints=(ui,),
+    open_routes=frozenset({"/"}),
+    asset_prefixes=("/ui/",),
+    operations=_operations,
+)

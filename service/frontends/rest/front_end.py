@@ -1,0 +1,40 @@
+"""The layertap REST API as the app registers it: its routes, errors, hints, probes and OpenAPI part."""
+
+from __future__ import annotations
+
+from service.core.errors import DeadlineExceeded, NotReady, Overloaded, UnknownLayer
+from service.frontends.http.registry import FrontEnd
+from service.frontends.rest import explain, messages, openapi, routes
+
+
+def error_body(code: str, message: str, request_id: str | None) -> dict:
+    """Like werkzeug's own errors: ``{"error": {"code", "message", "request_id"}}``."""
+    return {"error": {"code": code, "message": message, "request_id": request_id}}
+
+
+FRONT_END = FrontEnd(
+    title="the layertap API",
+    blueprints=(routes.api, explain.explain_api),
+    error_body=error_body,
+    error_schema="Error",
+    # What to add to a domain error's message in this API's words.
+    hints={
+        UnknownLayer: "GET /shapes lists them all",
+        NotReady: "retry when GET /ready answers 200",
+        DeadlineExceeded: "LAYERTAP_REQUEST_TIMEOUT_S",
+        Overloaded: "LAYERTAP_MAX_QUEUE_IMAGES",
+    },
+    probe_routes=frozenset({"/health", "/ready"}),
+    open_routes=frozenset({"/metrics"}),
+    quiet_routes=frozenset({"/metrics"}),
+    operations=openapi.operations,
+    schemas=(
+        messages.Features,
+        messages.Explanations,
+        messages.Shapes,
+        messages.Status,
+        messages.Labels,
+        messages.Info,
+        messages.Error,
+    ),
+)
