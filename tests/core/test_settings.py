@@ -1,4 +1,4 @@
-"""Settings: read from LAYERTAP_* variables, validated, and documented in the README, row for row."""
+"""Settings: read from LAYERTAP_* variables, validated, and documented in docs/configuration.md, row for row."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.core.settings import Settings, settings_table
+from service.core.settings import DOCS_PAGE, TABLE_MARKERS, Settings, settings_table, write_docs_table
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+CONFIGURATION_PAGE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 
 def test_environment_variables_are_read(monkeypatch):
@@ -56,13 +56,22 @@ def test_torch_threads_divide_the_cores(monkeypatch):
     assert Settings(workers=2, torch_threads=3).effective_torch_threads() == 3
 
 
-def test_readme_table_is_the_settings_list():
-    text = README.read_text()
-    block = re.search(r"<!-- settings-table:start -->\n(.*?)\n<!-- settings-table:end -->", text, re.S)
-    assert block, "README lacks the settings table markers"
-    assert block.group(1).strip() == settings_table(), "regenerate: python -m service.core.settings --write-readme"
+def test_the_documented_table_is_the_settings_list():
+    assert DOCS_PAGE == CONFIGURATION_PAGE  # where `--write-docs` writes is the page checked here
+    start, end = (re.escape(marker) for marker in TABLE_MARKERS)
+    block = re.search(rf"{start}\n(.*?)\n{end}", CONFIGURATION_PAGE.read_text(), re.S)
+    assert block, f"{CONFIGURATION_PAGE.name} lacks the settings table markers {TABLE_MARKERS}"
+    assert block.group(1).strip() == settings_table(), "regenerate: python -m service settings --write-docs"
     documented = set(re.findall(r"`(LAYERTAP_[A-Z0-9_]+)`", block.group(1)))
     assert documented == {f"LAYERTAP_{name.upper()}" for name in Settings.model_fields}
+
+
+def test_write_docs_table_replaces_only_the_table(tmp_path):
+    start, end = TABLE_MARKERS
+    page = tmp_path / "configuration.md"
+    page.write_text(f"# Configuration\n\nbefore\n\n{start}\n| stale |\n{end}\n\nafter\n")
+    write_docs_table(page)
+    assert page.read_text() == f"# Configuration\n\nbefore\n\n{start}\n{settings_table()}\n{end}\n\nafter\n"
 
 
 def test_queue_must_hold_a_full_request():
