@@ -28,9 +28,12 @@ container-test: install  ## build the image with docker or podman, run it, check
 container-clean: install  ## remove what an interrupted container-test left (labelled layertap.container-test)
 	$(BIN)/python -m tests.container.harness clean
 
-lint: install  ## ruff, hadolint on the Dockerfile, kubernetes-validate on deploy/k8s, KServe's models on deploy/kserve
-	$(BIN)/ruff check service tests bench stress client deploy
-	$(BIN)/ruff format --check service tests bench stress client deploy
+lint: install  ## ruff, the import contracts, the docs' links and tables, hadolint, kubernetes-validate, KServe's models
+	$(BIN)/ruff check service tests bench stress client deploy docs
+	$(BIN)/ruff format --check service tests bench stress client deploy docs
+	$(BIN)/lint-imports  # the layers of service/ (pyproject.toml, [tool.importlinter])
+	$(BIN)/python docs/tools.py check-links
+	$(BIN)/python docs/tools.py layout --check
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/kubernetes-validate --strict --quiet $$(ls deploy/k8s/*.yaml | grep -v kustomization)
 	$(BIN)/python deploy/kserve/validate.py deploy/kserve/*.yaml  # a custom resource: no schema in kubernetes-validate

@@ -6,8 +6,8 @@
 Both models are the service's own runners (same preprocessing, calibration and cache), fed the
 sample photos of ``models/photos/`` and, to see more than four predictions, each photo mirrored and
 zoomed in. Top-1 agreement only means something with trained weights: ``imagenet`` needs the
-torch cache (``python -m service weights download`` where there is network). The README's int8
-table comes from this report.
+torch cache (``python -m service weights download`` where there is network). The int8
+table in docs/hardware.md comes from this report.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ For each entry of ``models/`` (random weights: speed does not depend on them), i
   posting the photos with no ``layers`` (the default layer), for a fixed time;
 - memory: RSS of the service (master + worker) once warm, and the model's parameter count.
 
-``make bench`` runs it after the main benchmark; the README's model table comes from it.
+``make bench`` runs it after the main benchmark; the model table in docs/models.md comes from it.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ class Settings(BaseSettings):
         "else float32. Outputs are float32.",
     )
     precision: Literal["float32", "int8"] = Field(
-        "float32", description="`int8`: post-training static quantization on CPU (see the README's int8 table)."
+        "float32", description="`int8`: post-training static quantization on CPU (see docs/hardware.md, int8 on CPU)."
     )
     calibration_dir: Path | None = Field(
         None, description="Folder of images to calibrate int8 on; default: the sample photos in `models/photos/`."
