@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from service.core.errors import DeadlineExceeded, NotReady, Overloaded, UnknownLayer
 from service.frontends.http.registry import FrontEnd
-from service.frontends.rest import explain, messages, openapi, routes
+from service.frontends.rest import explain, openapi, routes, schema
 
 
 def error_body(code: str, message: str, request_id: str | None) -> dict:
@@ -29,12 +29,12 @@ FRONT_END = FrontEnd(
     quiet_routes=frozenset({"/metrics"}),
     operations=openapi.operations,
     schemas=(
-        messages.Features,
-        messages.Explanations,
-        messages.Shapes,
-        messages.Status,
-        messages.Labels,
-        messages.Info,
-        messages.Error,
+        schema.Features,
+        schema.Explanations,
+        schema.Shapes,
+        schema.Status,
+        schema.Labels,
+        schema.Info,
+        schema.Error,
     ),
 )

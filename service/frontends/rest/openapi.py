@@ -1,7 +1,7 @@
 """The layertap API's operations in the OpenAPI document (service/frontends/docs.py assembles it).
 
 Keyed by Flask endpoint name; paths, path parameters, security and every message schema are
-added by the builder from the routes and from service/frontends/rest/messages.py.
+added by the builder from the routes and from service/frontends/rest/schema.py.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The layertap API's response bodies, as pydantic models: the source of their OpenAPI schemas.
 
-service/frontends/rest/routes.py renders its answers as plain dicts with orjson (a ``layer1`` answer is 800,000
+The routes render their answers as plain dicts with orjson (a ``layer1`` answer is 800,000
 floats, and validating it on the way out would cost more than computing it); these classes say
 what those dicts hold. They stay true because schemathesis checks every response of the running
 service against the document built from them (tests/integration/test_contract.py). The Open
