@@ -28,6 +28,7 @@ from service.core.errors import DeadlineExceeded, InferenceFailed, ServiceError
 from service.explain.maps import class_activation_map, path_inputs, quadrature, scaled_and_resized
 from service.explain.methods import CAM_METHODS
 from service.images.batch import Prepared
+from service.images.normalize import normalize, to_pixels
 from service.modeling.tap import LayerTap
 
 log = logging.getLogger("layertap.explainer")
@@ -71,8 +72,8 @@ class Explainer:
     ):
         self._build = model
         self._layout_of = layout_of
-        self._mean = torch.tensor(mean).view(1, 3, 1, 1)
-        self._std = torch.tensor(std).view(1, 3, 1, 1)
+        self._mean = mean
+        self._std = std
         self._chunk_images = chunk_images
         self._model: torch.nn.Module | None = None
         self._tap: LayerTap | None = None
@@ -138,7 +139,8 @@ class Explainer:
 
     def _integrated_gradients(self, inputs: torch.Tensor, per_image: list, work: ExplainWork, deadline: float) -> list:
         steps = work.steps
-        baseline = ((torch.zeros(1, 3, 1, 1) - self._mean) / self._std).to(inputs.device)  # a black image
+        black = torch.zeros((1, 3, 1, 1), dtype=torch.uint8)  # the baseline: a black image
+        baseline = normalize(black, self._mean, self._std).to(inputs.device)
         with torch.no_grad():
             logits = self._model(inputs)
         chosen = self._targets(logits, [target for target, _ in per_image])
@@ -165,7 +167,7 @@ class Explainer:
     def _explanations(self, inputs, logits, chosen, maps, upsampled) -> list[ImageExplanation]:
         probabilities = logits.float().softmax(dim=1).gather(1, chosen[:, None]).squeeze(1)
         scores = logits.float().gather(1, chosen[:, None]).squeeze(1)
-        pixels = (inputs.detach().cpu() * self._std + self._mean).clamp(0, 1).mul(255).round().to(torch.uint8)
+        pixels = to_pixels(inputs.detach().cpu(), self._mean, self._std)
         maps = maps.detach().float().cpu().numpy()
         upsampled = None if upsampled is None else upsampled.detach().float().cpu().numpy()
         return [

@@ -9,8 +9,8 @@ limit is checked from the header, and the image is either decoded there with Pil
 ``(crop, crop, 3)`` uint8) or, when the device decodes JPEGs (``LAYERTAP_JPEG_DECODER``, CUDA by
 default), left encoded for the model thread. The model thread calls :meth:`Inputs.assemble` on a
 whole batch: pixels travel to the device as one block, JPEGs are decoded there in one call
-(service/images/jpeg.py), the block is normalized as torchvision does (x/255, then (x-mean)/std)
-and client tensors take their slots: one float32 ``(n, 3, crop, crop)`` tensor.
+(service/images/jpeg.py), the block is normalized as torchvision does (x/255, then (x-mean)/std:
+service/images/normalize.py) and client tensors take their slots: one float32 ``(n, 3, crop, crop)`` tensor.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from PIL import Image
 
 from service.core.errors import InvalidImage, ServiceError
 from service.images.jpeg import EncodedJpeg, JpegBatchDecoder, inspect_jpeg
+from service.images.normalize import normalize
 from service.images.preprocess import ImagePreprocessor
 from service.images.sources import ImageInput, Pixels, Tensor
 
@@ -37,9 +38,6 @@ class Inputs:
         self.preprocess = preprocess
         self.device = device
         self.crop = preprocess.spec.crop
-        # On the CPU here; on the device at the first batch, in the model thread (no CUDA call before it runs).
-        self._mean = torch.tensor(preprocess.spec.mean).view(1, 3, 1, 1)
-        self._std = torch.tensor(preprocess.spec.std).view(1, 3, 1, 1)
         self._decoder = (
             JpegBatchDecoder(preprocess.spec, device, fallback=preprocess) if decode_jpegs_on_device else None
         )
@@ -104,10 +102,8 @@ class Inputs:
         return batch, failures
 
     def _normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 → float32 as torchvision's transforms do it: x/255, then (x - mean) / std (in place, one copy)."""
-        if self._mean.device != pixels.device:
-            self._mean, self._std = self._mean.to(pixels.device), self._std.to(pixels.device)
-        return pixels.float().div_(255).sub_(self._mean).div_(self._std)
+        """uint8 ``(n, 3, h, w)`` on the device → float32 as torchvision's transforms do it (one copy)."""
+        return normalize(pixels, self.preprocess.spec.mean, self.preprocess.spec.std)
 
     def warm_up(self) -> torch.Tensor:
         """A batch for the warm-up pass: black pixels, and a JPEG when the device decodes them (nvjpeg starts late)."""

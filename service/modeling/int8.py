@@ -39,6 +39,7 @@ from torch.ao.nn.quantized import FloatFunctional
 from torchvision.models.quantization.resnet import QuantizableBasicBlock, QuantizableBottleneck, QuantizableResNet
 
 from service.core.settings import SAMPLE_PHOTOS
+from service.images.normalize import normalize
 from service.images.preprocess import ImagePreprocessor
 from service.modeling.entries import ModelEntry
 from service.modeling.tap import LayerTap
@@ -88,7 +89,8 @@ def build_int8(
     else:
         with torch.inference_mode():
             for start in range(0, len(calibration), 16):
-                model(_to_input(calibration[start : start + 16], entry))
+                pixels = calibration[start : start + 16]
+                model(normalize(pixels, entry.preprocessing.mean, entry.preprocessing.std, layout="nhwc").contiguous())
         torch.ao.quantization.convert(model, inplace=True)
         try:
             cache_dir.mkdir(parents=True, exist_ok=True)
@@ -137,12 +139,6 @@ def _variations(image: Image.Image):
     for fx, fy in ((0.125, 0.125), (0.0, 0.25), (0.25, 0.0)):
         yield zoomed(fx, fy).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     yield ImageEnhance.Color(image).enhance(0.5)
-
-
-def _to_input(pixels: np.ndarray, entry: ModelEntry) -> torch.Tensor:
-    mean = torch.tensor(entry.preprocessing.mean).view(1, 3, 1, 1)
-    std = torch.tensor(entry.preprocessing.std).view(1, 3, 1, 1)
-    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255).sub(mean).div(std).contiguous()
 
 
 def _cache_key(entry: ModelEntry, weights: Weights, calibration: np.ndarray) -> str:
