@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -54,12 +55,13 @@ def fast_dtype(device_type: str, flags: tuple[str, ...] | None = None) -> str:
     return "float32"
 
 
-def cuda_expected(device: str) -> bool:
-    """Whether the ``LAYERTAP_DEVICE`` setting will give a GPU, judged without importing torch."""
+def cuda_expected(device: str, exists: Callable[[str], bool] = os.path.exists) -> bool:
+    """Whether the ``LAYERTAP_DEVICE`` setting will give a GPU, judged without importing torch: for ``auto``,
+    whether the NVIDIA driver's control device is there (``exists`` probes a path) and no GPU is hidden."""
     if device.startswith("cuda"):
         return True
     hidden = os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1")
-    return device == "auto" and not hidden and os.path.exists("/dev/nvidiactl")
+    return device == "auto" and not hidden and exists("/dev/nvidiactl")
 
 
 @cache
@@ -116,6 +118,13 @@ class Sizing:
     max_queue_images: int
 
 
+def torch_threads_per_worker(workers: int, cores: int | None = None) -> int:
+    """Intra-op threads for one worker, so that all workers together do not oversubscribe ``cores`` (default:
+    :func:`available_cores`)."""
+    cores = available_cores() if cores is None else cores
+    return max(1, cores // workers)
+
+
 def default_sizing(cuda: bool, cores: int | None = None) -> Sizing:
     """CPU: one worker with all the cores, batches of 16. CUDA: a worker per 2 cores (at most 8), batches of 64."""
     if not cuda:
@@ -124,8 +133,9 @@ def default_sizing(cuda: bool, cores: int | None = None) -> Sizing:
     return Sizing(workers=max(1, min(8, cores // 2)), threads=320, max_batch_size=64, max_queue_images=256)
 
 
-def compute_dtype(dtype_setting: str, precision: str, device_type: str) -> str:
-    """The dtype a model runs in: the device's fast one for ``auto``; int8 takes float32 inputs."""
+def compute_dtype(dtype_setting: str, precision: str, device_type: str, flags: tuple[str, ...] | None = None) -> str:
+    """The dtype a model runs in: the device's fast one for ``auto`` (``flags``: the CPU's, default this one's);
+    int8 takes float32 inputs."""
     if precision == "int8":
         return "float32"
-    return fast_dtype(device_type) if dtype_setting == "auto" else dtype_setting
+    return fast_dtype(device_type, flags) if dtype_setting == "auto" else dtype_setting

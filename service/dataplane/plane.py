@@ -36,7 +36,8 @@ from service.modeling.entries import load_entry
 from service.modeling.tap import LayerCall
 from service.modeling.weights import resolve_weights
 from service.ops import metrics
-from service.runners.runner import ModelRunner, Work
+from service.runners.runner import ModelRunner
+from service.runners.seams import RunnerSeams
 
 log = logging.getLogger("layertap.dataplane")
 
@@ -86,8 +87,11 @@ class DataPlane:
         self.default_model = runners[0].name
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> DataPlane:
-        """Every model of ``LAYERTAP_MODELS``, with its weights; StartupError says what to change."""
+    def from_settings(cls, settings: Settings, seams: RunnerSeams | None = None) -> DataPlane:
+        """Every model of ``LAYERTAP_MODELS``, with its weights; StartupError says what to change.
+
+        ``seams`` go to every runner (service/runners/seams.py); None: the service's own behaviour.
+        Nothing runs yet: :meth:`start` loads the models, each on its own thread."""
         names = settings.model_names
         if len(names) > 1 and settings.weights not in ("imagenet", "random"):
             raise StartupError(
@@ -103,7 +107,7 @@ class DataPlane:
             weights = resolve_weights(
                 settings.weights, entry, allow_download=settings.allow_download, seed=settings.seed
             )
-            runners.append(ModelRunner(settings, entry, weights))
+            runners.append(ModelRunner(settings, entry, weights, seams))
         return cls(settings, runners)
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -186,7 +190,7 @@ class DataPlane:
         if not images:
             raise InvalidRequest("there is no image to extract features from")
         done, timings = _prepare_and_run(
-            runner, images, ticket, lambda held, prepared: held.submit(Work(images=prepared, layers=layers))
+            runner, images, ticket, lambda held, prepared: runner.extract(held, prepared, layers)
         )
         features = done.result
         for name, array in features.items():

@@ -1,23 +1,28 @@
-"""A runner per model: it loads the model, owns its thread (through a batcher), and runs forward passes with capture.
+"""A runner per model: it loads the model, owns its thread (through a batcher), and runs its forward passes.
 
 Built in the caller's thread: the model with its weights (so bad weights fail ``create_app``),
-its preprocessor, the list of its layers (traced on the meta device) and, for int8, the
-quantized model. From :meth:`ModelRunner.start` on, only the runner's thread touches the
-model: it places it on its device, builds the batch-norm-folded twin where folding is proven
-safe, installs the hooks (once), runs a warm-up pass, and then serves batches.
+its preprocessor, its layer catalogue (service/runners/catalogue.py: the layers it serves, traced
+on the meta device, their layouts and roles) and, for int8, the quantized model. From
+:meth:`ModelRunner.start` on, only the runner's thread touches the model: it places it on its
+device, builds the batch-norm-folded twin where folding is proven safe, installs the hooks
+(once), runs a warm-up pass, and then serves batches.
 
-A batch captures the union of its requests' layers, stops at the deepest one any of them needs,
-and gives each request back only its own rows and layers, as float32 numpy arrays: nothing
-above the runner sees a tensor.
+Requests reach the thread through :meth:`ModelRunner.extract` and :meth:`ModelRunner.explain`,
+with a ticket for room in the queue and the images prepared in the request thread; the runner
+wraps them into the work its thread runs. A batch captures the union of its requests' layers,
+stops at the deepest one any of them needs, and gives each request back only its own rows and
+layers, as float32 numpy arrays: nothing above the runner sees a tensor.
+
+What the runner takes from its surroundings (its device, how it places the model, a hook before
+each pass, the CPU's flags) comes in a :class:`~service.runners.seams.RunnerSeams`, whose
+defaults are the service's behaviour.
 """
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -26,50 +31,44 @@ import torchvision
 from service.batching.admission import Ticket
 from service.batching.batcher import Batcher, Done
 from service.core import hardware
-from service.core.errors import LayerUnavailable, NotReady, ServiceError, StartupError, UnknownLayer
+from service.core.errors import NotReady, StartupError
 from service.core.settings import Settings
 from service.explain.explainer import Explainer, ExplainWork
 from service.images.batch import Inputs, Prepared
 from service.images.preprocess import ImagePreprocessor
-from service.modeling.build import DTYPES, build_model, place, resolve_device
+from service.modeling.build import DTYPES, build_model, resolve_device
 from service.modeling.entries import ModelEntry
 from service.modeling.folding import fold_batch_norms
 from service.modeling.int8 import Int8Model, build_int8, served_calls
-from service.modeling.roles import roles, spatial_layers
 from service.modeling.shapes import ShapeTracer
 from service.modeling.tap import LayerCall, LayerTap
 from service.modeling.weights import Weights
 from service.ops import metrics
 from service.ops.process import release_free_heap
+from service.runners.catalogue import LayerCatalogue
+from service.runners.seams import ForwardChunk, RunnerSeams
+from service.runners.work import Work, answers, rows_per_work
 
 log = logging.getLogger("layertap.runner")
 
 EXPLAIN = "explain"  # the batcher's kind for explain work: batched apart from inference
 
 
-@dataclass(frozen=True)
-class Work:
-    """What one request hands the model thread: the layers it wants, and per image its pixels
-    (``(crop, crop, 3)`` uint8, decoded in the request thread), a JPEG to decode on the device, or
-    the client's own normalized tensor."""
-
-    images: tuple[Prepared, ...]
-    layers: tuple[str, ...]
-
-
 class ModelRunner:
     """One model, its thread and its queue. ``start()`` loads in the background; ``ready`` says when it serves."""
 
-    def __init__(self, settings: Settings, entry: ModelEntry, weights: Weights):
+    def __init__(self, settings: Settings, entry: ModelEntry, weights: Weights, seams: RunnerSeams | None = None):
         self.settings = settings
         self.entry = entry
         self.weights = weights
+        self.seams = seams or RunnerSeams()
         self.name = entry.name
         self.preprocess = ImagePreprocessor(
             entry.preprocessing, settings.max_pixels, settings.preprocessing, settings.max_aspect_ratio
         )
-        self.device = resolve_device(settings.device)
-        self.dtype = hardware.compute_dtype(settings.dtype, settings.precision, self.device.type)
+        self.device = self.seams.device or resolve_device(settings.device)
+        self.cpu_flags = hardware.cpu_flags() if self.seams.cpu_flags is None else self.seams.cpu_flags
+        self.dtype = hardware.compute_dtype(settings.dtype, settings.precision, self.device.type, self.cpu_flags)
         # auto: on CUDA, unless exact preprocessing was asked for (nvjpeg is within the fast tolerances only)
         decode_on_device = settings.jpeg_decoder == "device" or (
             settings.jpeg_decoder == "auto" and self.device.type == "cuda" and settings.preprocessing == "fast"
@@ -78,17 +77,9 @@ class ModelRunner:
         self._model = build_model(entry, weights)
         self.parameters = sum(p.numel() for p in self._model.parameters())
         self._shapes = ShapeTracer(entry.architecture, self._model)
+        self._int8: Int8Model | None = self._build_int8() if settings.precision == "int8" else None
         crop = entry.preprocessing.crop
-        self.layers: list[LayerCall] = [c for c in self._shapes.trace(1, crop, crop) if c.shape is not None]
-        self._int8: Int8Model | None = None
-        if settings.precision == "int8":
-            self._int8 = self._build_int8()
-            self.layers = [c for c in self.layers if c.name in self._int8.served]
-        self._layer_names = {c.name for c in self.layers}
-        self._modules = {c.name: c.module for c in self.layers}
-        self.classifier, self.default_layer = roles(entry, self.layers)
-        self.spatial_layers = spatial_layers(entry, self.layers)
-        self.classes = next(c.shape[-1] for c in self.layers if c.name == self.classifier)
+        self.catalogue = LayerCatalogue(entry, self._shapes.trace(1, crop, crop), self._int8)
         self._batcher = Batcher(
             entry.name,
             self._run_batch,
@@ -143,34 +134,56 @@ class ModelRunner:
             time.sleep(0.01)
         return self.ready
 
-    # ---- request side ----------------------------------------------------------------------
+    # ---- the catalogue's answers, for the front-ends ----------------------------------------
+    @property
+    def layers(self) -> list[LayerCall]:
+        """Every layer this model serves, in the order the calls return (at its crop size)."""
+        return self.catalogue.layers
+
+    @property
+    def default_layer(self) -> str:
+        return self.catalogue.default_layer
+
+    @property
+    def classifier(self) -> str:
+        return self.catalogue.classifier
+
+    @property
+    def spatial_layers(self) -> list[str]:
+        return self.catalogue.spatial_layers
+
+    @property
+    def classes(self) -> int:
+        return self.catalogue.classes
+
     def check_layers(self, layers: tuple[str, ...]) -> None:
         """UnknownLayer (with close names) or LayerUnavailable (int8) for a name this model does not serve."""
-        for name in layers:
-            if self._int8 is not None and name in self._int8.unavailable:
-                raise LayerUnavailable(f"layer {name!r} does not exist in int8 mode: {self._int8.unavailable[name]}")
-            if name not in self._layer_names:
-                close = difflib.get_close_matches(name, self._layer_names, n=3, cutoff=0.6)
-                hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
-                top = [c.name for c in self.layers if "." not in c.name]
-                raise UnknownLayer(
-                    f"unknown layer {name!r} of {self.name}; {hint}its top-level layers are {', '.join(top)}; "
-                    f"the layer list has all {len(self.layers)} (containers, blocks and repeated calls included)"
-                )
+        self.catalogue.check(layers)
 
     def layout_of(self, layer: str) -> str:
         """How the layer's output is laid out (nchw, nhwc or tokens), from the model entry."""
-        return self.entry.layout_of(self._modules.get(layer, layer))
+        return self.catalogue.layout_of(layer)
 
+    # ---- request side ----------------------------------------------------------------------
     def reserve(self, images: int, wait: bool = True) -> Ticket:
         """Room for ``images`` in this model's queue, waiting in line for it if ``wait`` (else Overloaded)."""
         if self.state not in ("ready", "draining"):
             raise NotReady(f"model {self.name} is {self.state}", retry_after_s=1)
         return self._batcher.reserve(images, wait)
 
+    def extract(self, ticket: Ticket, images: tuple[Prepared, ...], layers: tuple[str, ...]) -> Done:
+        """Queue the prepared images on this model's thread with the layers they want (checked first, with
+        :meth:`check_layers`), and wait: the result is ``{layer: (len(images), ...) float32 array}``. Raises the
+        error of the first image that failed to decode, or the batch's."""
+        return ticket.submit(Work(images=images, layers=layers))
+
+    def explain(self, ticket: Ticket, work: ExplainWork) -> Done:
+        """Queue explain work on this model's thread (in batches of its own) and wait for it."""
+        return ticket.submit(work, kind=EXPLAIN)
+
     def shapes(self, batch: int, height: int, width: int) -> tuple[LayerCall, ...]:
         """Every layer this model serves, for an input of this size, in the order the calls return."""
-        return tuple(c for c in self._shapes.trace(batch, height, width) if c.name in self._layer_names)
+        return self.catalogue.served(self._shapes.trace(batch, height, width))
 
     def describe(self) -> dict:
         taps = (self._tap, self._fast_tap)
@@ -185,7 +198,7 @@ class ModelRunner:
             "device": str(self.device),
             "dtype": self.dtype,
             "dtype_setting": self.settings.dtype,
-            "cpu_flags": list(hardware.cpu_flags()),
+            "cpu_flags": list(self.cpu_flags),
             "precision": self.settings.precision,
             "channels_last": self.settings.channels_last and self._int8 is None,
             "fold_batch_norm": self._fast_tap is not None,
@@ -215,12 +228,12 @@ class ModelRunner:
             folding = fold_batch_norms(self._model, sample)
             if folding is not None:
                 folded, changed = folding
-                self._fast_tap = LayerTap(place(folded, self.device, self.dtype, self.settings.channels_last))
-                self._needs_original = frozenset(c.name for c in self.layers if c.module in changed)
+                self._fast_tap = LayerTap(self._place(folded, self.dtype))
+                self._needs_original = self.catalogue.of_modules(changed)
         if self._int8 is not None:
             self._model = self._int8.model
         else:
-            self._model = place(self._model, self.device, self.dtype, self.settings.channels_last)
+            self._model = self._place(self._model, self.dtype)
         self._tap = LayerTap(self._model)
         # Warm-up: the first pass allocates and picks kernels (and starts the JPEG decoder); readiness waits for it.
         warm_up = self.inputs.warm_up()
@@ -232,24 +245,16 @@ class ModelRunner:
         release_free_heap()
         log.info(
             "model %s ready on %s (%s, weights %s) in %.2f s",
-            self.name,
-            self.device,
-            self.dtype,
-            self.weights.label,
-            self.load_seconds,
+            *(self.name, self.device, self.dtype, self.weights.label, self.load_seconds),
             extra={"pid": os.getpid()},
         )
-
-    def explain(self, ticket: Ticket, work: ExplainWork) -> Done:
-        """Queue explain work on this model's thread (in batches of its own) and wait for it."""
-        return ticket.submit(work, kind=EXPLAIN)
 
     def _run_batch(self, works: list[Work] | list[ExplainWork]) -> list:
         started = time.perf_counter()
         batch, failures = self.inputs.assemble([image for work in works for image in work.images])
         if isinstance(works[0], ExplainWork):
             try:
-                return self._per_work(works, failures, self._explainer.run(batch, works))
+                return answers(works, failures, self._explainer.run(batch, works))
             finally:
                 self._count(len(batch), started)
                 del batch
@@ -257,34 +262,19 @@ class ModelRunner:
         wanted = frozenset(name for work in works for name in work.layers)
         outputs = self._forward(batch, wanted)
         self._count(len(batch), started)
-        offset = 0
-        per_work = []
-        for work in works:
-            per_work.append({name: outputs[name][offset : offset + len(work.images)] for name in work.layers})
-            offset += len(work.images)
-        return self._per_work(works, failures, per_work)
+        return answers(works, failures, rows_per_work(works, outputs))
 
     def _count(self, images: int, started: float) -> None:
         metrics.IMAGES.labels(self.name).inc(images)
         metrics.BATCH_IMAGES.labels(self.name).observe(images)
         metrics.INFERENCE_SECONDS.labels(self.name).observe(time.perf_counter() - started)
 
-    @staticmethod
-    def _per_work(works: list, failures: dict[int, ServiceError], results: list) -> list:
-        """Each work's result, or the error of its first image that failed to decode (the others are unharmed)."""
-        offset, answers = 0, []
-        for work, result in zip(works, results, strict=True):
-            failed = [failures[i] for i in range(offset, offset + len(work.images)) if i in failures]
-            answers.append(failed[0] if failed else result)
-            offset += len(work.images)
-        return answers
-
     def _explain_model(self) -> tuple[torch.nn.Module, LayerTap]:
         """The float32 model explanations run on: the served one when it is float32, else a float32 copy."""
         if self.dtype == "float32" and self._int8 is None:
             model, tap = self._model, self._tap
         else:
-            model = place(build_model(self.entry, self.weights), self.device, "float32", self.settings.channels_last)
+            model = self._place(build_model(self.entry, self.weights), "float32")
             tap = LayerTap(model)
         for parameter in model.parameters():
             parameter.requires_grad_(False)  # gradients with respect to activations and inputs only
@@ -296,16 +286,22 @@ class ModelRunner:
         step = self.settings.max_batch_size
         tap = self._tap if self._fast_tap is None or wanted & self._needs_original else self._fast_tap
         # int8 modules carry some float names under another module's name (service/modeling/int8.py)
-        calls = {name: self._int8.served[name] if self._int8 else name for name in wanted}
+        calls = {name: self.catalogue.call_of(name) for name in wanted}
         with torch.inference_mode():
             for start in range(0, len(batch), step):
-                captured = tap.capture(self._to_input(batch[start : start + step]), frozenset(calls.values()))
+                chunk = self._to_input(batch[start : start + step])
+                if self.seams.before_pass is not None:
+                    self.seams.before_pass(ForwardChunk(self.name, tap.model, wanted, chunk))
+                captured = tap.capture(chunk, frozenset(calls.values()))
                 for name, call in calls.items():
                     tensor = captured[call]
                     if tensor.is_quantized:
                         tensor = tensor.dequantize()
                     parts[name].append(tensor.to(device="cpu", dtype=torch.float32).numpy())
         return {name: chunks[0] if len(chunks) == 1 else np.concatenate(chunks) for name, chunks in parts.items()}
+
+    def _place(self, model: torch.nn.Module, dtype: str) -> torch.nn.Module:
+        return self.seams.place(model, self.device, dtype, self.settings.channels_last)
 
     def _to_input(self, batch: torch.Tensor) -> torch.Tensor:
         """The normalized float32 batch in the model's memory layout and dtype."""

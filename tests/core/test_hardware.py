@@ -7,10 +7,19 @@ import io
 import pytest
 from PIL import Image
 
-from service.app import create_app
-from service.core import hardware
-from service.core.hardware import available_cores, cgroup_cpu_quota, cuda_expected, default_sizing, fast_dtype
+from service.core.hardware import (
+    available_cores,
+    cgroup_cpu_quota,
+    compute_dtype,
+    cpu_flags,
+    cuda_expected,
+    default_sizing,
+    fast_dtype,
+    torch_threads_per_worker,
+)
 from service.core.settings import Settings
+from service.dataplane.plane import DataPlane
+from service.runners.seams import RunnerSeams
 
 
 @pytest.mark.parametrize(
@@ -27,11 +36,20 @@ def test_auto_dtype_is_the_device_fast_one(device, flags, expected):
     assert fast_dtype(device, flags) == expected
 
 
-def test_auto_dtype_is_what_the_model_runs_in_and_info_says_so(weights_file, monkeypatch):
+def test_compute_dtype_follows_the_setting_the_precision_and_the_flags():
+    assert compute_dtype("auto", "float32", "cpu", ()) == "float32"
+    assert compute_dtype("auto", "float32", "cpu", ("amx_bf16",)) == "bfloat16"
+    assert compute_dtype("float16", "float32", "cpu", ("amx_bf16",)) == "float16"
+    assert compute_dtype("auto", "int8", "cpu", ("amx_bf16",)) == "float32"  # int8 takes float32 inputs
+    assert compute_dtype("auto", "float32", "cpu") == fast_dtype("cpu", cpu_flags())  # default: this CPU's
+
+
+def test_auto_dtype_is_what_the_model_runs_in_and_info_says_so(weights_file):
     """With the CPU's flags made to lack bf16, auto runs float32; with AVX-512 BF16, bfloat16, and says so."""
     for flags, expected in (((), "float32"), (("avx512f", "avx512_bf16"), "bfloat16")):
-        monkeypatch.setattr(hardware, "cpu_flags", lambda flags=flags: flags)
-        plane = create_app(Settings(weights=str(weights_file), device="cpu")).extensions["layertap.dataplane"]
+        settings = Settings(weights=str(weights_file), device="cpu")
+        plane = DataPlane.from_settings(settings, seams=RunnerSeams(cpu_flags=flags))
+        plane.start()
         try:
             assert plane.wait_ready(60), plane.failure
             info = plane.describe()
@@ -66,11 +84,21 @@ def test_sizes_set_in_the_environment_win(monkeypatch):
 
 
 def test_hidden_gpus_mean_cpu_sizes(monkeypatch):
-    monkeypatch.setattr(hardware.os.path, "exists", lambda path: path == "/dev/nvidiactl")
-    assert cuda_expected("auto")
+    def driver(path: str) -> bool:
+        return path == "/dev/nvidiactl"
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert cuda_expected("auto", exists=driver)
+    assert not cuda_expected("auto", exists=lambda path: False) and not cuda_expected("cpu", exists=driver)
     for hidden in ("", "-1"):
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
-        assert not cuda_expected("auto") and cuda_expected("cuda")
+        assert not cuda_expected("auto", exists=driver) and cuda_expected("cuda")
+
+
+def test_torch_threads_divide_the_cores():
+    assert torch_threads_per_worker(2, cores=8) == 4
+    assert torch_threads_per_worker(16, cores=8) == 1
+    assert torch_threads_per_worker(1) == available_cores()
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,9 @@
-"""The data plane with real models: routing by model, chunked batches, output options, precision, a dead thread."""
+"""The data plane with real models, without HTTP: building it from settings, routing by model, chunked batches,
+output options, precision, a dead thread.
+
+Planes are built as ``create_app`` builds them, with :meth:`DataPlane.from_settings`; faults and stalls
+come in through the runners' public seams (:class:`RunnerSeams`), never by patching code.
+"""
 
 from __future__ import annotations
 
@@ -6,31 +11,72 @@ import base64
 import io
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
+import prometheus_client
 import pytest
 from PIL import Image
 
-from service.app import create_app
-from service.core.errors import InferenceFailed, InvalidImage, InvalidRequest, StartupError, UnknownModel
+from service.core.errors import (
+    InferenceFailed,
+    InvalidImage,
+    InvalidRequest,
+    NotReady,
+    Overloaded,
+    StartupError,
+    UnknownModel,
+)
 from service.core.settings import Settings
+from service.dataplane.plane import DataPlane
 from service.dataplane.pooling import OutputOptions, apply
-from service.modeling.tap import LayerTap
+from service.runners.seams import ForwardChunk, RunnerSeams
 from tests.reference import row_cosines
 
 
-def test_a_request_larger_than_the_batch_size_runs_in_chunks(weights_file, photos, monkeypatch):
-    plane = create_app(Settings(weights=str(weights_file), device="cpu", max_batch_size=2)).extensions[
-        "layertap.dataplane"
-    ]
+@contextmanager
+def serving(settings: Settings, seams: RunnerSeams | None = None, timeout: float = 60) -> Iterator[DataPlane]:
+    """A data plane built from ``settings``, its models loaded; closed on the way out."""
+    plane = DataPlane.from_settings(settings, seams=seams)
+    plane.start()
     try:
-        assert plane.wait_ready(60)
-        passes: list[int] = []
-        capture = LayerTap.capture
-        monkeypatch.setattr(
-            LayerTap, "capture", lambda tap, x, wanted: passes.append(len(x)) or capture(tap, x, wanted)
-        )
+        assert plane.wait_ready(timeout), plane.failure
+        yield plane
+    finally:
+        plane.close()
+
+
+# ---- building a plane from the settings ------------------------------------------------------
+def test_from_settings_builds_a_runner_per_model_and_starts_nothing(weights_file):
+    plane = DataPlane.from_settings(Settings(models="resnet18, vit_b_16", weights="random", device="cpu"))
+    try:
+        assert list(plane.runners) == ["resnet18", "vit_b_16"] and plane.default_model == "resnet18"
+        assert plane.state == "loading" and {r.state for r in plane.runners.values()} == {"loading"}
+        assert plane.runner(None).name == "resnet18" and plane.runner("vit_b_16").entry.architecture == "vit_b_16"
+        assert {r.weights.label for r in plane.runners.values()} == {"random:seed=0"}
+        with pytest.raises(NotReady, match="loading"):
+            plane.admit(None)
+    finally:
+        plane.close()
+
+
+def test_from_settings_names_the_entries_when_a_model_has_none(weights_file):
+    with pytest.raises(StartupError, match=r"no model entry 'vgg99' in .*; available: .*resnet18.*vit_b_16"):
+        DataPlane.from_settings(Settings(models="resnet18,vgg99", weights="random", device="cpu"))
+
+
+def test_one_weights_file_cannot_serve_several_models(weights_file):
+    with pytest.raises(StartupError, match="names one file, but LAYERTAP_MODELS serves 2 models"):
+        DataPlane.from_settings(Settings(models="resnet18,vit_b_16", weights=str(weights_file), device="cpu"))
+
+
+def test_a_request_larger_than_the_batch_size_runs_in_chunks(weights_file, photos):
+    passes: list[int] = []
+    seams = RunnerSeams(before_pass=lambda chunk: passes.append(len(chunk.inputs)))
+    with serving(Settings(weights=str(weights_file), device="cpu", max_batch_size=2), seams) as plane:
+        passes.clear()  # the warm-up's
         names = ("rocket.jpg", "chelsea.png", "coffee.png", "grace_hopper.jpg", "rocket.jpg")
         result = plane.extract([photos[name] for name in names], ("avgpool",))
         assert passes == [2, 2, 1]
@@ -39,8 +85,6 @@ def test_a_request_larger_than_the_batch_size_runs_in_chunks(weights_file, photo
         np.testing.assert_allclose(avgpool[4], avgpool[0], rtol=1e-4, atol=1e-5)
         single = plane.extract([photos["coffee.png"]], ("avgpool",)).features["avgpool"]
         np.testing.assert_allclose(avgpool[2], single[0], rtol=1e-4, atol=1e-5)
-    finally:
-        plane.close()
 
 
 def test_unknown_models_and_default_layers(plane, photos):
@@ -72,7 +116,7 @@ def test_pooling_follows_the_layout_and_normalization():
     vectors = rng.standard_normal((2, 10)).astype(np.float32)
     np.testing.assert_array_equal(apply(vectors, OutputOptions(pool="avg")), vectors)  # nothing to pool
     assert np.isfinite(apply(np.zeros((1, 4), np.float32), OutputOptions(normalize=True))).all()
-    with pytest.raises(ValueError, match="pool must be one of"):
+    with pytest.raises(InvalidRequest, match="pool must be one of"):
         OutputOptions(pool="median")
 
 
@@ -102,10 +146,8 @@ def test_bad_output_options_are_400(client, photos, query):
 
 def test_bfloat16_on_cpu_keeps_every_layer_within_cosine_0_9995_and_returns_float32(weights_file, photos, plane):
     """The CPU's fast dtype (AMX) is the default only because every layer stays this close to float32."""
-    app = create_app(Settings(weights=str(weights_file), device="cpu", dtype="bfloat16", preprocessing="exact"))
-    half = app.extensions["layertap.dataplane"]
-    try:
-        assert half.wait_ready(60), half.failure
+    settings = Settings(weights=str(weights_file), device="cpu", dtype="bfloat16", preprocessing="exact")
+    with serving(settings) as half:
         assert half.describe()["dtype"] == "bfloat16"
         images = list(photos.values())
         layers = tuple(call.name for call in plane.runner(None).layers)
@@ -114,54 +156,66 @@ def test_bfloat16_on_cpu_keeps_every_layer_within_cosine_0_9995_and_returns_floa
         for name in layers:
             assert got[name].dtype == np.float32
             assert row_cosines(got[name], full[name]).min() >= 0.9995, name
-    finally:
-        half.close()
 
 
 class Fatal(BaseException):
     """Escapes the batch's error handling, as a crash of the model thread itself would."""
 
 
-def test_a_dead_model_thread_fails_requests_at_once_and_turns_health_red(weights_file, monkeypatch, photos):
-    app = create_app(Settings(weights=str(weights_file), device="cpu"))
-    plane = app.extensions["layertap.dataplane"]
-    assert plane.wait_ready(60)
+def test_a_dead_model_thread_fails_requests_at_once_and_turns_health_red(weights_file, photos):
+    armed = threading.Event()  # after the warm-up: a crash at load is a failed load, not a dead thread
 
-    def crash(tap, inputs, wanted):
-        raise Fatal("simulated")
+    def crash(chunk: ForwardChunk) -> None:
+        if armed.is_set():
+            raise Fatal("simulated")
 
-    monkeypatch.setattr(LayerTap, "capture", crash)
-    try:
+    with serving(Settings(weights=str(weights_file), device="cpu"), RunnerSeams(before_pass=crash)) as plane:
+        armed.set()
         started = time.monotonic()
         with pytest.raises(InferenceFailed, match="thread stopped"):
             plane.extract([photos["rocket.jpg"]], ("fc",))
         assert time.monotonic() - started < 5, "no waiting for the deadline"
-        client = app.test_client()
-        assert client.get("/health").status_code == 503
-        assert "Fatal" in client.get("/health").json["reason"]
-        response = client.post("/features", data=photos["rocket.jpg"], content_type="image/jpeg")
-        assert response.status_code == 503 and response.json["error"]["code"] == "not_ready"
-    finally:
-        plane.close()
+        assert plane.state == "failed" and "Fatal" in plane.failure  # /health: 503, with this reason
+        with pytest.raises(NotReady, match="failed"):  # /features: 503 not_ready
+            plane.extract([photos["rocket.jpg"]], ("fc",))
 
 
 # ---- several models in one server -------------------------------------------------------------
+class Stall:
+    """A ``before_pass`` seam that holds the passes of one model (``model``) until ``gate`` opens."""
+
+    def __init__(self):
+        self.model: str | None = None
+        self.entered, self.gate = threading.Event(), threading.Event()
+
+    def __call__(self, chunk: ForwardChunk) -> None:
+        if chunk.model == self.model:
+            self.entered.set()
+            assert self.gate.wait(30)
+
+
 @pytest.fixture(scope="module")
-def two_models():
-    app = create_app(Settings(models="resnet18,vit_b_16", weights="random", device="cpu", max_queue_images=4,
-                              max_batch_size=4, max_images_per_request=4))  # fmt: skip
-    plane = app.extensions["layertap.dataplane"]
-    assert plane.wait_ready(120), plane.failure
-    yield app
-    plane.close()
+def two_models() -> Iterator[tuple[DataPlane, Stall]]:
+    stall = Stall()
+    settings = Settings(models="resnet18,vit_b_16", weights="random", device="cpu", max_queue_images=4,
+                        max_batch_size=4, max_images_per_request=4)  # fmt: skip
+    with serving(settings, RunnerSeams(before_pass=stall), timeout=120) as plane:
+        yield plane, stall
+
+
+def images_through(model: str) -> float:
+    return prometheus_client.REGISTRY.get_sample_value("layertap_images_total", {"model": model}) or 0.0
 
 
 def test_several_models_answer_by_name_with_their_own_defaults(two_models, photos):
-    client = two_models.test_client()
-    assert client.get("/ready").json == {"status": "ready", "models": {"resnet18": "ready", "vit_b_16": "ready"}}
-    info = client.get("/info").json
+    plane, _ = two_models
+    assert plane.state == "ready" and {r.name: r.state for r in plane.runners.values()} == {
+        "resnet18": "ready",
+        "vit_b_16": "ready",
+    }
+    info = plane.describe()
     assert (info["model"], info["models"], info["default_model"]) == ("resnet18", ["resnet18", "vit_b_16"], "resnet18")
-    vit = client.get("/info?model=vit_b_16").json
+    vit = plane.describe("vit_b_16")
     assert (vit["model"], vit["default_layer"], vit["classifier"], vit["layers"]) == (
         "vit_b_16",
         "encoder",
@@ -169,54 +223,48 @@ def test_several_models_answer_by_name_with_their_own_defaults(two_models, photo
         139,
     )
     image = photos["rocket.jpg"]
-    default = client.post("/features", data=image, content_type="image/jpeg").json
-    assert default["model"] == "resnet18" and default["features"]["avgpool"]["shape"] == [1, 512, 1, 1]
-    tokens = client.post("/features?model=vit_b_16&pool=cls", data=image, content_type="image/jpeg").json
-    assert tokens["model"] == "vit_b_16" and tokens["features"]["encoder"]["shape"] == [1, 768]
-    shapes = client.get("/shapes?model=vit_b_16").json
-    layouts = {layer["name"]: layer["layout"] for layer in shapes["layers"]}
-    assert shapes["model"] == "vit_b_16" and (layouts["encoder"], layouts["conv_proj"]) == ("tokens", "nchw")
-    assert client.get("/shapes?model=vit_b_16&height=200").status_code == 400
-    assert client.get("/labels?model=vit_b_16").json == {"model": "vit_b_16", "classifier": "heads", "labels": None}
-    missing = client.post("/features?model=vgg99", data=image, content_type="image/jpeg")
-    assert missing.status_code == 404 and missing.json["error"]["code"] == "unknown_model"
-    assert "resnet18, vit_b_16" in missing.json["error"]["message"]
-    metrics = client.get("/metrics").get_data(as_text=True)
-    assert 'layertap_images_total{model="vit_b_16"}' in metrics and 'layertap_images_total{model="resnet18"}' in metrics
+    before = images_through("vit_b_16"), images_through("resnet18")
+    default = plane.extract([image])
+    assert default.model == "resnet18" and default.features["avgpool"].shape == (1, 512, 1, 1)
+    tokens = plane.extract([image], options=OutputOptions(pool="cls"), model="vit_b_16")
+    assert tokens.model == "vit_b_16" and tokens.features["encoder"].shape == (1, 768)
+    runner, calls = plane.shapes("vit_b_16", 1, 224, 224)
+    layouts = {call.name: runner.layout_of(call.name) for call in calls}
+    assert runner.name == "vit_b_16" and (layouts["encoder"], layouts["conv_proj"]) == ("tokens", "nchw")
+    with pytest.raises(InvalidRequest, match="cannot take a 200×224 input"):
+        plane.shapes("vit_b_16", 1, 200, 224)
+    assert (runner.classifier, runner.weights.categories) == ("heads", None)
+    with pytest.raises(UnknownModel, match="models: resnet18, vit_b_16"):
+        plane.extract([image], model="vgg99")
+    assert (images_through("vit_b_16"), images_through("resnet18")) == (before[0] + 1, before[1] + 1)
 
 
-def test_a_busy_model_does_not_hold_up_another(two_models, photos, monkeypatch):
-    client = two_models.test_client()
-    gate, entered = threading.Event(), threading.Event()
-    capture = LayerTap.capture
-
-    def slow_vit(tap, inputs, wanted):
-        if type(tap.model).__name__ == "VisionTransformer":
-            entered.set()
-            assert gate.wait(30)
-        return capture(tap, inputs, wanted)
-
-    monkeypatch.setattr(LayerTap, "capture", slow_vit)
+def test_a_busy_model_does_not_hold_up_another(two_models, photos):
+    plane, stall = two_models
     image = photos["rocket.jpg"]
-    post = lambda model: client.post(f"/features?model={model}", data=image, content_type="image/jpeg")  # noqa: E731
-    with ThreadPoolExecutor(6) as pool:
-        busy = pool.submit(post, "vit_b_16")
-        assert entered.wait(30)
-        queued = [pool.submit(post, "vit_b_16") for _ in range(4)]  # the ViT queue holds 4 images
-        wait = time.monotonic() + 10
-        while client.get("/info?model=vit_b_16").json["queue_images"] < 4:
-            assert time.monotonic() < wait
-            time.sleep(0.01)
-        refused = post("vit_b_16")
-        assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
-        assert post("resnet18").status_code == 200, "the other model's thread and queue are its own"
-        gate.set()
-        assert busy.result(30).status_code == 200 and all(f.result(30).status_code == 200 for f in queued)
 
+    def extract(model: str):
+        return plane.extract([image], model=model)
 
-def test_one_weights_file_cannot_serve_several_models(weights_file):
-    with pytest.raises(StartupError, match="names one file, but LAYERTAP_MODELS serves 2 models"):
-        create_app(Settings(models="resnet18,vit_b_16", weights=str(weights_file), device="cpu"))
+    stall.model = "vit_b_16"
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            busy = pool.submit(extract, "vit_b_16")
+            assert stall.entered.wait(30)
+            queued = [pool.submit(extract, "vit_b_16") for _ in range(4)]  # the ViT queue holds 4 images
+            wait = time.monotonic() + 10
+            while plane.describe("vit_b_16")["queue_images"] < 4:
+                assert time.monotonic() < wait
+                time.sleep(0.01)
+            with pytest.raises(Overloaded) as refused:  # after LAYERTAP_MAX_QUEUE_WAIT_MS in line
+                extract("vit_b_16")
+            assert refused.value.retry_after_s == 1
+            assert extract("resnet18").model == "resnet18", "the other model's thread and queue are its own"
+            stall.gate.set()
+            assert busy.result(30).model == "vit_b_16" and all(f.result(30).model == "vit_b_16" for f in queued)
+    finally:
+        stall.model = None
+        stall.gate.set()
 
 
 def test_jpegs_decoded_in_batches_by_the_model_thread_match_the_cpu_path_and_a_bad_one_fails_alone(
@@ -224,9 +272,7 @@ def test_jpegs_decoded_in_batches_by_the_model_thread_match_the_cpu_path_and_a_b
 ):
     """LAYERTAP_JPEG_DECODER=device (the default on CUDA), on the CPU: the same code as nvjpeg's, with libjpeg."""
     settings = Settings(weights=str(weights_file), device="cpu", dtype="float32", jpeg_decoder="device")
-    device = create_app(settings).extensions["layertap.dataplane"]
-    try:
-        assert device.wait_ready(60), device.failure
+    with serving(settings) as device:
         assert device.describe()["preprocessing"]["jpeg_decoder"] == "device"
         turned = io.BytesIO()
         exif = Image.Exif()
@@ -254,8 +300,6 @@ def test_jpegs_decoded_in_batches_by_the_model_thread_match_the_cpu_path_and_a_b
             assert row_cosines(fine.result(30).features["avgpool"], exact["avgpool"][at : at + 1]).min() >= 0.9995
         with pytest.raises(InvalidImage):  # one bad image fails its whole request, as on the CPU path
             device.extract([good, damaged], ("avgpool",))
-    finally:
-        device.close()
 
 
 def test_encoded_pixel_and_tensor_images_share_one_batch(plane, photos):

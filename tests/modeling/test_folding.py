@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 
 import pytest
 import torch
 from torch import nn
 
+from service.dataplane.plane import DataPlane
 from service.modeling.folding import find_conv_bn_pairs, fold_batch_norms
 from service.modeling.tap import LayerTap
+from service.runners.seams import ForwardChunk, RunnerSeams
 from tests.reference import reference_outputs
 
 SAMPLE = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
@@ -64,21 +67,31 @@ def test_models_without_pairs_are_left_alone():
     assert fold_batch_norms(model, SAMPLE) is None
 
 
+@pytest.fixture(scope="module")
+def watched(settings) -> Iterator[tuple[DataPlane, list[str]]]:
+    """A plane whose runner says, before each pass, whether the folded copy ("fast") or the original runs it."""
+    used: list[str] = []
+
+    def which(chunk: ForwardChunk) -> None:
+        folded = not any(isinstance(m, nn.BatchNorm2d) for m in chunk.module.modules())
+        used.append("fast" if folded else "original")
+
+    plane = DataPlane.from_settings(settings, seams=RunnerSeams(before_pass=which))
+    plane.start()
+    try:
+        assert plane.wait_ready(60), plane.failure
+        assert plane.describe()["fold_batch_norm"]
+        yield plane, used
+    finally:
+        plane.close()
+
+
 @pytest.mark.parametrize(
     ("layers", "expect_fast"),
     [(("avgpool",), True), (("layer2", "fc"), True), (("bn1",), False), (("layer1.0.conv2", "fc"), False)],
 )
-def test_runner_serves_from_the_folded_copy_only_when_no_folded_layer_is_wanted(
-    plane, photos, layers, expect_fast, monkeypatch
-):
-    used = []
-    capture = LayerTap.capture
-
-    def spy(tap, inputs, wanted):
-        folded = not any(isinstance(m, nn.BatchNorm2d) for m in tap.model.modules())
-        used.append("fast" if folded else "original")
-        return capture(tap, inputs, wanted)
-
-    monkeypatch.setattr(LayerTap, "capture", spy)
+def test_runner_serves_from_the_folded_copy_only_when_no_folded_layer_is_wanted(watched, photos, layers, expect_fast):
+    plane, used = watched
+    used.clear()
     plane.extract([photos["rocket.jpg"]], layers)
     assert used == (["fast"] if expect_fast else ["original"])

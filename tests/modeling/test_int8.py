@@ -104,13 +104,15 @@ def test_calibration_is_cached_and_keyed_by_the_weights(int8, tmp_path, state_di
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 2, "new weights must not reuse the old calibration"
 
 
-def test_int8_refuses_a_gpu(weights_file, monkeypatch):
+def test_int8_refuses_a_gpu(weights_file):
+    """Refused at start, before anything touches the device: so it is tested with a CUDA device that need not exist."""
     from service.core.errors import StartupError
-    from service.runners import runner
+    from service.dataplane.plane import DataPlane
+    from service.runners.seams import RunnerSeams
 
-    monkeypatch.setattr(runner, "resolve_device", lambda spec: torch.device("cuda"))
+    settings = Settings(weights=str(weights_file), device="cuda", precision="int8")
     with pytest.raises(StartupError, match="runs on the CPU only"):
-        create_app(Settings(weights=str(weights_file), device="cuda", precision="int8"))
+        DataPlane.from_settings(settings, seams=RunnerSeams(device=torch.device("cuda")))
 
 
 def test_an_unwritable_cache_does_not_stop_int8(int8, tmp_path, state_dict):
