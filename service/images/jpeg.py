@@ -47,8 +47,8 @@ warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvis
 # Where the resized image (before the crop) would be larger, the CPU path takes it: it resamples
 # only the cropped region, while resizing a 1×1000 strip here would make a 256×256000 intermediate.
 MAX_RESIZED_PIXELS = 1 << 22
-# Decoded pixels one decoder call may hold (3 bytes each: 192 MB): a batch of 64 photos of 40 Mpx
-# would otherwise need 7.7 GB of GPU memory at once, kept by the caching allocator afterwards.
+# Decoded pixels one decoder call may hold by default (3 bytes each: 192 MB): a batch of 64 photos of
+# 40 Mpx would otherwise need 7.7 GB of GPU memory at once, kept by the caching allocator afterwards.
 DECODE_PIXELS = 64_000_000
 _EXIF_ORIENTATION = 0x0112
 _END_OF_IMAGE = b"\xff\xd9"
@@ -99,20 +99,25 @@ class JpegBatchDecoder:
     ``device``, or the :class:`ServiceError` the CPU path gives for it.
 
     ``fallback`` is the CPU preprocessor for the same spec (bytes → ``(crop, crop, 3)`` uint8 array).
+    ``decode_pixels`` bounds the decoded pixels one decoder call holds (:meth:`groups`).
     Call it from one thread (the model thread): it synchronizes the current CUDA stream.
     """
 
-    def __init__(self, spec: Preprocessing, device: torch.device, fallback: Callable[[bytes], np.ndarray]):
+    def __init__(
+        self,
+        spec: Preprocessing,
+        device: torch.device,
+        fallback: Callable[[bytes], np.ndarray],
+        decode_pixels: int = DECODE_PIXELS,
+    ):
         self.spec = spec
         self.device = torch.device(device)
         self.fallback = fallback
+        self.decode_pixels = decode_pixels
 
     def __call__(self, images: list[EncodedJpeg]) -> list[torch.Tensor | ServiceError]:
-        friendly = [
-            i for i, image in enumerate(images) if _gpu_friendly(image.data, image.width, image.height, self.spec)
-        ]
         results: dict[int, torch.Tensor | ServiceError] = {}
-        for group in _by_pixels(friendly, images):
+        for group in self.groups(images):
             decoded = self._decode([images[i].data for i in group])
             for k, i in enumerate(group):
                 pixels, decoded[k] = decoded[k], None  # each full-size image is freed once resized
@@ -120,6 +125,23 @@ class JpegBatchDecoder:
                 if pixels is not None and pixels.shape == (3, image.height, image.width):
                     results[i] = self._resize_and_crop(_ORIENT.get(image.orientation, lambda x: x)(pixels))
         return [results[i] if i in results else self._on_cpu(image.data) for i, image in enumerate(images)]
+
+    def groups(self, images: list[EncodedJpeg]) -> list[list[int]]:
+        """The indices of the images the device decodes, in groups of at most ``decode_pixels`` pixels (at least
+        one image each): one decoder call per group, so that a batch of large photos never holds more than
+        that many decoded pixels at once. The images left out go to the CPU path."""
+        groups: list[list[int]] = []
+        pixels = self.decode_pixels
+        for i, image in enumerate(images):
+            if not _gpu_friendly(image.data, image.width, image.height, self.spec):
+                continue
+            size = image.width * image.height
+            if pixels + size > self.decode_pixels:
+                groups.append([])
+                pixels = 0
+            groups[-1].append(i)
+            pixels += size
+        return groups
 
     def _decode(self, encoded: list[bytes]) -> list[torch.Tensor | None]:
         """Decode all in one call; if one file fails it, each alone (``None`` where that fails too)."""
@@ -171,21 +193,6 @@ class JpegBatchDecoder:
         except ServiceError as error:
             return error
         return torch.from_numpy(pixels).to(self.device).permute(2, 0, 1).contiguous()
-
-
-def _by_pixels(indices: list[int], images: list[EncodedJpeg]) -> list[list[int]]:
-    """The images in groups of at most DECODE_PIXELS (at least one each): one decoder call per group, so
-    that a batch of large photos never holds more than that many decoded pixels at once."""
-    groups: list[list[int]] = []
-    pixels = DECODE_PIXELS
-    for i in indices:
-        size = images[i].width * images[i].height
-        if pixels + size > DECODE_PIXELS:
-            groups.append([])
-            pixels = 0
-        groups[-1].append(i)
-        pixels += size
-    return groups
 
 
 def _ycbcr_coded(image: Image.Image) -> bool:

@@ -12,7 +12,8 @@ default) takes two measured shortcuts:
 - the antialiased resize runs on torch's uint8 AVX2 kernel (the one torchvision itself uses on
   tensors): 0.27 ms instead of Pillow's 1.14 ms for 640×427 → 383×256, within one level of it
   on < 1% of pixels. Pillow still resizes where the CPU has no AVX2, for ``nearest``, and for
-  sources over 4 Mpx (see _TORCH_RESIZE_MAX_PIXELS).
+  sources over 4 Mpx (see _TORCH_RESIZE_MAX_PIXELS). ``resize_kernel`` chooses otherwise, and
+  :meth:`ImagePreprocessor.resize_path` says which way an image of a given size is resized.
 
 Together they stay within cosine 0.9995 of ``exact`` on pooled features (tests/images/test_fast_preprocessing.py).
 Either way the result is the resized, center-cropped ``uint8`` pixels (height × width × RGB),
@@ -52,7 +53,8 @@ _MAX_INTERMEDIATE_PIXELS = 1 << 20
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 # torch's uint8 antialiased resize is a single-threaded AVX2 kernel. Elsewhere torch falls back
 # to a generic kernel that would start an OpenMP team in every request thread: Pillow then.
-TORCH_RESIZE_KERNEL = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+_TORCH_KERNEL_CAPABILITIES = ("AVX2", "AVX512")
+RESIZE_KERNELS = ("torch", "pillow")
 # The torch path copies the decoded image into numpy (3 bytes a pixel); above this (a large PNG or
 # TIFF: JPEGs are drafted down first) Pillow resizes in place instead, to keep memory flat.
 _TORCH_RESIZE_MAX_PIXELS = 4_000_000
@@ -69,36 +71,58 @@ warnings.filterwarnings("ignore", module=r"PIL\.")
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
 
 
-class ImagePreprocessor:
-    """Callable: encoded image bytes → ``(crop, crop, 3)`` uint8 array, or a 4xx :class:`ServiceError`."""
+def default_resize_kernel(mode: str, interpolation: str, cpu_capability: str | None = None) -> str:
+    """The resize a preprocessor uses on ordinary images unless told otherwise: ``torch`` in fast mode where the
+    CPU has torch's uint8 kernel (``cpu_capability``: torch's name for it, default this CPU's), else ``pillow``.
+    Nearest has no antialiased torch kernel, and its pixel-centre rule differs from Pillow's."""
+    capability = torch.backends.cpu.get_cpu_capability() if cpu_capability is None else cpu_capability
+    fast = mode == "fast" and capability in _TORCH_KERNEL_CAPABILITIES and interpolation != "nearest"
+    return "torch" if fast else "pillow"
 
-    def __init__(self, spec: Preprocessing, max_pixels: int, mode: str = "exact", max_aspect_ratio: float = 1000):
+
+class ImagePreprocessor:
+    """Callable: encoded image bytes → ``(crop, crop, 3)`` uint8 array, or a 4xx :class:`ServiceError`.
+
+    ``resize_kernel`` (``torch`` or ``pillow``; None: :func:`default_resize_kernel`) resizes ordinary
+    images; ``torch`` needs ``fast`` mode and an interpolation other than nearest.
+    """
+
+    def __init__(
+        self,
+        spec: Preprocessing,
+        max_pixels: int,
+        mode: str = "exact",
+        max_aspect_ratio: float = 1000,
+        resize_kernel: str | None = None,
+    ):
         if mode not in PREPROCESSING_MODES:
             raise ValueError(
                 f"mode must be one of {PREPROCESSING_MODES}, not {mode!r}: 'exact' is bit-exact with torchvision"
             )
+        resize_kernel = resize_kernel or default_resize_kernel(mode, spec.interpolation)
+        if resize_kernel not in RESIZE_KERNELS:
+            raise ValueError(f"resize_kernel must be one of {', '.join(RESIZE_KERNELS)}, not {resize_kernel!r}")
+        if resize_kernel == "torch" and (mode != "fast" or spec.interpolation == "nearest"):
+            raise ValueError("the torch resize kernel is for fast mode, and an interpolation other than nearest")
         self.spec = spec
         self.max_pixels = max_pixels
         self.max_aspect_ratio = max_aspect_ratio
         self.mode = mode
+        self.resize_kernel = resize_kernel
         self._resample = _RESAMPLING[spec.interpolation]
-        # Nearest has no antialiased torch kernel, and its pixel-centre rule differs from Pillow's.
-        self._torch_resize = mode == "fast" and TORCH_RESIZE_KERNEL and spec.interpolation != "nearest"
-
-    @property
-    def resize_kernel(self) -> str:
-        """Which resize this preprocessor uses on ordinary images: ``torch`` or ``pillow``."""
-        return "torch" if self._torch_resize else "pillow"
 
     def __call__(self, data: bytes) -> np.ndarray:
+        return self._resize_and_crop(_to_rgb(self.decode(data)))
+
+    def decode(self, data: bytes) -> Image.Image:
+        """``data`` decoded, upright (EXIF orientation applied), in its own mode: what gets resized. In fast mode
+        a large JPEG comes out at 1/2, 1/4 or 1/8 of its size, never below the resize target."""
         image = self.open_header(data)
         if self.mode == "fast" and image.format in ("JPEG", "MPO"):
             # libjpeg scales by 1/2, 1/4 or 1/8 while decoding, never below the resize target:
             # a 12 Mpx photo decodes ~6× faster, and resizing then starts from far fewer pixels.
             image.draft(None, resized_size(self.spec.resize, *image.size))
-        image = self._decode(image)
-        image = _to_rgb(image)
-        return self._resize_and_crop(image)
+        return self._decode(image)
 
     def from_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Decoded RGB ``(height, width, 3)`` uint8 → the crop, under the same limits and the same resize as uploads."""
@@ -150,6 +174,18 @@ class ImagePreprocessor:
         except Exception:  # noqa: BLE001 - a broken EXIF block should not cost the user the image
             return image
 
+    def resize_path(self, width: int, height: int) -> str:
+        """How a decoded ``width``×``height`` image becomes the crop: ``box`` (only the cropped region resampled,
+        by Pillow: a very elongated image), ``crop`` (already the resize target), ``torch`` or ``pillow``."""
+        new_width, new_height = resized_size(self.spec.resize, width, height)
+        if new_width * new_height > _MAX_INTERMEDIATE_PIXELS:
+            return "box"
+        if (new_width, new_height) == (width, height):  # e.g. a JPEG drafted to exactly the target
+            return "crop"
+        if self.resize_kernel == "torch" and width * height <= _TORCH_RESIZE_MAX_PIXELS:
+            return "torch"
+        return "pillow"
+
     def _resize_and_crop(self, image: Image.Image) -> np.ndarray:
         """torchvision's ``resize(shorter side)`` then ``center_crop``.
 
@@ -164,13 +200,14 @@ class ImagePreprocessor:
         new_width, new_height = resized_size(self.spec.resize, width, height)
         left = round((new_width - crop) / 2.0)
         top = round((new_height - crop) / 2.0)
-        if new_width * new_height > _MAX_INTERMEDIATE_PIXELS:
+        path = self.resize_path(width, height)
+        if path == "box":
             scale_x, scale_y = width / new_width, height / new_height
             box = (left * scale_x, top * scale_y, (left + crop) * scale_x, (top + crop) * scale_y)
             return np.asarray(image.resize((crop, crop), self._resample, box=box))
-        if (new_width, new_height) == (width, height):  # e.g. a JPEG drafted to exactly the target
+        if path == "crop":
             return np.asarray(image.crop((left, top, left + crop, top + crop)))
-        if not self._torch_resize or width * height > _TORCH_RESIZE_MAX_PIXELS:
+        if path == "pillow":
             resized = image.resize((new_width, new_height), self._resample)
             return np.asarray(resized.crop((left, top, left + crop, top + crop)))
         # HWC memory viewed as NCHW is channels_last, the layout the uint8 kernel reads directly.

@@ -16,15 +16,16 @@ import pytest
 import torch
 from PIL import Image
 
-from service.images import preprocess as preprocess_module
-from service.images.preprocess import TORCH_RESIZE_KERNEL, ImagePreprocessor
+from service.images.preprocess import ImagePreprocessor, default_resize_kernel
 from service.images.recipe import Preprocessing
 from service.modeling.tap import LayerTap
 from tests.images.test_preprocess import IMAGENET
 from tests.reference import cosine, normalize
 
 LAYERS = frozenset({"layer1", "layer2", "avgpool", "fc"})
-needs_torch_kernel = pytest.mark.skipif(not TORCH_RESIZE_KERNEL, reason="needs AVX2: torch's uint8 resize kernel")
+needs_torch_kernel = pytest.mark.skipif(
+    default_resize_kernel("fast", "bilinear") != "torch", reason="needs AVX2: torch's uint8 resize kernel"
+)
 
 
 @pytest.fixture(scope="module")
@@ -63,64 +64,48 @@ def test_fast_preprocessing_stays_within_the_accuracy_budget(photo_set, referenc
         tap.remove()
 
 
-def test_draft_decodes_large_jpegs_at_reduced_scale(photo_set, monkeypatch):
-    decoded_sizes = []
-    original = ImagePreprocessor._decode
-
-    def spy(self, image):
-        result = original(self, image)
-        decoded_sizes.append(result.size)
-        return result
-
-    monkeypatch.setattr(ImagePreprocessor, "_decode", spy)
-    fast()(photo_set["grace_hopper.jpg×4"])  # 2048 × 2400 on disk
-    assert decoded_sizes == [(256, 300)]  # 1/8 scale: the smallest that still covers 256 on the short side
-    fast()(photo_set["rocket.jpg"])  # 640 × 427: halving would go below 256, so no reduction
-    assert decoded_sizes[-1] == (640, 427)
-    exact()(photo_set["grace_hopper.jpg×4"])
-    assert decoded_sizes[-1] == (2048, 2400)
+def test_draft_decodes_large_jpegs_at_reduced_scale(photo_set):
+    # 2048 × 2400 on disk: 1/8 scale is the smallest that still covers 256 on the short side
+    assert fast().decode(photo_set["grace_hopper.jpg×4"]).size == (256, 300)
+    # 640 × 427: halving would go below 256, so no reduction
+    assert fast().decode(photo_set["rocket.jpg"]).size == (640, 427)
+    assert exact().decode(photo_set["grace_hopper.jpg×4"]).size == (2048, 2400)
+    assert fast().resize_path(256, 300) == "crop", "drafted to exactly the resize target: only cropped"
 
 
-@pytest.fixture
-def resize_calls(monkeypatch) -> list[tuple[int, ...]]:
-    """The source shapes torch's resize was called on."""
-    calls = []
-    original = preprocess_module.F.interpolate
-
-    def spy(source, *args, **kwargs):
-        calls.append(tuple(source.shape))
-        return original(source, *args, **kwargs)
-
-    monkeypatch.setattr(preprocess_module.F, "interpolate", spy)
-    return calls
+def resize_path(preprocessor: ImagePreprocessor, data: bytes) -> str:
+    """How ``preprocessor`` turns the decoded ``data`` into its crop (torch, pillow, crop or box)."""
+    return preprocessor.resize_path(*preprocessor.decode(data).size)
 
 
 @needs_torch_kernel
-def test_torch_resize_is_within_one_level_of_pillow(photos, resize_calls):
+def test_torch_resize_is_within_one_level_of_pillow(photos):
     """The only difference on PNGs and JPEGs too small to draft: the resize kernel, ≤ 1 level on < 1% of pixels."""
     for name in ("chelsea.png", "coffee.png", "rocket.jpg"):
+        assert (resize_path(fast(), photos[name]), resize_path(exact(), photos[name])) == ("torch", "pillow"), name
         difference = np.abs(fast()(photos[name]).astype(int) - exact()(photos[name]).astype(int))
         assert difference.max() <= 1, name
         assert (difference > 0).mean() < 0.01, name
-    assert len(resize_calls) == 3  # fast mode resized all three with torch; exact mode never
 
 
 @needs_torch_kernel
-def test_bicubic_entries_resize_with_torch_too(photos, resize_calls):
+def test_bicubic_entries_resize_with_torch_too(photos):
     bicubic = Preprocessing(resize=256, crop=224, interpolation="bicubic", mean=IMAGENET.mean, std=IMAGENET.std)
-    ours = ImagePreprocessor(bicubic, 40_000_000, mode="fast")(photos["coffee.png"])
+    preprocessor = ImagePreprocessor(bicubic, 40_000_000, mode="fast")
+    assert preprocessor.resize_kernel == "torch" and resize_path(preprocessor, photos["coffee.png"]) == "torch"
+    ours = preprocessor(photos["coffee.png"])
     reference = ImagePreprocessor(bicubic, 40_000_000, mode="exact")(photos["coffee.png"])
     difference = np.abs(ours.astype(int) - reference.astype(int))
-    assert resize_calls and difference.max() <= 1 and (difference > 0).mean() < 0.01
+    assert difference.max() <= 1 and (difference > 0).mean() < 0.01
 
 
-def test_large_sources_resize_with_pillow(resize_calls):
+def test_large_sources_resize_with_pillow():
     """A 4.8 Mpx PNG is not copied into numpy at full size: Pillow resizes it, exactly as in exact mode."""
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (1800, 2700, 3), dtype=np.uint8))
     buffer = io.BytesIO()
     image.save(buffer, "PNG", compress_level=1)
+    assert resize_path(fast(), buffer.getvalue()) == "pillow"
     np.testing.assert_array_equal(fast()(buffer.getvalue()), exact()(buffer.getvalue()))
-    assert resize_calls == []
 
 
 def test_fast_mode_respects_exif_rotation(photos):
@@ -154,9 +139,24 @@ def test_fast_mode_shapes_match_exact(size, max_difference):
     assert np.abs(ours.astype(int) - reference.astype(int)).max() <= max_difference
 
 
-def test_without_the_avx2_kernel_fast_mode_resizes_with_pillow(photos, monkeypatch):
-    monkeypatch.setattr(preprocess_module, "TORCH_RESIZE_KERNEL", False)
-    np.testing.assert_array_equal(fast()(photos["chelsea.png"]), exact()(photos["chelsea.png"]))
+def test_without_the_avx2_kernel_fast_mode_resizes_with_pillow(photos):
+    for capability in ("DEFAULT", "NO AVX"):
+        assert default_resize_kernel("fast", "bilinear", cpu_capability=capability) == "pillow"
+    assert default_resize_kernel("fast", "bilinear", cpu_capability="AVX512") == "torch"
+    assert default_resize_kernel("exact", "bilinear", cpu_capability="AVX2") == "pillow"
+    pillow = ImagePreprocessor(IMAGENET, 40_000_000, mode="fast", resize_kernel="pillow")
+    assert pillow.resize_kernel == "pillow" and resize_path(pillow, photos["chelsea.png"]) == "pillow"
+    np.testing.assert_array_equal(pillow(photos["chelsea.png"]), exact()(photos["chelsea.png"]))
+
+
+def test_the_torch_kernel_is_for_fast_mode_and_smooth_interpolations_only():
+    nearest = Preprocessing(resize=256, crop=224, interpolation="nearest", mean=IMAGENET.mean, std=IMAGENET.std)
+    assert default_resize_kernel("fast", "nearest", cpu_capability="AVX2") == "pillow"
+    for spec, mode in ((IMAGENET, "exact"), (nearest, "fast")):
+        with pytest.raises(ValueError, match="torch resize kernel is for fast mode"):
+            ImagePreprocessor(spec, 40_000_000, mode=mode, resize_kernel="torch")
+    with pytest.raises(ValueError, match="resize_kernel must be one of torch, pillow"):
+        ImagePreprocessor(IMAGENET, 40_000_000, mode="fast", resize_kernel="cv2")
 
 
 def test_nearest_interpolation_resizes_with_pillow(photos):

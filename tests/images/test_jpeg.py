@@ -17,8 +17,7 @@ from PIL import Image
 
 from service.core.errors import ImageTooLarge, InvalidImage
 from service.core.settings import DEFAULT_MODEL_REPOSITORY
-from service.images import jpeg as gpu_decode
-from service.images.jpeg import EncodedJpeg, JpegBatchDecoder, inspect_jpeg
+from service.images.jpeg import DECODE_PIXELS, EncodedJpeg, JpegBatchDecoder, inspect_jpeg
 from service.images.preprocess import ImagePreprocessor
 from service.images.recipe import Preprocessing
 from service.modeling.entries import load_entry
@@ -198,17 +197,22 @@ def test_what_reaches_the_decoder_anyway_takes_the_cpu_path(device):
     assert JpegBatchDecoder(SPEC, torch.device(device), exact())([]) == []
 
 
-def test_a_batch_of_large_photos_is_decoded_a_few_at_a_time(jpegs, monkeypatch):
-    """Decoded pixels in one decoder call stay under DECODE_PIXELS, whatever the batch holds."""
+def test_a_batch_of_large_photos_is_decoded_a_few_at_a_time(jpegs):
+    """Decoded pixels in one decoder call stay under ``decode_pixels``, whatever the batch holds."""
     encoded = [inspect_jpeg(jpegs[name], exact()) for name in ("rocket.jpg", "grace_hopper.jpg", "rocket.jpg")]
-    whole = JpegBatchDecoder(SPEC, torch.device("cpu"), exact())(encoded)
-    calls: list[int] = []
-    real = gpu_decode.decode_jpeg
-    monkeypatch.setattr(
-        gpu_decode, "decode_jpeg", lambda tensors, **kw: calls.append(len(tensors)) or real(tensors, **kw)
-    )
+    together = JpegBatchDecoder(SPEC, torch.device("cpu"), exact())
+    assert together.decode_pixels == DECODE_PIXELS and together.groups(encoded) == [[0, 1, 2]]
     largest = max(image.width * image.height for image in encoded)
-    monkeypatch.setattr(gpu_decode, "DECODE_PIXELS", largest)
-    parts = JpegBatchDecoder(SPEC, torch.device("cpu"), exact())(encoded)
-    assert calls == [1, 1, 1]
-    assert all(torch.equal(a, b) for a, b in zip(whole, parts, strict=True))
+    apart = JpegBatchDecoder(SPEC, torch.device("cpu"), exact(), decode_pixels=largest)
+    assert apart.groups(encoded) == [[0], [1], [2]]
+    first_two = encoded[0].width * encoded[0].height + encoded[1].width * encoded[1].height
+    assert JpegBatchDecoder(SPEC, "cpu", exact(), decode_pixels=first_two).groups(encoded) == [[0, 1], [2]]
+    assert all(torch.equal(a, b) for a, b in zip(together(encoded), apart(encoded), strict=True))
+
+
+def test_what_the_device_should_not_decode_is_in_no_group():
+    strip = encode(gradient_image(4000, 30), "JPEG")  # its whole resize would be huge: the CPU path's
+    image = Image.open(io.BytesIO(strip))
+    fine = encode(gradient_image(), "JPEG")
+    images = [EncodedJpeg(strip, *image.size), inspect_jpeg(fine, exact())]
+    assert JpegBatchDecoder(SPEC, "cpu", exact()).groups(images) == [[1]]
