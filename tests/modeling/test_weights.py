@@ -24,7 +24,8 @@ def entry():
 def torch_home(tmp_path, monkeypatch):
     """An empty, private torch cache: nothing here may reach for the real one or the network."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    # TORCH_HOME decides unless someone called torch.hub.set_dir(), which no code of ours does.
+    assert torch.hub.get_dir() == str(tmp_path / "torch" / "hub"), "torch.hub.set_dir() was called in this process"
 
     def no_network(url, dst, *args, **kwargs):
         raise urllib.error.URLError("network disabled in tests")
