@@ -29,7 +29,8 @@ import torch
 import torchvision
 
 from service.batching.admission import Ticket
-from service.batching.batcher import Batcher, Done
+from service.batching.batcher import Batcher
+from service.batching.done import Done
 from service.core import hardware
 from service.core.errors import NotReady, StartupError
 from service.core.settings import Settings
