@@ -16,6 +16,7 @@ import atexit
 import logging
 import time
 import weakref
+from typing import TYPE_CHECKING
 
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
@@ -33,21 +34,25 @@ from service.frontends.rest.front_end import FRONT_END as LAYERTAP_API
 from service.frontends.ui.page import FRONT_END as DEBUG_PAGE
 from service.ops import logs, metrics
 
+if TYPE_CHECKING:
+    from service.runners.seams import RunnerSeams
+
 access_log = logging.getLogger("layertap.access")
 KNOWN_METHODS = frozenset({"GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"})
 # Every protocol the service speaks. The one API without a prefix (the layertap API) owns every other URL.
 FRONT_ENDS: tuple[FrontEnd, ...] = (LAYERTAP_API, OPEN_INFERENCE_PROTOCOL, DEBUG_PAGE, docs.FRONT_END)
 
 
-def create_app(settings: Settings | None = None) -> Flask:
+def create_app(settings: Settings | None = None, *, seams: RunnerSeams | None = None) -> Flask:
     """Build the app and start loading its models; ``/ready`` turns 200 once each has run a warm-up pass.
 
-    Raises :class:`~service.core.errors.StartupError` (with a message that says what to change) when a
-    model entry or its weights cannot be had.
+    ``seams`` changes how the runners pick their device, place their models or run a pass
+    (service/runners/seams.py; tests use it). Raises :class:`~service.core.errors.StartupError`
+    (with a message that says what to change) when a model entry or its weights cannot be had.
     """
     settings = settings or Settings()
     logs.configure(settings.log_level, settings.log_format)
-    plane = DataPlane.from_settings(settings)
+    plane = DataPlane.from_settings(settings, seams=seams)
     front_ends = FrontEnds(FRONT_ENDS)
 
     app = Flask("layertap", static_folder=None)
