@@ -15,7 +15,8 @@ from PIL import Image
 
 from service.app import create_app
 from service.core.settings import Settings
-from service.runners import runner as runner_module
+from service.modeling.build import place
+from service.runners.seams import RunnerSeams
 from tests.conftest import encode, gradient_image
 from tests.reference import reference_outputs
 
@@ -289,16 +290,14 @@ def test_health_ready_info(client, plane):
     assert info["version"]
 
 
-def test_ready_is_503_until_warm_up_has_run(weights_file, monkeypatch, photos):
+def test_ready_is_503_until_warm_up_has_run(weights_file, photos):
     release = threading.Event()
-    place = runner_module.place
 
     def slow_place(*args, **kwargs):  # the model thread places the model while it loads
         release.wait(30)
         return place(*args, **kwargs)
 
-    monkeypatch.setattr(runner_module, "place", slow_place)
-    app = create_app(Settings(weights=str(weights_file), device="cpu"))
+    app = create_app(Settings(weights=str(weights_file), device="cpu"), seams=RunnerSeams(place=slow_place))
     client = app.test_client()
     try:
         assert client.get("/health").status_code == 200
@@ -325,12 +324,11 @@ def test_ready_is_503_until_warm_up_has_run(weights_file, monkeypatch, photos):
         app.extensions["layertap.dataplane"].close()
 
 
-def test_failed_load_turns_health_red(weights_file, monkeypatch):
+def test_failed_load_turns_health_red(weights_file):
     def broken_place(*args, **kwargs):
         raise RuntimeError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(runner_module, "place", broken_place)
-    app = create_app(Settings(weights=str(weights_file), device="cpu"))
+    app = create_app(Settings(weights=str(weights_file), device="cpu"), seams=RunnerSeams(place=broken_place))
     plane = app.extensions["layertap.dataplane"]
     assert not plane.wait_ready(10)
     client = app.test_client()
