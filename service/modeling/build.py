@@ -41,13 +41,16 @@ def build_model(entry: ModelEntry, weights: Weights) -> nn.Module:
     return model
 
 
-def resolve_device(spec: str) -> torch.device:
-    """``auto`` picks CUDA when present; an explicit CUDA device that does not exist is a start-up error."""
+def resolve_device(spec: str, cuda_available: bool | None = None) -> torch.device:
+    """``auto`` picks CUDA when present; an explicit CUDA device that does not exist is a start-up error.
+
+    ``cuda_available``: whether this machine has CUDA; None asks torch."""
+    cuda_available = torch.cuda.is_available() if cuda_available is None else cuda_available
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if cuda_available else "cpu")
     device = torch.device(spec)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
+        if not cuda_available:
             raise StartupError(f"LAYERTAP_DEVICE={spec} but CUDA is not available here; use auto or cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise StartupError(f"LAYERTAP_DEVICE={spec} but only {torch.cuda.device_count()} CUDA device(s) exist")

@@ -109,11 +109,12 @@ def test_weights_of_another_architecture_are_refused(entry, tmp_path):
         build_model(entry, resolve_weights(str(path), entry))
 
 
-def test_cuda_on_a_machine_without_it_is_a_clear_start_up_error(monkeypatch):
+def test_cuda_on_a_machine_without_it_is_a_clear_start_up_error():
     from service.core.errors import StartupError
     from service.modeling.build import resolve_device
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("auto", cuda_available=False) == torch.device("cpu")
+    assert resolve_device("cpu", cuda_available=True) == torch.device("cpu")
     with pytest.raises(StartupError, match="CUDA is not available here; use auto or cpu"):
-        resolve_device("cuda")
+        resolve_device("cuda", cuda_available=False)
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
