@@ -14,7 +14,7 @@ from typing import Literal, get_args
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.core.hardware import available_cores, cuda_expected, default_sizing
+from service.core.hardware import cuda_expected, default_sizing, torch_threads_per_worker
 
 # The device-aware sizes (service/core/hardware.py) are the defaults here too: one place holds the numbers.
 _CPU_SIZING = default_sizing(cuda=False)
@@ -208,11 +208,12 @@ class Settings(BaseSettings):
         """The served models, in order; the first answers requests that name none."""
         return tuple(name.strip() for name in self.models.split(",") if name.strip())
 
-    def effective_torch_threads(self) -> int:
-        """Intra-op threads for one worker: all workers together should not oversubscribe the cores."""
+    def effective_torch_threads(self, cores: int | None = None) -> int:
+        """Intra-op threads for one worker: all workers together should not oversubscribe the ``cores``
+        (default: those this process may use)."""
         if self.torch_threads:
             return self.torch_threads
-        return max(1, available_cores() // self.workers)
+        return torch_threads_per_worker(self.workers, cores)
 
 
 def settings_table() -> str:

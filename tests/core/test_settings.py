@@ -49,11 +49,10 @@ def test_a_renamed_variable_is_refused_with_its_new_name(monkeypatch, name):
         Settings()
 
 
-def test_torch_threads_divide_the_cores(monkeypatch):
-    monkeypatch.setattr("service.core.settings.available_cores", lambda: 8)
-    assert Settings(workers=2).effective_torch_threads() == 4
-    assert Settings(workers=16).effective_torch_threads() == 1
-    assert Settings(workers=2, torch_threads=3).effective_torch_threads() == 3
+def test_torch_threads_divide_the_cores():
+    assert Settings(workers=2).effective_torch_threads(cores=8) == 4
+    assert Settings(workers=16).effective_torch_threads(cores=8) == 1
+    assert Settings(workers=2, torch_threads=3).effective_torch_threads(cores=8) == 3
 
 
 def test_the_documented_table_is_the_settings_list():
