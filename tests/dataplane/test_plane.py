@@ -7,7 +7,6 @@ come in through the runners' public seams (:class:`RunnerSeams`), never by patch
 
 from __future__ import annotations
 
-import base64
 import io
 import threading
 import time
@@ -118,30 +117,6 @@ def test_pooling_follows_the_layout_and_normalization():
     assert np.isfinite(apply(np.zeros((1, 4), np.float32), OutputOptions(normalize=True))).all()
     with pytest.raises(InvalidRequest, match="pool must be one of"):
         OutputOptions(pool="median")
-
-
-def test_output_options_over_http(client, photos):
-    data = photos["grace_hopper.jpg"]
-    raw = client.post("/features?layers=layer4,fc&encoding=base64", data=data, content_type="image/jpeg").json
-    feature = raw["features"]["layer4"]
-    assert (feature["dtype"], feature["byteorder"], feature["encoding"]) == ("float32", "little", "base64")
-    layer4 = np.frombuffer(base64.b64decode(feature["data"]), "<f4").reshape(feature["shape"])
-    assert layer4.shape == (1, 512, 7, 7)
-    as_json = client.post("/features?layers=layer4", data=data, content_type="image/jpeg").json
-    np.testing.assert_array_equal(layer4, np.asarray(as_json["features"]["layer4"]["data"], dtype=np.float32))
-
-    pooled = client.post("/features?layers=layer4&pool=avg&normalize=true", data=data, content_type="image/jpeg").json
-    vector = np.asarray(pooled["features"]["layer4"]["data"], dtype=np.float32)
-    assert pooled["features"]["layer4"]["shape"] == [1, 512]
-    expected = layer4.mean(axis=(2, 3))
-    np.testing.assert_allclose(vector, expected / np.linalg.norm(expected), rtol=1e-4, atol=1e-6)
-
-
-@pytest.mark.parametrize("query", ["pool=median", "encoding=xml", "normalize=maybe", "pool=cls"])
-def test_bad_output_options_are_400(client, photos, query):
-    response = client.post(f"/features?{query}", data=photos["rocket.jpg"], content_type="image/jpeg")
-    assert response.status_code == 400
-    assert response.json["error"]["code"] == "bad_request"
 
 
 def test_bfloat16_on_cpu_keeps_every_layer_within_cosine_0_9995_and_returns_float32(weights_file, photos, plane):

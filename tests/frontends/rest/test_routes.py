@@ -377,3 +377,28 @@ def test_requests_leave_no_hooks_or_threads_behind(client, photos):
         assert post_image(client, photos["rocket.jpg"], layers).status_code == 200
     after = client.get("/info").json
     assert after["hooks"] == before["hooks"] and after["threads"] == before["threads"]
+
+
+# ---- output options --------------------------------------------------------------------------
+def test_output_options_over_http(client, photos):
+    data = photos["grace_hopper.jpg"]
+    raw = client.post("/features?layers=layer4,fc&encoding=base64", data=data, content_type="image/jpeg").json
+    feature = raw["features"]["layer4"]
+    assert (feature["dtype"], feature["byteorder"], feature["encoding"]) == ("float32", "little", "base64")
+    layer4 = np.frombuffer(base64.b64decode(feature["data"]), "<f4").reshape(feature["shape"])
+    assert layer4.shape == (1, 512, 7, 7)
+    as_json = client.post("/features?layers=layer4", data=data, content_type="image/jpeg").json
+    np.testing.assert_array_equal(layer4, np.asarray(as_json["features"]["layer4"]["data"], dtype=np.float32))
+
+    pooled = client.post("/features?layers=layer4&pool=avg&normalize=true", data=data, content_type="image/jpeg").json
+    vector = np.asarray(pooled["features"]["layer4"]["data"], dtype=np.float32)
+    assert pooled["features"]["layer4"]["shape"] == [1, 512]
+    expected = layer4.mean(axis=(2, 3))
+    np.testing.assert_allclose(vector, expected / np.linalg.norm(expected), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("query", ["pool=median", "encoding=xml", "normalize=maybe", "pool=cls"])
+def test_bad_output_options_are_400(client, photos, query):
+    response = client.post(f"/features?{query}", data=photos["rocket.jpg"], content_type="image/jpeg")
+    assert response.status_code == 400
+    assert response.json["error"]["code"] == "bad_request"
