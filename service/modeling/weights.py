@@ -5,10 +5,11 @@ once into the torch hub cache: ``$TORCH_HOME/hub/checkpoints``), a path to a sta
 or ``random``. Every failure becomes one :class:`WeightsUnavailable` whose message names the
 alternatives, so a misconfigured service stops at start with a sentence, not a traceback.
 
-Also a command, used at container build time and before gunicorn forks its workers::
+The commands that use it (service/__main__.py), at container build time and before gunicorn forks
+its workers::
 
-    python -m service.modeling.weights download   # put the ImageNet weights into the torch cache
-    python -m service.modeling.weights check      # load the configured weights into the model, check the device
+    python -m service weights download   # put the ImageNet weights into the torch cache
+    python -m service weights check      # load the configured weights into the model, check the device
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def _imagenet(entry: ModelEntry, allow_download: bool) -> Weights:
     if not cached.is_file() and not allow_download:
         raise WeightsUnavailable(
             f"ImageNet weights {member} are not in the torch cache ({cached}) and LAYERTAP_ALLOW_DOWNLOAD is off; "
-            f"run `python -m service.modeling.weights download` where there is network, or {ALTERNATIVES}"
+            f"run `python -m service weights download` where there is network, or {ALTERNATIVES}"
         )
     try:
         state_dict = member.get_state_dict(progress=False, check_hash=True)
