@@ -18,14 +18,24 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 def build_model(entry: ModelEntry, weights: Weights) -> nn.Module:
-    """The entry's architecture with the given weights, in eval mode, float32, on the CPU."""
+    """The entry's architecture with the given weights, in eval mode, float32, on the CPU.
+
+    torchvision's own weights go to the builder itself, which changes the network for some of them
+    (GoogLeNet's and Inception v3's ``transform_input``, the ViT SWAG weights' ``image_size``, the
+    auxiliary heads it builds to load and then drops): the result is exactly
+    ``torchvision.models.get_model(architecture, weights=member)``. A file's state dict is loaded into
+    ``builder(weights=None)``, the architecture's default configuration.
+    """
     try:
         builder = torchvision.models.get_model_builder(entry.architecture)
     except ValueError as exc:
         raise StartupError(f"model entry {entry.name!r}: {exc}") from None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(weights.seed)
-        model = builder(weights=None)
+        if weights.member is not None:
+            model = _pretrained(builder, weights)
+        else:
+            model = builder(weights=None)
     if weights.state_dict is not None:
         try:
             model.load_state_dict(weights.state_dict, strict=True)
@@ -39,6 +49,17 @@ def build_model(entry: ModelEntry, weights: Weights) -> nn.Module:
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model
+
+
+def _pretrained(builder, weights: Weights) -> nn.Module:
+    """The builder's own network for torchvision's weights, read from the torch cache."""
+    try:
+        return builder(weights=weights.member, progress=False)
+    except Exception as exc:  # noqa: BLE001 - unpickling, shape and file errors all mean these weights are unusable
+        raise WeightsUnavailable(
+            f"weights {weights.label} do not load from the torch cache ({torch.hub.get_dir()}/checkpoints): "
+            f"{str(exc).splitlines()[0]}; `python -m service weights download` fetches them again"
+        ) from None
 
 
 def resolve_device(spec: str, cuda_available: bool | None = None) -> torch.device:

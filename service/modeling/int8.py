@@ -70,8 +70,9 @@ def build_int8(
             f"{entry.architecture}: serve it with LAYERTAP_PRECISION=float32"
         )
     calibration = calibration_images(calibration_dir or SAMPLE_PHOTOS, preprocess)
-    if weights.state_dict is not None:
-        model.load_state_dict(weights.state_dict)
+    state_dict = weights.tensors()
+    if state_dict is not None:
+        model.load_state_dict(state_dict)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(weights.seed)

@@ -33,12 +33,25 @@ ALTERNATIVES = (
 
 @dataclass(frozen=True)
 class Weights:
-    """Resolved weights: a label that identifies them exactly, and the tensors (None for random init)."""
+    """Resolved weights: a label that identifies them exactly, and where the tensors come from.
+
+    ``state_dict`` holds a file's tensors; ``member`` is torchvision's weights enum member for
+    ``imagenet``, whose builder configures the network for it (GoogLeNet's and Inception v3's
+    ``transform_input``, the ViT SWAG weights' ``image_size``, ...) and loads it from the torch
+    cache (service/modeling/build.py); neither, for a seeded random init.
+    """
 
     label: str
     state_dict: dict[str, torch.Tensor] | None = field(repr=False)
     seed: int = 0
     categories: tuple[str, ...] | None = None
+    member: torchvision.models.WeightsEnum | None = None
+
+    def tensors(self) -> dict[str, torch.Tensor] | None:
+        """The state dict: the file's, or the member's from the torch cache; None for random weights."""
+        if self.state_dict is not None:
+            return self.state_dict
+        return self.member.get_state_dict(progress=False) if self.member is not None else None
 
 
 def imagenet_cache_path(entry: ModelEntry) -> Path:
@@ -63,19 +76,20 @@ def _imagenet(entry: ModelEntry, allow_download: bool) -> Weights:
     except (ValueError, KeyError) as exc:
         raise WeightsUnavailable(f"model entry {entry.name!r} names unknown weights {entry.weights!r}: {exc}") from None
     cached = imagenet_cache_path(entry)
-    if not cached.is_file() and not allow_download:
-        raise WeightsUnavailable(
-            f"ImageNet weights {member} are not in the torch cache ({cached}) and LAYERTAP_ALLOW_DOWNLOAD is off; "
-            f"run `python -m service weights download` where there is network, or {ALTERNATIVES}"
-        )
-    try:
-        state_dict = member.get_state_dict(progress=False, check_hash=True)
-    except Exception as exc:  # noqa: BLE001 - urllib, hash and unpickling errors all mean "unavailable"
-        raise WeightsUnavailable(
-            f"cannot load ImageNet weights {member} from {member.url} into {cached}: {exc}; {ALTERNATIVES}"
-        ) from None
+    if not cached.is_file():
+        if not allow_download:
+            raise WeightsUnavailable(
+                f"ImageNet weights {member} are not in the torch cache ({cached}) and LAYERTAP_ALLOW_DOWNLOAD is "
+                f"off; run `python -m service weights download` where there is network, or {ALTERNATIVES}"
+            )
+        try:
+            member.get_state_dict(progress=False, check_hash=True)  # into the cache; the builder reads it there
+        except Exception as exc:  # noqa: BLE001 - urllib, hash and unpickling errors all mean "unavailable"
+            raise WeightsUnavailable(
+                f"cannot load ImageNet weights {member} from {member.url} into {cached}: {exc}; {ALTERNATIVES}"
+            ) from None
     categories = tuple(member.meta.get("categories") or ()) or None
-    return Weights(label=f"imagenet:{member}", state_dict=state_dict, categories=categories)
+    return Weights(label=f"imagenet:{member}", state_dict=None, categories=categories, member=member)
 
 
 def _from_file(path: Path) -> Weights:
