@@ -21,21 +21,24 @@ def weights(command: str) -> int:
     from service.core.settings import Settings
     from service.modeling.build import build_model, resolve_device
     from service.modeling.entries import load_entry
-    from service.modeling.weights import imagenet_cache_path, resolve_weights
+    from service.modeling.weights import entry_weights, imagenet_cache_path, resolve_weights
 
     settings = Settings()
     spec = "imagenet" if command == "download" else settings.weights
     for name in settings.model_names:
         try:
             entry = load_entry(settings.model_repository, name)
-            loaded = resolve_weights(spec, entry, allow_download=settings.allow_download, seed=settings.seed)
+            if command == "download":  # torchvision's own weights, whatever the entry's checkpoint
+                loaded = resolve_weights(spec, entry, allow_download=settings.allow_download, seed=settings.seed)
+            else:
+                loaded = entry_weights(spec, entry, allow_download=settings.allow_download, seed=settings.seed)
             if command == "check":
                 build_model(entry, loaded)
                 resolve_device(settings.device)
         except (StartupError, ValueError) as exc:
             print(f"layertap: {exc}", file=sys.stderr)
             return 1
-        where = f" in {imagenet_cache_path(entry)}" if spec == "imagenet" else ""
+        where = f" in {imagenet_cache_path(entry)}" if loaded.member is not None else ""
         print(f"layertap: {entry.name} weights {loaded.label} ok{where}")
     return 0
 

@@ -34,7 +34,7 @@ from service.images.batch import Prepared
 from service.images.sources import ImageInput
 from service.modeling.entries import load_entry
 from service.modeling.tap import LayerCall
-from service.modeling.weights import resolve_weights
+from service.modeling.weights import entry_weights
 from service.ops import metrics
 from service.runners.runner import ModelRunner
 from service.runners.seams import RunnerSeams
@@ -92,21 +92,22 @@ class DataPlane:
 
         ``seams`` go to every runner (service/runners/seams.py); None: the service's own behaviour.
         Nothing runs yet: :meth:`start` loads the models, each on its own thread."""
-        names = settings.model_names
-        if len(names) > 1 and settings.weights not in ("imagenet", "random"):
-            raise StartupError(
-                f"LAYERTAP_WEIGHTS={settings.weights} names one file, but LAYERTAP_MODELS serves {len(names)} models; "
-                "use imagenet or random with several models"
-            )
-        runners = []
-        for name in names:
+        entries = []
+        for name in settings.model_names:
             try:
-                entry = load_entry(settings.model_repository, name)
+                entries.append(load_entry(settings.model_repository, name))
             except ValueError as exc:
                 raise StartupError(str(exc)) from None
-            weights = resolve_weights(
-                settings.weights, entry, allow_download=settings.allow_download, seed=settings.seed
+        sharing = [entry.name for entry in entries if entry.checkpoint is None]
+        if len(sharing) > 1 and settings.weights not in ("imagenet", "random"):
+            raise StartupError(
+                f"LAYERTAP_WEIGHTS={settings.weights} names one file, but {len(sharing)} of the models have no "
+                f"checkpoint of their own ({', '.join(sharing)}); give each entry a checkpoint, or use imagenet or "
+                "random"
             )
+        runners = []
+        for entry in entries:
+            weights = entry_weights(settings.weights, entry, allow_download=settings.allow_download, seed=settings.seed)
             runners.append(ModelRunner(settings, entry, weights, seams))
         return cls(settings, runners)
 

@@ -39,16 +39,33 @@ def build_model(entry: ModelEntry, weights: Weights) -> nn.Module:
     if weights.state_dict is not None:
         try:
             model.load_state_dict(weights.state_dict, strict=True)
-        except RuntimeError as exc:
-            first_line = str(exc).splitlines()[0]
+        except RuntimeError:
             raise WeightsUnavailable(
-                f"weights {weights.label} do not fit {entry.architecture}: {first_line} "
+                f"weights {weights.label} do not fit {entry.architecture}: {mismatch(model, weights.state_dict)} "
                 f"(is the file a {entry.architecture} state dict?)"
             ) from None
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model
+
+
+def mismatch(model: nn.Module, state_dict: dict[str, torch.Tensor], shown: int = 3) -> str:
+    """Why ``state_dict`` does not fit ``model``: its first missing, unexpected and misshapen keys."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    misshapen = [
+        f"{k} {tuple(state_dict[k].shape)} where the model has {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    ]
+    parts = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("misshapen", misshapen)):
+        if keys:
+            more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+            parts.append(f"{len(keys)} {what} keys ({'; '.join(keys[:shown])}{more})")
+    return ", ".join(parts) or "its keys and shapes match, but it does not load"
 
 
 def _pretrained(builder, weights: Weights) -> nn.Module:

@@ -31,6 +31,8 @@ class ModelEntry:
     default_layer: str | None = None
     classifier: str | None = None
     layouts: tuple[tuple[str, str], ...] = ()  # (module name pattern, layout) where not "nchw"
+    # This entry's own weights file (relative paths: to the entry's folder); wins over LAYERTAP_WEIGHTS.
+    checkpoint: Path | None = None
 
     def layout_of(self, module: str) -> str:
         """The layout of a module's output: the last pattern of ``layouts`` that matches it or a module
@@ -69,6 +71,7 @@ def load_entry(repository: Path, name: str) -> ModelEntry:
             default_layer=raw.get("default_layer"),
             classifier=raw.get("classifier"),
             layouts=tuple((str(prefix), str(layout)) for prefix, layout in raw.get("layout", {}).items()),
+            checkpoint=(path.parent / Path(raw["checkpoint"]).expanduser()) if raw.get("checkpoint") else None,
         )
     except KeyError as missing:
         raise ValueError(f"model entry {path} lacks the field {missing}") from None

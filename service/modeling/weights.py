@@ -1,9 +1,11 @@
 """Where the model's weights come from: torchvision's ImageNet weights, a local file, or a seeded random init.
 
-``LAYERTAP_WEIGHTS`` takes ``imagenet`` (the model entry's torchvision weights enum, fetched
-once into the torch hub cache: ``$TORCH_HOME/hub/checkpoints``), a path to a state-dict file,
-or ``random``. Every failure becomes one :class:`WeightsUnavailable` whose message names the
-alternatives, so a misconfigured service stops at start with a sentence, not a traceback.
+A model entry's own ``checkpoint`` wins (:func:`entry_weights`). Otherwise ``LAYERTAP_WEIGHTS``
+takes ``imagenet`` (the entry's torchvision weights enum member, fetched once into the torch hub
+cache: ``$TORCH_HOME/hub/checkpoints``), a path to a state-dict file (``.pt`` and ``.pth``, read
+with ``weights_only=True``, or ``.safetensors``), or ``random``. Every failure becomes one
+:class:`WeightsUnavailable` whose message names the alternatives, so a misconfigured service stops
+at start with a sentence, not a traceback.
 
 The commands that use it (service/__main__.py), at container build time and before gunicorn forks
 its workers::
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+import safetensors.torch
 import torch
 import torchvision
 
@@ -58,6 +61,14 @@ def imagenet_cache_path(entry: ModelEntry) -> Path:
     """Where torch.hub keeps (or will keep) the entry's ImageNet checkpoint."""
     member = torchvision.models.get_weight(entry.weights)
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(member.url).path).name
+
+
+def entry_weights(spec: str, entry: ModelEntry, *, allow_download: bool = True, seed: int = 0) -> Weights:
+    """The weights an entry is served with: its own ``checkpoint`` when it names one, else ``spec``
+    (``LAYERTAP_WEIGHTS``). So several models in one server can each have their own file."""
+    if entry.checkpoint is not None:
+        return _from_file(entry.checkpoint)
+    return resolve_weights(spec, entry, allow_download=allow_download, seed=seed)
 
 
 def resolve_weights(spec: str, entry: ModelEntry, *, allow_download: bool = True, seed: int = 0) -> Weights:
@@ -100,7 +111,10 @@ def _from_file(path: Path) -> Weights:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            loaded = safetensors.torch.load_file(path, device="cpu")
+        else:  # pickled: tensors and plain containers only, never arbitrary objects
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means the file is not usable
         raise WeightsUnavailable(f"weights file {path} is not a loadable state dict ({exc}); {ALTERNATIVES}") from None
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):

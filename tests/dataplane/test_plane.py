@@ -17,6 +17,7 @@ from contextlib import contextmanager
 import numpy as np
 import prometheus_client
 import pytest
+import torch
 from PIL import Image
 
 from service.core.errors import (
@@ -28,10 +29,11 @@ from service.core.errors import (
     StartupError,
     UnknownModel,
 )
-from service.core.settings import Settings
+from service.core.settings import DEFAULT_MODEL_REPOSITORY, Settings
 from service.dataplane.plane import DataPlane
 from service.dataplane.pooling import OutputOptions, apply
 from service.runners.seams import ForwardChunk, RunnerSeams
+from tests.conftest import seeded_state_dict
 from tests.reference import row_cosines
 
 
@@ -67,8 +69,27 @@ def test_from_settings_names_the_entries_when_a_model_has_none(weights_file):
 
 
 def test_one_weights_file_cannot_serve_several_models(weights_file):
-    with pytest.raises(StartupError, match="names one file, but LAYERTAP_MODELS serves 2 models"):
+    with pytest.raises(StartupError, match=r"names one file, but 2 of the models have no checkpoint of their own"):
         DataPlane.from_settings(Settings(models="resnet18,vit_b_16", weights=str(weights_file), device="cpu"))
+
+
+def test_several_models_each_with_its_own_checkpoint(weights_file, tmp_path, photos):
+    """Each entry's checkpoint wins over LAYERTAP_WEIGHTS, so one server serves several weight files."""
+    for name, seed in (("resnet18", 1), ("resnet50", 2)):
+        torch.save(seeded_state_dict(name, seed), tmp_path / f"{name}.pt")
+        source = (DEFAULT_MODEL_REPOSITORY / f"{name}.toml").read_text()
+        (tmp_path / f"{name}.toml").write_text(f'checkpoint = "{name}.pt"\n{source}')
+    (tmp_path / "plain.toml").write_text((DEFAULT_MODEL_REPOSITORY / "resnet18.toml").read_text())
+    settings = Settings(
+        models="resnet18,resnet50,plain", model_repository=tmp_path, weights=str(weights_file), device="cpu"
+    )
+    plane = DataPlane.from_settings(settings)
+    labels = {name: runner.weights.label.split("@")[0] for name, runner in plane.runners.items()}
+    assert labels == {
+        "resnet18": "file:resnet18.pt",
+        "resnet50": "file:resnet50.pt",
+        "plain": "file:resnet18-seeded.pt",
+    }
 
 
 def test_a_request_larger_than_the_batch_size_runs_in_chunks(weights_file, photos):

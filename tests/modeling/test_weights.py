@@ -5,6 +5,7 @@ from __future__ import annotations
 import urllib.error
 
 import pytest
+import safetensors.torch
 import torch
 import torchvision
 
@@ -12,7 +13,7 @@ from service.core.errors import WeightsUnavailable
 from service.core.settings import DEFAULT_MODEL_REPOSITORY
 from service.modeling.build import build_model
 from service.modeling.entries import load_entry
-from service.modeling.weights import imagenet_cache_path, resolve_weights
+from service.modeling.weights import entry_weights, imagenet_cache_path, resolve_weights
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +106,48 @@ def test_bad_files_are_clear_errors(entry, tmp_path, content, pattern):
 def test_weights_of_another_architecture_are_refused(entry, tmp_path):
     path = tmp_path / "mobilenet.pt"
     torch.save(torchvision.models.mobilenet_v3_small(weights=None).state_dict(), path)
-    with pytest.raises(WeightsUnavailable, match="do not fit resnet18"):
+    first_missing = r"122 missing keys \(conv1.weight; bn1.weight; bn1.bias and 119 more\)"
+    with pytest.raises(WeightsUnavailable, match=f"do not fit resnet18: {first_missing}"):
         build_model(entry, resolve_weights(str(path), entry))
+
+
+def test_a_checkpoint_that_does_not_fit_names_its_first_mismatched_keys(entry, tmp_path, state_dict):
+    path = tmp_path / "edited.pt"
+    edited = {k: v for k, v in state_dict.items() if k != "fc.bias"}
+    edited["fc.weight"] = torch.zeros(10, 512)
+    edited["head.weight"] = torch.zeros(1)
+    torch.save(edited, path)
+    with pytest.raises(WeightsUnavailable) as caught:
+        build_model(entry, resolve_weights(str(path), entry))
+    message = str(caught.value)
+    assert "1 missing keys (fc.bias)" in message
+    assert "1 unexpected keys (head.weight)" in message
+    assert "1 misshapen keys (fc.weight (10, 512) where the model has (1000, 512))" in message
+
+
+def test_safetensors_files_load_like_pickled_ones(entry, tmp_path, state_dict):
+    path = tmp_path / "resnet18.safetensors"
+    safetensors.torch.save_file({k: v.contiguous() for k, v in state_dict.items()}, path)
+    weights = resolve_weights(str(path), entry)
+    assert weights.label.startswith("file:resnet18.safetensors@sha256:")
+    assert same_weights(build_model(entry, weights), state_dict)
+    path.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+    with pytest.raises(WeightsUnavailable, match="not a loadable state dict"):
+        resolve_weights(str(path), entry)
+
+
+def test_an_entrys_own_checkpoint_wins_over_layertap_weights(tmp_path, state_dict):
+    """A path relative to the entry's folder; imagenet is then never looked for (no cache here)."""
+    (tmp_path / "weights").mkdir()
+    torch.save(state_dict, tmp_path / "weights" / "mine.pt")
+    source = (DEFAULT_MODEL_REPOSITORY / "resnet18.toml").read_text()
+    (tmp_path / "mine.toml").write_text(f'checkpoint = "weights/mine.pt"\n{source}')
+    entry = load_entry(tmp_path, "mine")
+    assert entry.checkpoint == tmp_path / "weights" / "mine.pt"
+    weights = entry_weights("imagenet", entry, allow_download=False)
+    assert weights.label.startswith("file:mine.pt@sha256:")
+    assert same_weights(build_model(entry, weights), state_dict)
+    assert entry_weights("random", load_entry(DEFAULT_MODEL_REPOSITORY, "resnet18")).label == "random:seed=0"
 
 
 def test_cuda_on_a_machine_without_it_is_a_clear_start_up_error():
