@@ -6,6 +6,8 @@ gunicorn has forked (building in the master would start torch's thread pools bef
 
 from __future__ import annotations
 
+import difflib
+
 import torch
 import torchvision
 from torch import nn
@@ -28,8 +30,8 @@ def build_model(entry: ModelEntry, weights: Weights) -> nn.Module:
     """
     try:
         builder = torchvision.models.get_model_builder(entry.architecture)
-    except ValueError as exc:
-        raise StartupError(f"model entry {entry.name!r}: {exc}") from None
+    except ValueError:
+        raise StartupError(f"model entry {entry.name!r}: {unknown_architecture(entry.architecture)}") from None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(weights.seed)
         if weights.member is not None:
@@ -48,6 +50,14 @@ def build_model(entry: ModelEntry, weights: Weights) -> nn.Module:
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model
+
+
+def unknown_architecture(name: str) -> str:
+    """What to say of an architecture torchvision has no builder for: the close names it does have."""
+    known = torchvision.models.list_models(module=torchvision.models)
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    return f"torchvision has no classification model {name!r}; {hint}list_models() lists all {len(known)}"
 
 
 def mismatch(model: nn.Module, state_dict: dict[str, torch.Tensor], shown: int = 3) -> str:

@@ -9,7 +9,7 @@ import safetensors.torch
 import torch
 import torchvision
 
-from service.core.errors import WeightsUnavailable
+from service.core.errors import StartupError, WeightsUnavailable
 from service.core.settings import DEFAULT_MODEL_REPOSITORY
 from service.modeling.build import build_model
 from service.modeling.entries import load_entry
@@ -159,3 +159,11 @@ def test_cuda_on_a_machine_without_it_is_a_clear_start_up_error():
     with pytest.raises(StartupError, match="CUDA is not available here; use auto or cpu"):
         resolve_device("cuda", cuda_available=False)
     assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_an_unknown_architecture_names_close_matches(tmp_path):
+    source = (DEFAULT_MODEL_REPOSITORY / "resnet18.toml").read_text().replace('"resnet18"', '"resnet19"', 1)
+    (tmp_path / "typo.toml").write_text(source)
+    entry = load_entry(tmp_path, "typo")
+    with pytest.raises(StartupError, match=r"no classification model 'resnet19'; did you mean resnet18, "):
+        build_model(entry, resolve_weights("random", entry))
