@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from stress.server import start_server
+from tests.conftest import seeded_state_dict
 
 SMALL_LIMITS = {
     # float32: tests compare answers across batch compositions at 1e-4; bfloat16 (auto on bf16 CPUs) would not
@@ -42,11 +43,19 @@ def server(tmp_path_factory, weights_file):
 
 @pytest.fixture(scope="session")
 def imagenet_server(tmp_path_factory, state_dict):
-    """ImageNet weights from a pre-seeded torch cache: the real loading path, and class labels to show."""
+    """ImageNet weights from a pre-seeded torch cache: the real loading path, and class labels to show.
+    A second model (MobileNet v3, seeded) for what switching models changes."""
     home = tmp_path_factory.mktemp("torch-home")
-    (home / "hub" / "checkpoints").mkdir(parents=True)
-    torch.save(state_dict, home / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
-    env = {"LAYERTAP_WEIGHTS": "imagenet", "LAYERTAP_ALLOW_DOWNLOAD": "false", "TORCH_HOME": str(home)}
+    cache = home / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(state_dict, cache / "resnet18-f37072fd.pth")  # torchvision's own file names
+    torch.save(seeded_state_dict("mobilenet_v3_large"), cache / "mobilenet_v3_large-5c1a4163.pth")
+    env = {
+        "LAYERTAP_WEIGHTS": "imagenet",
+        "LAYERTAP_ALLOW_DOWNLOAD": "false",
+        "TORCH_HOME": str(home),
+        "LAYERTAP_MODELS": "resnet18,mobilenet_v3_large",
+    }
     yield from _serve(tmp_path_factory.mktemp("imagenet-server"), env)
 
 

@@ -100,6 +100,19 @@ def test_page_shows_shapes_heatmaps_and_top5_from_local_assets_only(imagenet_ser
         assert "%" in page.locator("#explain-caption").inner_text()
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "ui.png"), full_page=True)
+        # Another model: nothing of ResNet18's stays on screen, its explanation included.
+        assert page.locator("#model-select option").all_inner_texts() == ["resnet18", "mobilenet_v3_large"]
+        page.select_option("#model-select", "mobilenet_v3_large")
+        page.wait_for_function("document.getElementById('model-line').textContent.startsWith('mobilenet_v3_large')")
+        page.wait_for_function("document.querySelector('#layer-select option[value=\"features.16\"]') !== null")
+        assert page.locator(".layer").count() == 0
+        assert page.locator("#classes").is_hidden() and page.locator("#explain-panel").is_hidden()
+        assert page.locator("#explain-image").is_hidden() and page.locator("#explain-caption").inner_text() == ""
+        assert page.evaluate("document.getElementById('explain-image').getAttribute('src')") is None
+        page.click("#run")  # its default layer, on the same photo
+        page.wait_for_selector("#top5 li", timeout=30_000)
+        assert page.locator("#explain-panel").is_visible() and page.locator("#explain-image").is_hidden()
+        assert page.locator("#explain-layer").input_value() != "layer4"  # MobileNet's own spatial layers
         # An error from the service is shown, not swallowed.
         page.select_option("#layer-select", [])
         page.click("#run")

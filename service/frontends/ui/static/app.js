@@ -3,7 +3,7 @@
 "use strict";
 
 const MAX_CHANNELS = 64;
-const state = { file: null, layers: [], labels: null, info: null };
+const state = { file: null, layers: [], labels: null, info: null, generation: 0 };
 const $ = (id) => document.getElementById(id);
 
 function authHeaders() {
@@ -29,7 +29,24 @@ function modelQuery(extra = {}) {
   return new URLSearchParams(model ? { model, ...extra } : extra);
 }
 
+// Forget what the page showed for the previous model: its maps, classes and explanation. An answer
+// still in flight for it is dropped when it arrives (state.generation has moved on).
+function clearResults() {
+  state.generation += 1;
+  $("maps").replaceChildren();
+  $("classes").hidden = true;
+  $("explain-panel").hidden = true;
+  const image = $("explain-image");
+  if (image.src) URL.revokeObjectURL(image.src);
+  image.removeAttribute("src");
+  image.hidden = true;
+  $("explain-caption").textContent = "";
+  $("explain-target").value = "";
+  setStatus("");
+}
+
 async function loadModel() {
+  clearResults();
   try {
     const info = await getJSON(`/info?${modelQuery()}`);
     state.info = info;
@@ -49,9 +66,6 @@ async function loadModel() {
     body.replaceChildren(...state.layers.map((layer) => row([layer.name, layer.type, `[${layer.shape.join(", ")}]`])));
     state.labels = info.labels ? (await getJSON(`/labels?${modelQuery()}`)).labels : null;
     fillExplainLayers();
-    $("classes").hidden = true;
-    $("explain-panel").hidden = true;
-    $("maps").replaceChildren();
   } catch (error) {
     setStatus(`cannot describe the model: ${error.message}`, true);
   }
@@ -207,6 +221,7 @@ async function run() {
   $("run").disabled = true;
   setStatus("computing…");
   const started = performance.now();
+  const generation = state.generation;
   try {
     const query = modelQuery({ layers: wanted.join(","), encoding: "base64" });
     const response = await fetch(`/features?${query}`, {
@@ -215,6 +230,7 @@ async function run() {
       body: state.file,
     });
     const body = await response.json();
+    if (generation !== state.generation) return; // the model changed while this was computed
     if (!response.ok) throw new Error(body.error ? body.error.message : response.statusText);
     $("maps").replaceChildren();
     const layouts = Object.fromEntries(state.layers.map((layer) => [layer.name, layer.layout]));
@@ -224,7 +240,7 @@ async function run() {
     const ms = Math.round(performance.now() - started);
     setStatus(`done in ${ms} ms (inference ${response.headers.get("X-Inference-Time")} ms)`);
   } catch (error) {
-    setStatus(error.message, true);
+    if (generation === state.generation) setStatus(error.message, true);
   } finally {
     $("run").disabled = false;
   }
@@ -246,6 +262,7 @@ async function explain(target) {
   if (chosen !== null) params.target = String(chosen);
   $("explain-run").disabled = true;
   $("explain-caption").textContent = "explaining…";
+  const generation = state.generation;
   try {
     const response = await fetch(`/explain?${modelQuery(params)}`, {
       method: "POST",
@@ -256,8 +273,11 @@ async function explain(target) {
       const body = await response.json();
       throw new Error(body.error ? body.error.message : response.statusText);
     }
+    const blob = await response.blob();
+    if (generation !== state.generation) return; // the model changed while this was explained
     const image = $("explain-image");
-    image.src = URL.createObjectURL(await response.blob());
+    if (image.src) URL.revokeObjectURL(image.src);
+    image.src = URL.createObjectURL(blob);
     image.hidden = false;
     const index = Number(response.headers.get("X-Target"));
     const name = state.labels ? state.labels[index] : `class ${index}`;
@@ -265,7 +285,7 @@ async function explain(target) {
     const where = params.layer ? ` at ${params.layer}` : "";
     $("explain-caption").textContent = `${method}${where}: ${name} (${p}%)`;
   } catch (error) {
-    $("explain-caption").textContent = error.message;
+    if (generation === state.generation) $("explain-caption").textContent = error.message;
   } finally {
     $("explain-run").disabled = false;
   }
