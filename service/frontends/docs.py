@@ -40,16 +40,8 @@ docs = Blueprint("docs", __name__)
 
 @docs.get("/openapi.json")
 def openapi() -> Response:
-    """This document, built once per worker (nothing in it changes while the server runs)."""
-    spec = current_app.extensions.get("layertap.openapi")
-    if spec is None:
-        spec = build_spec(
-            current_app.extensions["layertap.dataplane"],
-            current_app.url_map,
-            current_app.extensions["layertap.frontends"],
-        )
-        current_app.extensions["layertap.openapi"] = spec
-    return json_response(spec)
+    """This document, built once per worker by ``create_app`` (nothing in it changes while the server runs)."""
+    return json_response(current_app.extensions["layertap.openapi"])
 
 
 def _operations(plane: DataPlane, d: Describe) -> dict[str, dict]:  # noqa: ARG001 - every front-end's signature
@@ -63,6 +55,7 @@ def _operations(plane: DataPlane, d: Describe) -> dict[str, dict]:  # noqa: ARG0
 
 # Swagger UI from the package's own copy of its assets: nothing is fetched from the internet.
 FRONT_END = FrontEnd(
+    name="docs",
     title="the OpenAPI document",
     blueprints=(docs, get_swaggerui_blueprint("/docs", "/openapi.json", config={"app_name": "layertap"})),
     open_routes=frozenset({"/openapi.json"}),
@@ -74,11 +67,11 @@ FRONT_END = FrontEnd(
 def build_spec(plane: DataPlane, url_map: Map, front_ends: FrontEnds) -> dict:
     """The document for this server: its routes, its models, their default layers and input sizes, its limits."""
     crop = plane.runner(None).entry.preprocessing.crop
-    describes: dict[str, Describe] = {}  # by front-end title: error responses in the body of the URL's owner
+    describes: dict[str, Describe] = {}  # by front-end name: error responses in the body of the URL's owner
     operations: dict[str, tuple[dict, FrontEnd]] = {}
     for front_end in front_ends.all:
         owner = front_ends.owner(front_end.prefix or "/") if front_end.error_body is None else front_end
-        describe = describes.setdefault(owner.title, Describe(crop=crop, error_schema=owner.error_schema))
+        describe = describes.setdefault(owner.name, Describe(crop=crop, error_schema=owner.error_schema))
         if front_end.operations is not None:
             operations.update({k: (v, front_end) for k, v in front_end.operations(plane, describe).items()})
     protected = plane.settings.api_key is not None
@@ -101,7 +94,7 @@ def build_spec(plane: DataPlane, url_map: Map, front_ends: FrontEnds) -> dict:
             if protected and (plane.settings.auth_all_endpoints or not front_ends.is_open(rule.rule)):
                 owner = front_ends.owner(rule.rule)
                 operation["security"] = [{"bearer": []}]
-                operation["responses"] = {**operation["responses"], **describes[owner.title].errors("401")}
+                operation["responses"] = {**operation["responses"], **describes[owner.name].errors("401")}
             paths.setdefault(path, {})[method.lower()] = operation
     messages = [model for front_end in front_ends.all for model in front_end.schemas]
     components: dict = {
@@ -116,14 +109,15 @@ def build_spec(plane: DataPlane, url_map: Map, front_ends: FrontEnds) -> dict:
     }
     if protected:
         components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-    apis = [f for f in front_ends.all if f.error_body is not None]
+    apis = [(f.description or f.title) + (f" under {f.prefix}" if f.prefix else "") for f in front_ends.apis]
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "layertap",
             "version": __version__,
             "description": "The true outputs of any named layers of a torchvision model, for uploaded images: "
-            + ", and ".join(f"{f.title}" + (f" under {f.prefix}" if f.prefix else "") for f in apis)
+            + (", ".join(apis[:-1]) + ", and " if len(apis) > 1 else "")
+            + apis[-1]
             + ".",
         },
         "paths": paths,

@@ -29,8 +29,6 @@ from service.frontends.http.registry import FrontEnd, FrontEnds
 from service.frontends.http.responses import json_response
 from service.ops import metrics
 
-log = logging.getLogger("layertap.http")
-
 # Domain error → HTTP status, most specific first.
 STATUSES: tuple[tuple[type[Exception], int], ...] = (
     (Unauthorized, 401),
@@ -66,7 +64,7 @@ def render_service_error(exc: ServiceError, front_end: FrontEnd) -> Response:
     if hint:
         message = f"{message} ({hint})"
     if status >= 500:
-        log.error("%s: %s", exc.code, exc.message)
+        _log(front_end).error("%s: %s", exc.code, exc.message)
     return _error(front_end, exc.code, message, status, headers_of(exc))
 
 
@@ -87,18 +85,24 @@ def render_http_error(exc: HTTPException, front_end: FrontEnd, front_ends: Front
 
 def render_unexpected(exc: Exception, front_end: FrontEnd) -> Response:
     """A bug: logged with its stack, and told to the client without one."""
-    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    _log(front_end).error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
     return _error(front_end, "internal_error", "an internal error occurred; it has been logged", 500)
 
 
 def _error(front_end: FrontEnd, code: str, message: str, status: int, headers: dict[str, str] | None = None):
     metrics.ERRORS.labels(code).inc()
-    return json_response(front_end.error_body(code, message, g.get("request_id")), status=status, headers=headers)
+    body = front_end.error_body(code, message, status, g.get("request_id"))
+    return json_response(body, status=status, headers=headers)
+
+
+def _log(front_end: FrontEnd) -> logging.Logger:
+    """Each front-end's errors under its own logger (layertap.api, layertap.oip), as before the registry."""
+    return logging.getLogger(f"layertap.{front_end.name}")
 
 
 def _routes_hint(front_end: FrontEnd, front_ends: FrontEnds) -> str:
     """The front-end's 404 hint, read from the app's routes once per app."""
     cache = current_app.extensions.setdefault("layertap.routes_hints", {})
-    if front_end.title not in cache:
-        cache[front_end.title] = front_ends.routes_hint(front_end, current_app.url_map)
-    return cache[front_end.title]
+    if front_end.name not in cache:
+        cache[front_end.name] = front_ends.routes_hint(front_end, current_app.url_map)
+    return cache[front_end.name]

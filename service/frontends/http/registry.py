@@ -3,9 +3,14 @@
 Each front-end (``service/frontends/rest``, ``oip``, ``ui``, and ``docs.py``) declares one
 :class:`FrontEnd`: its blueprints, its URL prefix, how its error bodies look, the hints it adds
 to domain errors, its open and probe routes, and its part of the OpenAPI document. ``create_app``
-puts them in a :class:`FrontEnds` and stores it on the app. Authentication, the access log, error
-rendering, the 404 hint and the OpenAPI document read the registry, so no front-end imports another,
-and a new protocol is one more entry.
+puts them in a :class:`FrontEnds`, checks that every route sits under its front-end's prefix, and
+stores the registry on the app. Authentication, the access log, error rendering, the 404 hint and
+the OpenAPI document read the registry, so no front-end imports another.
+
+Adding a protocol (say OpenAI's ``/v1``) is: a subpackage under ``service/frontends/`` with its
+routes and a ``FRONT_END``; that entry in ``service/app.py``'s ``FRONT_ENDS``; the subpackage in
+pyproject.toml's package list (tests/test_architecture.py checks it) and in the import-linter layer
+``rest | oip | ui | docs`` that keeps front-ends apart.
 """
 
 from __future__ import annotations
@@ -21,23 +26,28 @@ if TYPE_CHECKING:
     from service.dataplane.plane import DataPlane
     from service.frontends.http.openapi import Describe
 
-# (code, message, request id) → the JSON body of an error, in the front-end's own shape.
-ErrorBody = Callable[[str, str, "str | None"], dict]
+# (code, message, HTTP status, request id) → the JSON body of an error, in the front-end's own shape.
+ErrorBody = Callable[[str, str, int, "str | None"], dict]
 # (data plane, describe) → the front-end's OpenAPI operations, keyed by Flask endpoint name.
 Operations = Callable[["DataPlane", "Describe"], dict[str, dict]]
 
 
 @dataclass(frozen=True)
 class FrontEnd:
-    """One protocol the service speaks. Only ``title`` and ``blueprints`` are required.
+    """One protocol the service speaks. Only ``name``, ``title`` and ``blueprints`` are required.
 
     A front-end with an ``error_body`` is an API: it renders the errors of the URLs it owns (under
     ``prefix``; the one API without a prefix owns every other URL). One without is a page or a
     document, whose errors the API that owns its URLs renders.
+
+    Routes (``probe_routes``, ``open_routes``, ``quiet_routes``) are Flask rules as written in the
+    route decorators, so a rule with a parameter (``/v2/models/<model>/ready``) can be one.
     """
 
+    name: str  # short and unique: its errors are logged as layertap.<name>
     title: str  # as a 404 names it: "the Open Inference Protocol"
     blueprints: tuple[Blueprint, ...]
+    description: str | None = None  # as the OpenAPI document names it; None: the title
     prefix: str = ""  # "/v2": the URLs it owns; "" owns what no other front-end does
     error_body: ErrorBody | None = None
     error_schema: str | None = None  # the OpenAPI schema of its error body
@@ -67,14 +77,18 @@ class FrontEnds:
 
     def __init__(self, front_ends: Iterable[FrontEnd]):
         self.all = tuple(front_ends)
+        for what, values in (
+            ("name", [f.name for f in self.all]),
+            ("prefix", [f.prefix for f in self.all if f.prefix]),
+        ):
+            if len(values) != len(set(values)):
+                raise ValueError(f"two front-ends share a {what}: {values}")
         apis = [f for f in self.all if f.error_body is not None]
         roots = [f for f in apis if not f.prefix]
         if len(roots) != 1:
             raise ValueError(f"exactly one API front-end must own the URLs without a prefix, not {len(roots)}")
-        prefixes = [f.prefix for f in self.all if f.prefix]
-        if len(prefixes) != len(set(prefixes)):
-            raise ValueError(f"two front-ends share a prefix: {prefixes}")
         self.root = roots[0]
+        self.apis = tuple(apis)
         self._prefixed = [f for f in apis if f.prefix]
         self.probe_routes = frozenset().union(*(f.probe_routes for f in self.all))
         self.open_routes = self.probe_routes.union(*(f.open_routes for f in self.all))
@@ -85,26 +99,41 @@ class FrontEnds:
         """The API whose words the answer to ``path`` is in: the one whose prefix owns it, else the root's."""
         return next((f for f in self._prefixed if f.owns(path)), self.root)
 
-    def is_open(self, path: str) -> bool:
-        """Whether ``path`` needs no key (probes, metrics, the page, the document and their files)."""
-        return path in self.open_routes or path.startswith(self.asset_prefixes)
+    def is_open(self, rule: str) -> bool:
+        """Whether the route ``rule`` (or, unmatched, the path) needs no key: probes, metrics, the page, the document
+        and their files."""
+        return rule in self.open_routes or self.is_asset(rule)
 
-    def is_asset(self, path: str) -> bool:
-        return path.startswith(self.asset_prefixes)
+    def is_asset(self, rule: str) -> bool:
+        return rule.startswith(self.asset_prefixes)
+
+    def check_routes(self, url_map: Map) -> None:
+        """ValueError for a route of a prefixed front-end outside its prefix, or another's route inside it."""
+        by_blueprint = {blueprint.name: f for f in self.all for blueprint in f.blueprints}
+        for rule in url_map.iter_rules():
+            declared = by_blueprint.get(rule.endpoint.partition(".")[0])
+            owner = next((f for f in self._prefixed if f.owns(rule.rule)), None)
+            if declared is not None and owner is not None and declared is not owner:
+                raise ValueError(f"route {rule.rule} of {declared.title} is under {owner.title}'s prefix")
+            if declared is not None and declared.prefix and not declared.owns(rule.rule):
+                raise ValueError(f"route {rule.rule} of {declared.title} is outside its prefix {declared.prefix}")
 
     def routes_hint(self, front_end: FrontEnd, url_map: Map) -> str:
-        """What a 404 lists for ``front_end``: its own hint, or its routes by method, read from ``url_map``,
-        and where the other APIs live."""
+        """What a 404 lists for ``front_end``: its own hint, or its routes by method, read from ``url_map``
+        (the root's: every route no prefixed API owns), and where the other APIs live."""
         if front_end.routes_hint is not None:
             return front_end.routes_hint
         by_method: dict[str, list[str]] = {"POST": [], "GET": []}
         for rule in url_map.iter_rules():
-            # Other APIs have hints of their own; the page's assets and the docs' files are not endpoints.
-            if rule.arguments or any(other.owns(rule.rule) for other in self._prefixed):
+            if rule.arguments:
+                continue  # the page's assets and the docs' files are not endpoints
+            mine = front_end.owns(rule.rule) if front_end.prefix else self.owner(rule.rule) is self.root
+            if not mine:
                 continue
             for method in by_method:
                 if method in rule.methods:
                     by_method[method].append(rule.rule.rstrip("/") or "/")
         listed = "; ".join(f"{method} {', '.join(rules)}" for method, rules in by_method.items() if rules)
-        elsewhere = "".join(f"; {other.title} under {other.prefix}" for other in self._prefixed)
+        others = [other for other in self.apis if other is not front_end]
+        elsewhere = "".join(f"; {other.title} under {other.prefix or '/'}" for other in others if other.prefix)
         return f"endpoints: {listed}{elsewhere}"

@@ -8,13 +8,15 @@ from service.frontends.oip import openapi, routes, schema
 from service.frontends.oip.routes import PREFIX, VERSION
 
 
-def error_body(code: str, message: str, request_id: str | None) -> dict:  # noqa: ARG001 - the protocol has no place
+def error_body(code: str, message: str, status: int, request_id: str | None) -> dict:  # noqa: ARG001 - no place
     """The protocol's error: ``{"error": message}``."""
     return {"error": message}
 
 
 FRONT_END = FrontEnd(
+    name="oip",
     title="the Open Inference Protocol",
+    description="the Open Inference Protocol (KServe v2)",
     blueprints=(routes.oip,),
     prefix=PREFIX,
     error_body=error_body,

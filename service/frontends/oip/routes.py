@@ -26,7 +26,7 @@ from flask import Blueprint, Response, g, request
 
 from service import __version__
 from service.core.errors import InvalidRequest, TooLarge, UnknownModel
-from service.dataplane.pooling import OutputOptions, pool_named
+from service.dataplane.pooling import OutputOptions
 from service.frontends.http.bodies import read_decoded_body
 from service.frontends.http.responses import admitted, data_plane, json_response, readiness, timing_headers
 from service.frontends.oip import tensors
@@ -195,7 +195,7 @@ def _requested_outputs(
         raise InvalidRequest(
             f"unknown request parameters {', '.join(unknown)}; a request takes {', '.join(REQUEST_PARAMETERS)}"
         )
-    default_options = OutputOptions(_pool(defaults, "pool"), _flag(defaults, "normalize", False))
+    default_options = OutputOptions(defaults.get("pool", "none"), _flag(defaults, "normalize", False))
     binary: dict[str | None, bool] = {None: _flag(defaults, "binary_data_output", False)}
     if not inference.outputs:
         return None, default_options, binary
@@ -211,15 +211,11 @@ def _requested_outputs(
         if output.name in options:
             raise InvalidRequest(f"output {output.name[:200]!r} is requested twice")
         options[output.name] = OutputOptions(
-            _pool(parameters, "pool", default_options.pool),
+            parameters.get("pool", default_options.pool),
             _flag(parameters, "normalize", default_options.normalize),
         )
         binary[output.name] = _flag(parameters, "binary_data", binary[None])
     return tuple(options), options, binary
-
-
-def _pool(parameters: dict, key: str, default: str = "none") -> str:
-    return pool_named(parameters.get(key, default), key)
 
 
 def _flag(parameters: dict, key: str, default: bool) -> bool:

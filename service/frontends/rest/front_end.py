@@ -7,12 +7,13 @@ from service.frontends.http.registry import FrontEnd
 from service.frontends.rest import explain, openapi, routes, schema
 
 
-def error_body(code: str, message: str, request_id: str | None) -> dict:
+def error_body(code: str, message: str, status: int, request_id: str | None) -> dict:  # noqa: ARG001 - in the code
     """Like werkzeug's own errors: ``{"error": {"code", "message", "request_id"}}``."""
     return {"error": {"code": code, "message": message, "request_id": request_id}}
 
 
 FRONT_END = FrontEnd(
+    name="api",
     title="the layertap API",
     blueprints=(routes.api, explain.explain_api),
     error_body=error_body,

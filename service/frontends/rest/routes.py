@@ -11,7 +11,7 @@ import threading
 from flask import Blueprint, Response, g, request
 
 from service import __version__
-from service.dataplane.pooling import OutputOptions, pool_named
+from service.dataplane.pooling import OutputOptions
 from service.frontends.http.bodies import read_images
 from service.frontends.http.responses import admitted, data_plane, json_response, readiness, timing_headers
 from service.frontends.rest.arrays import encode_feature
@@ -27,7 +27,7 @@ def features() -> Response:
     plane = data_plane()
     model = request.args.get("model")
     layers = parse_layers(request.args.get("layers"), max_layers=len(plane.runner(model).layers))
-    options = OutputOptions(pool=pool_named(request.args.get("pool", "none")), normalize=bool_arg("normalize"))
+    options = OutputOptions(pool=request.args.get("pool", "none"), normalize=bool_arg("normalize"))  # validates
     encoding = choice_arg("encoding", ENCODINGS)
     plane.check(model, layers, options)  # before reading the body: a typo costs no upload decode
     result = admitted(

@@ -43,6 +43,7 @@ def _operations(plane: DataPlane, d: Describe) -> dict[str, dict]:  # noqa: ARG0
 
 
 FRONT_END = FrontEnd(
+    name="ui",
     title="the debug page",
     blueprints=(ui,),
     open_routes=frozenset({"/"}),
