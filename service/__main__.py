@@ -1,7 +1,8 @@
 """``python -m service``: the server's commands that are not serving.
 
-- ``python -m service weights check``: resolve every served model's weights as the server would
-  (``LAYERTAP_*`` settings) and build the model; exit 1 with the reason if it would not start.
+- ``python -m service weights check``: build every served model as a worker would (``LAYERTAP_*``
+  settings: entries, weights, device, layer list), without starting it; exit 1 with the reason if
+  it would not start.
   The container runs it at build time, and gunicorn's master before it forks.
 - ``python -m service weights download``: fetch torchvision's ImageNet weights of every served
   model into the torch cache (``LAYERTAP_ALLOW_DOWNLOAD`` must allow it).
@@ -17,30 +18,44 @@ from service.core.errors import StartupError
 
 
 def weights(command: str) -> int:
-    """Resolve (``download``: fetch ImageNet's) weights for every served model; 0 when all are usable."""
+    """``check``: build every served model as a worker would; ``download``: fetch torchvision's weights of
+    every served model into the torch cache. 0 when all is well, else 1 with the reason on stderr."""
     from service.core.settings import Settings
-    from service.modeling.build import build_model, resolve_device
-    from service.modeling.entries import load_entry
-    from service.modeling.weights import entry_weights, imagenet_cache_path, resolve_weights
+    from service.modeling.weights import imagenet_cache_path
 
     settings = Settings()
-    spec = "imagenet" if command == "download" else settings.weights
+    try:
+        loaded = _check(settings) if command == "check" else _download(settings)
+    except StartupError as exc:
+        print(f"layertap: {exc}", file=sys.stderr)
+        return 1
+    for entry, weights_ in loaded:
+        where = f" in {imagenet_cache_path(entry)}" if weights_.member is not None else ""
+        print(f"layertap: {entry.name} weights {weights_.label} ok{where}")
+    return 0
+
+
+def _check(settings) -> list:
+    """The data plane a worker builds (entries, weights, devices, layer lists), not started: what fails here
+    would fail every worker."""
+    from service.dataplane.plane import DataPlane
+
+    plane = DataPlane.from_settings(settings)
+    return [(runner.entry, runner.weights) for runner in plane.runners.values()]
+
+
+def _download(settings) -> list:
+    from service.modeling.entries import load_entry
+    from service.modeling.weights import resolve_weights
+
+    loaded = []
     for name in settings.model_names:
         try:
             entry = load_entry(settings.model_repository, name)
-            if command == "download":  # torchvision's own weights, whatever the entry's checkpoint
-                loaded = resolve_weights(spec, entry, allow_download=settings.allow_download, seed=settings.seed)
-            else:
-                loaded = entry_weights(spec, entry, allow_download=settings.allow_download, seed=settings.seed)
-            if command == "check":
-                build_model(entry, loaded)
-                resolve_device(settings.device)
-        except (StartupError, ValueError) as exc:
-            print(f"layertap: {exc}", file=sys.stderr)
-            return 1
-        where = f" in {imagenet_cache_path(entry)}" if loaded.member is not None else ""
-        print(f"layertap: {entry.name} weights {loaded.label} ok{where}")
-    return 0
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+        loaded.append((entry, resolve_weights("imagenet", entry, allow_download=settings.allow_download)))
+    return loaded
 
 
 def settings(write_docs: bool) -> int:

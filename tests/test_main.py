@@ -31,3 +31,11 @@ def test_runs_as_a_module_and_refuses_unknown_commands():
     done = subprocess.run([sys.executable, "-m", "service", "weights", "fetch"], capture_output=True, text=True)
     assert done.returncode == 2
     assert "invalid choice: 'fetch'" in done.stderr
+
+
+def test_weights_check_applies_every_rule_a_worker_does(monkeypatch, weights_file, capsys):
+    """What would stop each worker stops the check before fork: here, one file for two models."""
+    monkeypatch.setenv("LAYERTAP_WEIGHTS", str(weights_file))
+    monkeypatch.setenv("LAYERTAP_MODELS", "resnet18,mobilenet_v3_large")
+    assert main(["weights", "check"]) == 1
+    assert "2 of the models have no checkpoint of their own" in capsys.readouterr().err

@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from service.core.errors import ServiceError
 from service.core.settings import Settings
-from service.dataplane import pooling as postprocess
+from service.dataplane import pooling
 from service.dataplane.plane import DataPlane
 from service.dataplane.pooling import OutputOptions
 
@@ -53,12 +53,12 @@ class LayertapEmbedder:
         settings: dict | None = None,
         model: str | None = None,
     ):
+        self.options = OutputOptions(pool=pool, normalize=normalize)  # a bad pool fails before a model loads
         self.settings = Settings(**(settings or {}))
         self.plane = DataPlane.from_settings(self.settings)
         self.plane.start()
         if not self.plane.wait_ready(600):
             raise RuntimeError(f"the model did not load: {self.plane.failure}")
-        self.options = OutputOptions(pool=pool, normalize=normalize)
         runner, self.layers = self.plane.check(model, tuple(layers) if layers else None, self.options)
         self.model = runner.name
         self.shapes = self._row_shapes()
@@ -109,7 +109,7 @@ class LayertapEmbedder:
         traced = {call.name: call.shape for call in runner.shapes(1, crop, crop)}
         return {
             layer: list(
-                postprocess.apply(np.zeros(traced[layer], np.float32), self.options, runner.layout_of(layer)).shape[1:]
+                pooling.apply(np.zeros(traced[layer], np.float32), self.options, runner.layout_of(layer)).shape[1:]
             )
             for layer in self.layers
         }

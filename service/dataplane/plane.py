@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.batching.admission import Ticket
-from service.batching.batcher import Done
-from service.core.errors import InvalidRequest, StartupError, TooManyImages, UnknownModel
+from service.batching.done import Done
+from service.core.errors import InvalidRequest, ServiceError, StartupError, TooManyImages, UnknownModel
 from service.core.settings import Settings
-from service.dataplane import pooling as postprocess
+from service.dataplane import pooling
 from service.dataplane.pooling import OutputOptions
 from service.explain.explainer import ExplainWork, ImageExplanation
 from service.explain.methods import CAM_METHODS, METHODS
@@ -108,7 +108,10 @@ class DataPlane:
         runners = []
         for entry in entries:
             weights = entry_weights(settings.weights, entry, allow_download=settings.allow_download, seed=settings.seed)
-            runners.append(ModelRunner(settings, entry, weights, seams))
+            try:
+                runners.append(ModelRunner(settings, entry, weights, seams))
+            except ServiceError as exc:  # its layer list could not be traced at its own input size
+                raise StartupError(f"model entry {entry.name!r}: {exc.message}") from None
         return cls(settings, runners)
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -166,7 +169,7 @@ class DataPlane:
         runner.check_layers(layers)
         for name in layers:
             try:
-                postprocess.check_pool(_options_for(options, name).pool, name, runner.layout_of(name))
+                pooling.check_pool(_options_for(options, name).pool, name, runner.layout_of(name))
             except ValueError as exc:
                 raise InvalidRequest(str(exc)) from None
         return runner, layers
@@ -197,7 +200,7 @@ class DataPlane:
         for name, array in features.items():
             wanted = _options_for(options, name)
             if wanted != OutputOptions():
-                features[name] = postprocess.apply(array, wanted, runner.layout_of(name))
+                features[name] = pooling.apply(array, wanted, runner.layout_of(name))
         return Extraction(model=runner.name, weights=runner.weights.label, features=features, timings=timings)
 
     def check_explain(
