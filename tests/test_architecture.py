@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import sys
+import tomllib
 from pathlib import Path
 
 import grimp
@@ -128,7 +129,7 @@ def test_no_test_patches_a_private_name_or_a_module_global():
     """Tests use the seams the code offers (RunnerSeams, constructor parameters, environment variables)."""
     offenders = {
         str(path.relative_to(ROOT)): found
-        for path in sorted((ROOT / "tests").rglob("test_*.py"))
+        for path in sorted((ROOT / "tests").rglob("*.py"))
         if (found := private_patches(path.read_text()))
     }
     assert offenders == {}
@@ -146,3 +147,10 @@ def test_no_test_patches_a_private_name_or_a_module_global():
 )
 def test_the_patch_check_catches(source):
     assert private_patches(source)
+
+
+def test_every_subpackage_ships_in_the_wheel():
+    """setuptools takes the packages pyproject.toml lists, not the folders: a new subpackage must be listed."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "service").rglob("__init__.py")}
+    assert folders - listed == set()

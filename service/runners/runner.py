@@ -77,7 +77,8 @@ class ModelRunner:
         self.inputs = Inputs(self.preprocess, self.device, decode_on_device)
         self._model = build_model(entry, weights)
         self.parameters = sum(p.numel() for p in self._model.parameters())
-        self._shapes = ShapeTracer(entry.architecture, self._model)
+        # A model built for pretrained weights may not be the builder's default (the ViT SWAG weights' input size).
+        self._shapes = ShapeTracer(entry.architecture, self._model, copy=weights.member is not None)
         self._int8: Int8Model | None = self._build_int8() if settings.precision == "int8" else None
         crop = entry.preprocessing.crop
         self.catalogue = LayerCatalogue(entry, self._shapes.trace(1, crop, crop), self._int8)

@@ -17,6 +17,7 @@ with random tensors, on a real input.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -26,10 +27,12 @@ import torchvision
 from torch import nn
 from torchvision.models import get_model_weights, list_models
 
+from service.core.settings import DEFAULT_MODEL_REPOSITORY, Settings
 from service.images.recipe import Preprocessing
 from service.modeling.build import build_model
-from service.modeling.entries import ModelEntry
-from service.modeling.weights import imagenet_cache_path, resolve_weights
+from service.modeling.entries import ModelEntry, load_entry
+from service.modeling.weights import entry_weights, imagenet_cache_path, resolve_weights
+from service.runners.runner import ModelRunner
 
 MEMBERS = [
     pytest.param(arch, member, id=str(member))
@@ -149,3 +152,19 @@ def test_the_vit_swag_weights_serve_at_their_own_size(torch_home, monkeypatch):
     with torch.device("meta"):
         served = build_model(entry_for("vit_b_16", member), resolve_weights("imagenet", entry_for("vit_b_16", member)))
     assert served.image_size == 384 and torchvision.models.vit_b_16().image_size == 224
+
+
+def test_a_runner_serves_the_vit_swag_weights_at_their_size(torch_home, monkeypatch):
+    """The runner's layer list (traced on the meta device) follows the network the weights built, not the
+    builder's default: every encoder layer has 577 tokens at 384×384, and start-up does not fail."""
+    member = torchvision.models.ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1
+    make_checkpoint("vit_b_16", member, monkeypatch, "meta", values=False)
+    shipped = load_entry(DEFAULT_MODEL_REPOSITORY, "vit_b_16")
+    swag = replace(shipped, name="vit_b_16_swag", weights=str(member), preprocessing=replace(
+        shipped.preprocessing, resize=384, crop=384, interpolation="bicubic"
+    ))  # fmt: skip
+    settings = Settings(weights="imagenet", allow_download=False, device="cpu")
+    runner = ModelRunner(settings, swag, entry_weights(settings.weights, swag, allow_download=False))
+    shapes = {call.name: call.shape for call in runner.layers}
+    assert shapes["encoder"] == (1, 577, 768) and shapes["heads"] == (1, 1000)
+    assert {call.name: call.shape for call in runner.shapes(2, 384, 384)}["encoder"] == (2, 577, 768)
