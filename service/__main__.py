@@ -63,7 +63,11 @@ def settings(write_docs: bool) -> int:
     from service.core import settings as settings_module
 
     if write_docs:
-        settings_module.write_docs_table()
+        try:
+            settings_module.write_docs_table()
+        except ValueError as exc:
+            print(f"layertap: {exc}", file=sys.stderr)
+            return 1
     else:
         print(settings_module.settings_table())
     return 0

@@ -67,6 +67,9 @@ def create_app(settings: Settings | None = None, *, seams: RunnerSeams | None = 
     for front_end in front_ends.all:
         for blueprint in front_end.blueprints:
             app.register_blueprint(blueprint)
+    front_ends.check_routes(app.url_map)
+    # Built now, so that a route no front-end describes stops the start, not a request for the document.
+    app.extensions["layertap.openapi"] = docs.build_spec(plane, app.url_map, front_ends)
     _register_error_handlers(app, front_ends)
     # Unread bodies: 100 Continue only once the app reads, and a large refused upload closes rather than drains.
     app.wsgi_app = UploadGate(app.wsgi_app)
@@ -95,7 +98,8 @@ def _install_request_hooks(app: Flask, settings: Settings, front_ends: FrontEnds
     def _begin() -> None:
         g.started = time.perf_counter()
         g.request_id = logs.request_id_from(request.headers.get("X-Request-ID"))
-        if api_key and (settings.auth_all_endpoints or not front_ends.is_open(request.path)):
+        rule = request.url_rule.rule if request.url_rule else request.path
+        if api_key and (settings.auth_all_endpoints or not front_ends.is_open(rule)):
             check_bearer(request.headers.get("Authorization"), api_key)
 
     @app.after_request

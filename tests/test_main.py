@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from service.__main__ import main
 from service.core.settings import settings_table
 
@@ -39,3 +41,10 @@ def test_weights_check_applies_every_rule_a_worker_does(monkeypatch, weights_fil
     monkeypatch.setenv("LAYERTAP_MODELS", "resnet18,mobilenet_v3_large")
     assert main(["weights", "check"]) == 1
     assert "2 of the models have no checkpoint of their own" in capsys.readouterr().err
+
+
+def test_writing_the_docs_table_needs_a_checkout(tmp_path, capsys):
+    from service.core.settings import write_docs_table
+
+    with pytest.raises(ValueError, match="written from a checkout"):
+        write_docs_table(tmp_path / "docs" / "configuration.md")

@@ -1,8 +1,9 @@
 """Domain errors: what went wrong, in words for the client and a stable machine-readable code.
 
 The data plane, the runners and the preprocessing raise these; they know nothing of HTTP. Each
-front-end renders them in its protocol: the layertap API as ``{"error": {"code", "message"}}``
-with a status from its own table (``service/frontends/rest/routes.py``), where ``retry_after_s`` becomes a
+front-end renders them in its protocol's body (the layertap API's ``{"error": {"code", "message"}}``,
+the Open Inference Protocol's ``{"error": message}``), with the status from one table shared by all
+of them (``STATUSES`` in service/frontends/http/errors.py), where ``retry_after_s`` becomes a
 ``Retry-After`` header. No client fault is ever an :class:`InternalError`.
 """
 

@@ -3,7 +3,7 @@
 Importing this module does not import torch: gunicorn's master reads the defaults to decide how
 many workers to fork, and the master must never start torch (service/gunicorn_conf.py).
 
-The rules, each measured (README, "Hardware"):
+The rules, each measured (docs/hardware.md):
 
 - **dtype** ``auto``: bfloat16 on CUDA, and on a CPU with bf16 arithmetic, either AMX
   (``amx_bf16``: Intel's matrix units; about 2.8× float32 in the issue's one measurement, not

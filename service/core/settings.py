@@ -247,7 +247,10 @@ DOCS_PAGE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 
 def write_docs_table(page: Path = DOCS_PAGE) -> None:
-    """Replace the table between the page's markers with :func:`settings_table`."""
+    """Replace the table between the page's markers with :func:`settings_table`; ValueError in an installed
+    package, which has no docs/ to write to."""
+    if not page.is_file():
+        raise ValueError(f"{page} does not exist: the docs are written from a checkout of the repository")
     text = page.read_text()
     start, end = TABLE_MARKERS
     head, rest = text.split(start, 1)

@@ -1,4 +1,4 @@
-"""The protocol-neutral data plane: route to a model, validate, extract, trace shapes, describe.
+"""The protocol-neutral data plane: route to a model, validate, extract, explain, trace shapes, describe.
 
 Every front-end (the layertap REST API, service/frontends/rest/routes.py, and the Open Inference Protocol,
 service/frontends/oip/) parses its protocol, calls these methods and renders what they return or raise;

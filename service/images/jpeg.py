@@ -1,4 +1,4 @@
-"""JPEG bytes → the model's input pixels on the GPU, a whole batch at once.
+"""JPEG bytes → the model's input pixels on the model's device (nvjpeg on a GPU), a whole batch at once.
 
 Why: on a CUDA device, Pillow's decode and resize in the request threads cost more CPU than the
 model itself; nvjpeg decodes a batch of JPEGs in one call (on the hardware JPEG engine of

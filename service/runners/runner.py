@@ -174,9 +174,9 @@ class ModelRunner:
         return self._batcher.reserve(images, wait)
 
     def extract(self, ticket: Ticket, images: tuple[Prepared, ...], layers: tuple[str, ...]) -> Done:
-        """Queue the prepared images on this model's thread with the layers they want (checked first, with
-        :meth:`check_layers`), and wait: the result is ``{layer: (len(images), ...) float32 array}``. Raises the
-        error of the first image that failed to decode, or the batch's."""
+        """Queue the prepared images on this model's thread with the layers they want, and wait: the result is
+        ``{layer: (len(images), ...) float32 array}``. The caller checks the layers first (:meth:`check_layers`,
+        as the data plane does). Raises the error of the first image that failed to decode, or the batch's."""
         return ticket.submit(Work(images=images, layers=layers))
 
     def explain(self, ticket: Ticket, work: ExplainWork) -> Done:
