@@ -50,13 +50,15 @@ class Describe:
         """Error responses, in this front-end's error body."""
         return {status: {"description": STATUS_TEXT[status], **self.body(self.error_schema)} for status in statuses}
 
-    def probe(self, summary: str, up: str, down: str, schema: str) -> dict:
-        """A liveness or readiness probe: 200 when ``up``, 503 when ``down``, the same body either way."""
+    def probe(self, summary: str, up: str, down: str, schema: str, *errors: str) -> dict:
+        """A liveness or readiness probe: 200 when ``up``, 503 when ``down``, the same body either way; and the
+        error statuses it may also answer."""
         return {
             "summary": summary,
             "responses": {
                 "200": {"description": up, **self.body(schema)},
                 "503": {"description": down, **self.body(schema)},
+                **self.errors(*errors),
             },
         }
 

@@ -19,28 +19,16 @@ def operations(plane: DataPlane, d: Describe) -> dict[str, dict]:  # noqa: ARG00
             "summary": "Server metadata: name, version, protocol extensions",
             "responses": {"200": {"description": "OK", **d.body("ServerMetadata")}},
         },
-        "oip.server_live": {
-            "summary": "Liveness (Open Inference Protocol)",
-            "responses": {
-                "200": {"description": "The process serves", **d.body("ServerLive")},
-                "503": {"description": "The model thread has failed", **d.body("ServerLive")},
-            },
-        },
-        "oip.server_ready": {
-            "summary": "Readiness (Open Inference Protocol)",
-            "responses": {
-                "200": {"description": "Every model loaded and warm", **d.body("ServerReady")},
-                "503": {"description": "Loading, draining or failed", **d.body("ServerReady")},
-            },
-        },
-        "oip.model_ready": {
-            "summary": "A model's readiness",
-            "responses": {
-                "200": {"description": "Ready", **d.body("ModelReady")},
-                "503": {"description": "Loading, draining or failed", **d.body("ModelReady")},
-                **d.errors("404"),
-            },
-        },
+        "oip.server_live": d.probe(
+            "Liveness (Open Inference Protocol)", "The process serves", "The model thread has failed", "ServerLive"
+        ),
+        "oip.server_ready": d.probe(
+            "Readiness (Open Inference Protocol)",
+            "Every model loaded and warm",
+            "Loading, draining or failed",
+            "ServerReady",
+        ),
+        "oip.model_ready": d.probe("A model's readiness", "Ready", "Loading, draining or failed", "ModelReady", "404"),
         "oip.model_metadata": {
             "summary": "A model's inputs (BYTES, UINT8 or FP32 images) and outputs (every layer, -1: any batch)",
             "responses": {"200": {"description": "OK", **d.body("ModelMetadata")}, **d.errors("404")},
