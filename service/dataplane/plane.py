@@ -168,10 +168,7 @@ class DataPlane:
         layers = layers or (runner.default_layer,)
         runner.check_layers(layers)
         for name in layers:
-            try:
-                pooling.check_pool(_options_for(options, name).pool, name, runner.layout_of(name))
-            except ValueError as exc:
-                raise InvalidRequest(str(exc)) from None
+            pooling.check_pool(_options_for(options, name).pool, name, runner.layout_of(name))
         return runner, layers
 
     def admit(self, model: str | None, images: int = 1, wait: bool = True) -> Ticket:

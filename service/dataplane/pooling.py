@@ -24,10 +24,10 @@ from service.core.errors import InvalidRequest
 POOLS = ("none", "avg", "max", "cls")
 
 
-def pool_named(value: object, name: str = "pool") -> str:
+def pool_named(value: object) -> str:
     """``value`` as a pool, for every front-end: InvalidRequest naming the choices unless it is one of POOLS."""
     if value not in POOLS:
-        raise InvalidRequest(f"{name} must be one of {', '.join(POOLS)}, not {str(value)[:50]!r}")
+        raise InvalidRequest(f"pool must be one of {', '.join(POOLS)}, not {str(value)[:50]!r}")
     return value
 
 
@@ -43,9 +43,9 @@ class OutputOptions:
 
 
 def check_pool(pool: str, layer: str, layout: str) -> None:
-    """ValueError unless ``pool`` applies to a layer of this layout (``cls`` needs tokens)."""
+    """InvalidRequest unless ``pool`` applies to a layer of this layout (``cls`` needs tokens)."""
     if pool == "cls" and layout != "tokens":
-        raise ValueError(f"pool=cls takes the class token of a token layer; {layer!r} is laid out {layout}")
+        raise InvalidRequest(f"pool=cls takes the class token of a token layer; {layer!r} is laid out {layout}")
 
 
 def apply(array: np.ndarray, options: OutputOptions, layout: str = "nchw") -> np.ndarray:
