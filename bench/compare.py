@@ -48,8 +48,10 @@ def run_round(tree: Path, images: list[bytes], seconds: float, log_dir: Path) ->
     env = {"LAYERTAP_WEIGHTS": "random", "LAYERTAP_LOG_LEVEL": "warning", "PYTHONPATH": str(tree)}
     server = start_server(log_dir, env, cwd=tree)
     server.wait_ready()
-    requests_ = {"features avgpool": features_requests(images, "layers=avgpool"), "v2 binary layer4": None}
-    requests_["v2 binary layer4"] = v2_requests(images, "layer4")
+    requests_ = {
+        "features avgpool": features_requests(images, "layers=avgpool"),
+        "v2 binary layer4": v2_requests(images, "layer4"),
+    }
     try:
         drive(server.url, requests_["features avgpool"], 4, 2)  # warm-up: batch shapes, allocator
         results = {}
