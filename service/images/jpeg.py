@@ -37,7 +37,7 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from service.core.errors import ServiceError
-from service.images.preprocess import ImagePreprocessor, resized_size
+from service.images.preprocess import ImagePreprocessor
 from service.images.recipe import Preprocessing
 
 # torchvision 0.29 deprecates its decoders in favour of TorchCodec (which would be a new
@@ -172,9 +172,8 @@ class JpegBatchDecoder:
         """ImagePreprocessor's ``resize(shorter side)`` then ``center_crop``, on a (3, H, W) uint8 tensor."""
         _, height, width = pixels.shape
         crop = self.spec.crop
-        new_width, new_height = resized_size(self.spec.resize, width, height)
-        left = round((new_width - crop) / 2.0)
-        top = round((new_height - crop) / 2.0)
+        new_width, new_height = self.spec.resized_size(width, height)
+        left, top = self.spec.crop_origin(new_width, new_height)
         if (new_width, new_height) == (width, height):
             return pixels[:, top : top + crop, left : left + crop].contiguous()
         # Pillow's nearest samples pixel centres: torch's "nearest-exact", not its "nearest".
@@ -207,5 +206,5 @@ def _ycbcr_coded(image: Image.Image) -> bool:
 def _gpu_friendly(data: bytes, width: int, height: int, spec: Preprocessing) -> bool:
     """Whether the GPU path should take it: complete (ends at an end-of-image marker: nvjpeg decodes a
     truncated file without an error, libjpeg refuses it), and with a resize small enough to do whole."""
-    new_width, new_height = resized_size(spec.resize, width, height)
+    new_width, new_height = spec.resized_size(width, height)
     return data.endswith(_END_OF_IMAGE) and new_width * new_height <= MAX_RESIZED_PIXELS

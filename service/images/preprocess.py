@@ -71,10 +71,15 @@ warnings.filterwarnings("ignore", module=r"PIL\.")
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
 
 
-def default_resize_kernel(mode: str, interpolation: str, cpu_capability: str | None = None) -> str:
-    """The resize a preprocessor uses on ordinary images unless told otherwise: ``torch`` in fast mode where the
-    CPU has torch's uint8 kernel (``cpu_capability``: torch's name for it, default this CPU's), else ``pillow``.
-    Nearest has no antialiased torch kernel, and its pixel-centre rule differs from Pillow's."""
+def default_resize_kernel(
+    mode: str, interpolation: str, cpu_capability: str | None = None, resampler: str = "pillow"
+) -> str:
+    """The resize a preprocessor uses on ordinary images unless told otherwise. In exact mode, the one the
+    library's own transform uses (``resampler``). In fast mode, ``torch`` where the CPU has torch's uint8 kernel
+    (``cpu_capability``: torch's name for it, default this CPU's), else ``pillow``. Nearest has no antialiased
+    torch kernel, and its pixel-centre rule differs from Pillow's."""
+    if mode == "exact":
+        return resampler
     capability = torch.backends.cpu.get_cpu_capability() if cpu_capability is None else cpu_capability
     fast = mode == "fast" and capability in _TORCH_KERNEL_CAPABILITIES and interpolation != "nearest"
     return "torch" if fast else "pillow"
@@ -99,11 +104,15 @@ class ImagePreprocessor:
             raise ValueError(
                 f"mode must be one of {PREPROCESSING_MODES}, not {mode!r}: 'exact' is bit-exact with torchvision"
             )
-        resize_kernel = resize_kernel or default_resize_kernel(mode, spec.interpolation)
+        resize_kernel = resize_kernel or default_resize_kernel(mode, spec.interpolation, resampler=spec.resampler)
         if resize_kernel not in RESIZE_KERNELS:
             raise ValueError(f"resize_kernel must be one of {', '.join(RESIZE_KERNELS)}, not {resize_kernel!r}")
-        if resize_kernel == "torch" and (mode != "fast" or spec.interpolation == "nearest"):
-            raise ValueError("the torch resize kernel is for fast mode, and an interpolation other than nearest")
+        exact_torch = mode == "exact" and spec.resampler == "torch"
+        if resize_kernel == "torch" and ((mode != "fast" and not exact_torch) or spec.interpolation == "nearest"):
+            raise ValueError(
+                "the torch resize kernel is for fast mode (or exact mode where the library resizes with torch), "
+                "and an interpolation other than nearest"
+            )
         self.spec = spec
         self.max_pixels = max_pixels
         self.max_aspect_ratio = max_aspect_ratio
@@ -121,7 +130,7 @@ class ImagePreprocessor:
         if self.mode == "fast" and image.format in ("JPEG", "MPO"):
             # libjpeg scales by 1/2, 1/4 or 1/8 while decoding, never below the resize target:
             # a 12 Mpx photo decodes ~6× faster, and resizing then starts from far fewer pixels.
-            image.draft(None, resized_size(self.spec.resize, *image.size))
+            image.draft(None, self.spec.resized_size(*image.size))
         return self._decode(image)
 
     def from_pixels(self, pixels: np.ndarray) -> np.ndarray:
@@ -177,17 +186,18 @@ class ImagePreprocessor:
     def resize_path(self, width: int, height: int) -> str:
         """How a decoded ``width``×``height`` image becomes the crop: ``box`` (only the cropped region resampled,
         by Pillow: a very elongated image), ``crop`` (already the resize target), ``torch`` or ``pillow``."""
-        new_width, new_height = resized_size(self.spec.resize, width, height)
+        new_width, new_height = self.spec.resized_size(width, height)
         if new_width * new_height > _MAX_INTERMEDIATE_PIXELS:
             return "box"
         if (new_width, new_height) == (width, height):  # e.g. a JPEG drafted to exactly the target
             return "crop"
-        if self.resize_kernel == "torch" and width * height <= _TORCH_RESIZE_MAX_PIXELS:
+        # In exact mode torch resizes every size: it is what the library does (transformers' processors).
+        if self.resize_kernel == "torch" and (self.mode == "exact" or width * height <= _TORCH_RESIZE_MAX_PIXELS):
             return "torch"
         return "pillow"
 
     def _resize_and_crop(self, image: Image.Image) -> np.ndarray:
-        """torchvision's ``resize(shorter side)`` then ``center_crop``.
+        """torchvision's ``resize(shorter side)`` (or both sides, ``squash``) then ``center_crop``.
 
         For ordinary shapes this is literally resize then crop, bit-exact with torchvision in
         ``exact`` mode. For very elongated images the full resize would be huge (a 1×100000
@@ -197,9 +207,8 @@ class ImagePreprocessor:
         """
         width, height = image.size
         crop = self.spec.crop
-        new_width, new_height = resized_size(self.spec.resize, width, height)
-        left = round((new_width - crop) / 2.0)
-        top = round((new_height - crop) / 2.0)
+        new_width, new_height = self.spec.resized_size(width, height)
+        left, top = self.spec.crop_origin(new_width, new_height)
         path = self.resize_path(width, height)
         if path == "box":
             scale_x, scale_y = width / new_width, height / new_height
@@ -215,13 +224,6 @@ class ImagePreprocessor:
         resized = F.interpolate(source, size=(new_height, new_width), mode=self.spec.interpolation, antialias=True)
         # numpy, not torch, makes the HWC copy: a torch copy this large may start an OpenMP team.
         return np.ascontiguousarray(resized[0, :, top : top + crop, left : left + crop].numpy().transpose(1, 2, 0))
-
-
-def resized_size(resize: int, width: int, height: int) -> tuple[int, int]:
-    """torchvision's size for ``resize(shorter side)``: the shorter side becomes ``resize``."""
-    if width <= height:
-        return resize, int(resize * height / width)
-    return int(resize * width / height), resize
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
