@@ -4,8 +4,10 @@
   settings: entries, weights, device, layer list), without starting it; exit 1 with the reason if
   it would not start.
   The container runs it at build time, and gunicorn's master before it forks.
-- ``python -m service weights download``: fetch torchvision's ImageNet weights of every served
-  model into the torch cache (``LAYERTAP_ALLOW_DOWNLOAD`` must allow it).
+- ``python -m service weights download``: fetch the pretrained weights of every served model into
+  its library's cache: torchvision's into the torch cache; timm's, transformers' (with their
+  config and image processor) and open_clip's into the Hugging Face cache
+  (``LAYERTAP_ALLOW_DOWNLOAD`` must allow it).
 - ``python -m service settings [--write-docs]``: the settings table, or rewrite it in its page.
 """
 
@@ -18,10 +20,9 @@ from service.core.errors import StartupError
 
 
 def weights(command: str) -> int:
-    """``check``: build every served model as a worker would; ``download``: fetch torchvision's weights of
-    every served model into the torch cache. 0 when all is well, else 1 with the reason on stderr."""
+    """``check``: build every served model as a worker would; ``download``: fetch the pretrained weights of
+    every served model into its library's cache. 0 when all is well, else 1 with the reason on stderr."""
     from service.core.settings import Settings
-    from service.modeling.weights import imagenet_cache_path
 
     settings = Settings()
     try:
@@ -30,9 +31,21 @@ def weights(command: str) -> int:
         print(f"layertap: {exc}", file=sys.stderr)
         return 1
     for entry, weights_ in loaded:
-        where = f" in {imagenet_cache_path(entry)}" if weights_.member is not None else ""
-        print(f"layertap: {entry.name} weights {weights_.label} ok{where}")
+        print(f"layertap: {entry.name} weights {weights_.label} ok{_where(entry, weights_)}")
     return 0
+
+
+def _where(entry, weights_) -> str:
+    """Which cache holds pretrained weights (for the operator who fills it)."""
+    if weights_.member is not None:
+        from service.modeling.weights import imagenet_cache_path
+
+        return f" in {imagenet_cache_path(entry)}"
+    if weights_.pretrained is not None:
+        from service.modeling.sources.hub import cache_dir
+
+        return f" in {cache_dir(weights_.hub)}"
+    return ""
 
 
 def _check(settings) -> list:
@@ -45,16 +58,23 @@ def _check(settings) -> list:
 
 
 def _download(settings) -> list:
+    """Each entry's pretrained weights into its library's cache: torchvision's by resolving them, the other
+    libraries' by building the model (which also fetches its config and image processor)."""
+    from service.modeling.build import build_network
     from service.modeling.entries import load_entry
-    from service.modeling.weights import resolve_weights
+    from service.modeling.weights import HubAccess, resolve_weights
 
+    hub = HubAccess(settings.allow_download, settings.hub_cache, settings.trust_remote_code)
     loaded = []
     for name in settings.model_names:
         try:
             entry = load_entry(settings.model_repository, name)
         except ValueError as exc:
             raise StartupError(str(exc)) from None
-        loaded.append((entry, resolve_weights("imagenet", entry, allow_download=settings.allow_download)))
+        weights_ = resolve_weights("pretrained", entry, allow_download=settings.allow_download, hub=hub)
+        if entry.source != "torchvision":
+            build_network(entry, weights_)
+        loaded.append((entry, weights_))
     return loaded
 
 

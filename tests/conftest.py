@@ -17,7 +17,8 @@ import torchvision
 from PIL import Image
 
 from service.app import create_app
-from service.core.settings import SAMPLE_PHOTOS, Settings
+from service.core.settings import DEFAULT_MODEL_REPOSITORY, SAMPLE_PHOTOS, Settings
+from service.modeling.entries import load_entry
 
 PHOTOS = ("grace_hopper.jpg", "rocket.jpg", "chelsea.png", "coffee.png")
 
@@ -140,6 +141,19 @@ def client(app):
 def plane(app):
     """The app's data plane: extract, shapes and describe without HTTP."""
     return app.extensions["layertap.dataplane"]
+
+
+@pytest.fixture(scope="session")
+def hub_cache(tmp_path_factory) -> Path:
+    """A private Hugging Face hub cache holding the pretrained files of every shipped timm, transformers and
+    open_clip entry, made by the tests (tests/checkpoints.py): serve them with LAYERTAP_HUB_CACHE."""
+    from tests.checkpoints import SOURCED, fill_cache
+
+    cache = tmp_path_factory.mktemp("hf-hub")
+    work = tmp_path_factory.mktemp("hf-work")
+    for name in SOURCED:
+        fill_cache(cache, load_entry(DEFAULT_MODEL_REPOSITORY, name), work)
+    return cache
 
 
 @pytest.fixture(scope="session")

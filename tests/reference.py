@@ -65,12 +65,13 @@ def row_cosines(a, b) -> np.ndarray:
     return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
 
 
-def every_call(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+def every_call(model: nn.Module, x: torch.Tensor, run=None) -> dict[str, torch.Tensor]:
     """Every module call's output, cloned the moment it returns, named as torchvision FX names calls.
 
     The second, generic reference, for any architecture: a plain hook per module, written here
     apart from service.modeling.tap. A tuple output (attention's ``(output, weights)``) is its first
-    element.
+    element, a mapping (transformers' ``ModelOutput``) its first value. ``run(model, x)`` is the
+    library's own call (default: ``model(x)``).
     """
     out: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
@@ -79,6 +80,8 @@ def every_call(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
         def record(_module, _inputs, output):
             if isinstance(output, tuple):
                 output = output[0]
+            elif isinstance(output, dict):
+                output = next(iter(output.values()), None)
             if isinstance(output, torch.Tensor):
                 index = counts.get(name, 0)
                 counts[name] = index + 1
@@ -89,7 +92,7 @@ def every_call(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     handles = [module.register_forward_hook(hook(name)) for name, module in model.named_modules() if name]
     try:
         with torch.no_grad():
-            model(x)
+            model(x) if run is None else run(model, x)
     finally:
         for handle in handles:
             handle.remove()

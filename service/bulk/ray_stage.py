@@ -109,7 +109,12 @@ class LayertapEmbedder:
         traced = {call.name: call.shape for call in runner.shapes(1, crop, crop)}
         return {
             layer: list(
-                pooling.apply(np.zeros(traced[layer], np.float32), self.options, runner.layout_of(layer)).shape[1:]
+                pooling.apply(
+                    np.zeros(traced[layer], np.float32),
+                    self.options,
+                    runner.layout_of(layer),
+                    runner.prefix_tokens(layer),
+                ).shape[1:]
             )
             for layer in self.layers
         }

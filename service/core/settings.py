@@ -59,10 +59,23 @@ class Settings(BaseSettings):
     model_repository: Path = Field(DEFAULT_MODEL_REPOSITORY, description="Folder holding the model entries.")
     weights: str = Field(
         "imagenet",
-        description="`imagenet` (each entry's DEFAULT weights, torch cache), `random`, or one model's state-dict file.",
+        description="`pretrained` or its older name `imagenet` (each entry's own pretrained weights, from its "
+        "library's cache), `random`, or one model's state-dict file or save_pretrained folder.",
     )
     allow_download: bool = Field(
-        True, description="Whether `imagenet` weights missing from the torch cache may be downloaded at start."
+        True,
+        description="Whether pretrained weights missing from the torch or Hugging Face cache may be downloaded "
+        "at start.",
+    )
+    hub_cache: Path | None = Field(
+        None,
+        description="The Hugging Face hub cache that timm, transformers and open_clip entries read; "
+        "default: the library's own (`HF_HUB_CACHE`, `~/.cache/huggingface/hub`).",
+    )
+    trust_remote_code: bool = Field(
+        False,
+        description="Let a transformers entry run the Python code its repository or folder ships "
+        "(`trust_remote_code`): arbitrary code, run with the service's rights. Off: such entries fail at start.",
     )
     seed: int = Field(0, description="Seed for `random` weights, so that random models are reproducible.")
     device: str = Field("auto", description="`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`.")

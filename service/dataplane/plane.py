@@ -34,7 +34,7 @@ from service.images.batch import Prepared
 from service.images.sources import ImageInput
 from service.modeling.entries import load_entry
 from service.modeling.tap import LayerCall
-from service.modeling.weights import entry_weights
+from service.modeling.weights import PRETRAINED, HubAccess, entry_weights
 from service.ops import metrics
 from service.runners.runner import ModelRunner
 from service.runners.seams import RunnerSeams
@@ -99,15 +99,18 @@ class DataPlane:
             except ValueError as exc:
                 raise StartupError(str(exc)) from None
         sharing = [entry.name for entry in entries if entry.checkpoint is None]
-        if len(sharing) > 1 and settings.weights not in ("imagenet", "random"):
+        if len(sharing) > 1 and settings.weights not in (*PRETRAINED, "random"):
             raise StartupError(
                 f"LAYERTAP_WEIGHTS={settings.weights} names one file, but {len(sharing)} of the models have no "
                 f"checkpoint of their own ({', '.join(sharing)}); give each entry a checkpoint, or use imagenet or "
                 "random"
             )
+        hub = HubAccess(settings.allow_download, settings.hub_cache, settings.trust_remote_code)
         runners = []
         for entry in entries:
-            weights = entry_weights(settings.weights, entry, allow_download=settings.allow_download, seed=settings.seed)
+            weights = entry_weights(
+                settings.weights, entry, allow_download=settings.allow_download, seed=settings.seed, hub=hub
+            )
             try:
                 runners.append(ModelRunner(settings, entry, weights, seams))
             except ServiceError as exc:  # its layer list could not be traced at its own input size
@@ -168,7 +171,9 @@ class DataPlane:
         layers = layers or (runner.default_layer,)
         runner.check_layers(layers)
         for name in layers:
-            pooling.check_pool(_options_for(options, name).pool, name, runner.layout_of(name))
+            pooling.check_pool(
+                _options_for(options, name).pool, name, runner.layout_of(name), runner.prefix_tokens(name)
+            )
         return runner, layers
 
     def admit(self, model: str | None, images: int = 1, wait: bool = True) -> Ticket:
@@ -197,7 +202,7 @@ class DataPlane:
         for name, array in features.items():
             wanted = _options_for(options, name)
             if wanted != OutputOptions():
-                features[name] = pooling.apply(array, wanted, runner.layout_of(name))
+                features[name] = pooling.apply(array, wanted, runner.layout_of(name), runner.prefix_tokens(name))
         return Extraction(model=runner.name, weights=runner.weights.label, features=features, timings=timings)
 
     def check_explain(

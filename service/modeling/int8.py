@@ -62,7 +62,8 @@ def build_int8(
 ) -> Int8Model:
     """Fuse, calibrate (or load from the cache) and convert ``entry``'s model; map its layer names."""
     torch.backends.quantized.engine = "x86"
-    builder = getattr(torchvision.models.quantization, entry.architecture, None)
+    torchvision_entry = entry.source == "torchvision"
+    builder = getattr(torchvision.models.quantization, entry.architecture, None) if torchvision_entry else None
     model = builder(weights=None, quantize=False) if builder is not None else None
     if not isinstance(model, QuantizableResNet):  # its layer names are mapped below, block by block
         raise ValueError(

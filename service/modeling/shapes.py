@@ -1,42 +1,35 @@
 """Every layer's output shape, for any input size, from a weightless twin of the model on the meta device.
 
 Meta tensors carry shapes and dtypes but no data, so tracing a 4096×4096 input costs nothing.
-The twin is built on the meta device directly. It is copied from the real model instead (its
-structure, without copying its data) where a fresh build would differ or fail: a model built
-for pretrained weights that change the network (``copy=True``: the ViT SWAG weights' input size),
-and a family whose constructor computes with tensors (RegNet derives its widths from them). A
-size the architecture refuses (ViT asserts its input size) is an
-:class:`~service.core.errors.InvalidRequest` that says why, never a crash.
+The twin is a structural copy of the real model (its modules, without copying its data), not a
+fresh build: a fresh build would differ from a model built for pretrained weights that change the
+network (the ViT SWAG weights' input size), and fails for a family whose constructor computes
+with tensors (RegNet derives its widths from them). A size the architecture refuses (ViT asserts
+its input size) is an :class:`~service.core.errors.InvalidRequest` that says why, never a crash.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 import threading
 from functools import lru_cache
 
 import torch
-import torchvision
 from torch import nn
 
 from service.core.errors import InvalidRequest
+from service.modeling.network import Network
 from service.modeling.tap import LayerCall, LayerTap
-
-log = logging.getLogger("layertap.shapes")
 
 MAX_SIDE = 4096
 MAX_BATCH = 4096  # a large batch costs nothing on the meta device
 
 
 class ShapeTracer:
-    """Traces ``architecture`` on the meta device; results are cached per input size.
+    """Traces a network's pass on the meta device; results are cached per input size."""
 
-    ``copy``: trace a structural copy of ``model`` rather than a fresh ``builder(weights=None)``, for a model
-    whose configuration is not the builder's default."""
-
-    def __init__(self, architecture: str, model: nn.Module, copy: bool = False):
-        self._tap = LayerTap(meta_copy(model) if copy else _meta_twin(architecture, model))
+    def __init__(self, network: Network):
+        self._tap = LayerTap(meta_copy(network.model), network.run, network.output)
         self._lock = threading.Lock()  # a tap keeps the state of the pass in progress
         self._cached = lru_cache(maxsize=256)(self._trace)
 
@@ -58,16 +51,6 @@ class ShapeTracer:
         except Exception as exc:  # noqa: BLE001 - each architecture says "too small" or "wrong size" its own way
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise InvalidRequest(f"the model cannot take a {height}×{width} input: {reason}") from None
-
-
-def _meta_twin(architecture: str, model: nn.Module) -> nn.Module:
-    builder = torchvision.models.get_model_builder(architecture)
-    try:
-        with torch.device("meta"):
-            return builder(weights=None).eval()
-    except (NotImplementedError, RuntimeError) as exc:  # the constructor itself computes with tensors
-        log.info("%s cannot be built on the meta device (%s); copying the model there instead", architecture, exc)
-        return meta_copy(model)
 
 
 def meta_copy(model: nn.Module) -> nn.Module:

@@ -12,7 +12,12 @@ call, the first under its own name and the k-th (k ≥ 1) as ``<name>_<k>``; in 
 
 A module that returns a tuple (attention returns ``(output, weights)``) is served as its first
 tensor, the module's output proper; attention weights, which torchvision's ViT does not even
-compute (``need_weights=False``), are not a layer.
+compute (``need_weights=False``), are not a layer. A module that returns a mapping (transformers'
+``ModelOutput``) is served as its first value (``last_hidden_state``).
+
+A pass runs ``run(model, inputs)``, the library's own call (service/modeling/network.py). When
+that call's result is a layer of its own (``output``: the library's embedding, which may be no
+module's output), it is captured as the pass returns, as the last layer.
 
 The hooks are registered once, on every named module, when the tap is built; for explanations
 (:meth:`LayerTap.capture_for_gradient`) the same hooks make one call's output a leaf of the
@@ -28,6 +33,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from service.modeling.network import Run, call_module
 
 
 def call_name(module_name: str, call_index: int) -> str:
@@ -48,10 +55,25 @@ class LayerCall:
 
 
 def first_tensor(output):
-    """A module's output proper: the output itself, or the first element of a tuple such as attention's."""
+    """A module's output proper: the output itself, the first element of a tuple such as attention's, or the
+    first value of a mapping such as transformers' ``ModelOutput``."""
     if isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
         return output[0]
+    if isinstance(output, dict) and output:
+        first = next(iter(output.values()))
+        if isinstance(first, torch.Tensor):
+            return first
     return output
+
+
+def _replace_first(raw_output, tensor: torch.Tensor):
+    """``raw_output`` with its output proper (see :func:`first_tensor`) replaced by ``tensor``."""
+    if isinstance(raw_output, torch.Tensor):
+        return tensor
+    if isinstance(raw_output, dict):
+        raw_output[next(iter(raw_output))] = tensor  # a fresh object of this call's, ours to change
+        return raw_output
+    return (tensor, *raw_output[1:])
 
 
 class _AllCaptured(Exception):
@@ -68,10 +90,17 @@ class _Pass:
 
 
 class LayerTap:
-    """Hooks on every named module of ``model``; :meth:`capture` and :meth:`trace` run forward passes."""
+    """Hooks on every named module of ``model``; :meth:`capture` and :meth:`trace` run forward passes.
 
-    def __init__(self, model: nn.Module):
+    ``run(model, inputs)``: the forward pass (default: ``model(inputs)``); ``output``: the name its result is
+    served under, or None when it is not a layer of its own."""
+
+    def __init__(self, model: nn.Module, run: Run = call_module, output: str | None = None):
         self.model = model
+        self.run = run
+        self.output = output
+        if output is not None and output in dict(model.named_modules()):
+            raise ValueError(f"the pass's output cannot be named {output!r}: a module of the model has that name")
         self._pass: _Pass | None = None
         self._handles = [
             module.register_forward_hook(functools.partial(self._on_output, name))
@@ -132,14 +161,17 @@ class LayerTap:
         """The model's output, or None for a pass abandoned once everything it wanted was captured."""
         self._pass = state
         try:
-            return self.model(inputs)
+            output = self.run(self.model, inputs)
         except _AllCaptured:
             return None
         finally:
             self._pass = None
+        if self.output is not None and isinstance(output, torch.Tensor):
+            self._on_output(self.output, None, (), output, state)
+        return output
 
-    def _on_output(self, module_name: str, module: nn.Module, _inputs, raw_output):
-        state = self._pass
+    def _on_output(self, module_name: str, module: nn.Module | None, _inputs, raw_output, state: _Pass | None = None):
+        state = state or self._pass
         if state is None:  # a forward pass that is not ours (e.g. someone else's call of the model)
             return None
         index = state.calls.get(module_name, 0)
@@ -149,18 +181,22 @@ class LayerTap:
         if state.gradient_of is not None:
             if name != state.gradient_of or not isinstance(output, torch.Tensor):
                 return None
+            if module is None:  # the pass's own result: it is already the end of the graph
+                state.captured[name] = output
+                return None
             leaf = state.captured[name] = output.detach().clone().requires_grad_(True)
             onward = leaf.clone()  # what the rest of the model gets, and may rewrite in place
-            return onward if raw_output is output else (onward, *raw_output[1:])
+            return _replace_first(raw_output, onward)
         if state.trace is not None:
             shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
-            state.trace.append((name, module_name, type(module).__name__, index, shape))
+            kind = type(module).__name__ if module is not None else "output"
+            state.trace.append((name, module_name, kind, index, shape))
             return None
         if name in state.wanted and isinstance(output, torch.Tensor):
             # Copy now: a later in-place op (ReLU(inplace=True), `out += identity`) would
             # otherwise rewrite the value we return. The copy is also contiguous, which a
             # channels_last output is not.
             state.captured[name] = output.clone(memory_format=torch.contiguous_format)
-            if len(state.captured) == len(state.wanted):
+            if len(state.captured) == len(state.wanted) and module is not None:
                 raise _AllCaptured
         return None

@@ -28,20 +28,35 @@ class LayerCatalogue:
     """The layers a model serves, in the order their calls return, and their roles.
 
     ``calls``: every call of the model at its crop size, as traced (calls that return no tensor are
-    not layers). ``int8``: the quantized model's name map, when the model runs in int8.
+    not layers). ``int8``: the quantized model's name map, when the model runs in int8. ``output``: the
+    name the pass's own result is served under (the library's embedding), if any. ``prefix_tokens``:
+    the class and register tokens a token layer has before its patches; ``grid``: the patch grid
+    (rows, columns) of a model with patches, at its crop size (None: not such a model).
     """
 
-    def __init__(self, entry: ModelEntry, calls: Iterable[LayerCall], int8: Int8Model | None = None):
+    def __init__(
+        self,
+        entry: ModelEntry,
+        calls: Iterable[LayerCall],
+        int8: Int8Model | None = None,
+        *,
+        output: str | None = None,
+        prefix_tokens: int = 0,
+        grid: tuple[int, int] | None = None,
+    ):
         self.entry = entry
+        self._prefix_tokens = prefix_tokens
+        self._grid = grid
         self.layers: list[LayerCall] = [
             c for c in calls if c.shape is not None and (int8 is None or c.name in int8.served)
         ]
         self._names = frozenset(c.name for c in self.layers)
         self._modules = {c.name: c.module for c in self.layers}
+        self._shapes = {c.name: c.shape for c in self.layers}
         self._int8_calls = dict(int8.served) if int8 is not None else None
         self._unavailable = dict(int8.unavailable) if int8 is not None else {}
-        self.classifier, self.default_layer = roles(entry, self.layers)
-        self.spatial_layers: list[str] = spatial_layers(entry, self.layers)
+        self.classifier, self.default_layer = roles(entry, self.layers, output)
+        self.spatial_layers: list[str] = spatial_layers(self.layers, self.layout_of)
         self.classes: int = next(c.shape[-1] for c in self.layers if c.name == self.classifier)
 
     def __contains__(self, layer: object) -> bool:
@@ -65,8 +80,26 @@ class LayerCatalogue:
                 )
 
     def layout_of(self, layer: str) -> str:
-        """How the layer's output is laid out (nchw, nhwc or tokens), from the model entry."""
-        return self.entry.layout_of(self._modules.get(layer, layer))
+        """How the layer's output is laid out (nchw, nhwc, tokens or other): the model entry's word, else by its
+        shape: ``[N, T, D]`` is tokens; in a model with patches, a 4-D output that is not over the patch grid
+        (attention's per-head ``[N, heads, T, d]``) is other, and not a map."""
+        module = self._modules.get(layer, layer)
+        shape = self._shapes.get(layer) or (0,) * 4
+        declared = self.entry.declared_layout(module)
+        if declared is None and len(shape) == 4 and self._grid is not None and tuple(shape[2:]) != self._grid:
+            return "other"
+        return self.entry.layout_of(module, len(shape))
+
+    def prefix_tokens(self, layer: str) -> int:
+        """How many of a token layer's tokens come before its patches (class, registers): those the model adds,
+        where the layer has them (a patch embedding's output has none yet); 0 for a layer that is not tokens."""
+        shape = self._shapes.get(layer)
+        if shape is None or len(shape) != 3 or self.layout_of(layer) != "tokens":
+            return 0
+        if self._grid is None:
+            return self._prefix_tokens if shape[1] > self._prefix_tokens else 0
+        extra = shape[1] - self._grid[0] * self._grid[1]
+        return extra if 0 <= extra <= self._prefix_tokens else 0
 
     def call_of(self, layer: str) -> str:
         """The call of the served model whose output is this layer's value: the layer itself, except in int8,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ from service.core.settings import Settings
 from service.explain.explainer import Explainer, ExplainWork
 from service.images.batch import Inputs, Prepared
 from service.images.preprocess import ImagePreprocessor
-from service.modeling.build import DTYPES, build_model, resolve_device
+from service.modeling.build import DTYPES, build_network, resolve_device
 from service.modeling.entries import ModelEntry
 from service.modeling.folding import fold_batch_norms
 from service.modeling.int8 import Int8Model, build_int8, served_calls
@@ -64,24 +65,35 @@ class ModelRunner:
         self.weights = weights
         self.seams = seams or RunnerSeams()
         self.name = entry.name
+        self._network = build_network(entry, weights)
+        # The entry as served: with the preprocessing its library gave it where it gave none.
+        self.entry = entry = replace(entry, preprocessing=self._network.preprocessing)
         self.preprocess = ImagePreprocessor(
             entry.preprocessing, settings.max_pixels, settings.preprocessing, settings.max_aspect_ratio
         )
         self.device = self.seams.device or resolve_device(settings.device)
         self.cpu_flags = hardware.cpu_flags() if self.seams.cpu_flags is None else self.seams.cpu_flags
-        self.dtype = hardware.compute_dtype(settings.dtype, settings.precision, self.device.type, self.cpu_flags)
+        # LAYERTAP_DTYPE=auto: the entry's own dtype where it names one, else the device's fast one
+        dtype_setting = entry.dtype if settings.dtype == "auto" and entry.dtype else settings.dtype
+        self.dtype = hardware.compute_dtype(dtype_setting, settings.precision, self.device.type, self.cpu_flags)
         # auto: on CUDA, unless exact preprocessing was asked for (nvjpeg is within the fast tolerances only)
         decode_on_device = settings.jpeg_decoder == "device" or (
             settings.jpeg_decoder == "auto" and self.device.type == "cuda" and settings.preprocessing == "fast"
         )
         self.inputs = Inputs(self.preprocess, self.device, decode_on_device)
-        self._model = build_model(entry, weights)
+        self._model = self._network.model
         self.parameters = sum(p.numel() for p in self._model.parameters())
-        # A model built for pretrained weights may not be the builder's default (the ViT SWAG weights' input size).
-        self._shapes = ShapeTracer(entry.architecture, self._model, copy=weights.member is not None)
+        self._shapes = ShapeTracer(self._network)
         self._int8: Int8Model | None = self._build_int8() if settings.precision == "int8" else None
         crop = entry.preprocessing.crop
-        self.catalogue = LayerCatalogue(entry, self._shapes.trace(1, crop, crop), self._int8)
+        self.catalogue = LayerCatalogue(
+            entry,
+            self._shapes.trace(1, crop, crop),
+            self._int8,
+            output=self._network.output,
+            prefix_tokens=self._network.prefix_tokens,
+            grid=self._network.grid(crop, crop),
+        )
         self._batcher = Batcher(
             entry.name,
             self._run_batch,
@@ -166,6 +178,10 @@ class ModelRunner:
         """How the layer's output is laid out (nchw, nhwc or tokens), from the model entry."""
         return self.catalogue.layout_of(layer)
 
+    def prefix_tokens(self, layer: str) -> int:
+        """How many tokens (class, registers) come before the patches in a token layer's output; 0 otherwise."""
+        return self.catalogue.prefix_tokens(layer)
+
     # ---- request side ----------------------------------------------------------------------
     def reserve(self, images: int, wait: bool = True) -> Ticket:
         """Room for ``images`` in this model's queue, waiting in line for it if ``wait`` (else Overloaded)."""
@@ -191,9 +207,12 @@ class ModelRunner:
         taps = (self._tap, self._fast_tap)
         return {
             "model": self.entry.name,
+            "source": self.entry.source,
             "architecture": self.entry.architecture,
             "weights": self.weights.label,
             "default_layer": self.default_layer,
+            "embedding": self._network.output,
+            "prefix_tokens": self._network.prefix_tokens,
             "spatial_layers": self.spatial_layers,
             "classifier": self.classifier,
             "labels": self.weights.categories is not None,
@@ -225,18 +244,19 @@ class ModelRunner:
         started = time.perf_counter()
         torch.set_num_threads(self.settings.effective_torch_threads())
         crop = self.entry.preprocessing.crop
-        if self.settings.fold_batch_norm and self._int8 is None:  # int8 fuses batch norms itself
+        # int8 fuses batch norms itself; folding is proven on plain classifier passes (torchvision's) only
+        if self.settings.fold_batch_norm and self._int8 is None and self._network.output is None:
             sample = torch.randn(2, 3, crop, crop, generator=torch.Generator().manual_seed(0))
             folding = fold_batch_norms(self._model, sample)
             if folding is not None:
                 folded, changed = folding
-                self._fast_tap = LayerTap(self._place(folded, self.dtype))
+                self._fast_tap = self._tap_on(self._place(folded, self.dtype))
                 self._needs_original = self.catalogue.of_modules(changed)
         if self._int8 is not None:
             self._model = self._int8.model
         else:
             self._model = self._place(self._model, self.dtype)
-        self._tap = LayerTap(self._model)
+        self._tap = self._tap_on(self._model)
         # Warm-up: the first pass allocates and picks kernels (and starts the JPEG decoder); readiness waits for it.
         warm_up = self.inputs.warm_up()
         self._forward(warm_up, frozenset({self.layers[-1].name}))
@@ -276,8 +296,8 @@ class ModelRunner:
         if self.dtype == "float32" and self._int8 is None:
             model, tap = self._model, self._tap
         else:
-            model = self._place(build_model(self.entry, self.weights), "float32")
-            tap = LayerTap(model)
+            model = self._place(build_network(self.entry, self.weights).model, "float32")
+            tap = self._tap_on(model)
         for parameter in model.parameters():
             parameter.requires_grad_(False)  # gradients with respect to activations and inputs only
         return model, tap
@@ -301,6 +321,10 @@ class ModelRunner:
                         tensor = tensor.dequantize()
                     parts[name].append(tensor.to(device="cpu", dtype=torch.float32).numpy())
         return {name: chunks[0] if len(chunks) == 1 else np.concatenate(chunks) for name, chunks in parts.items()}
+
+    def _tap_on(self, model: torch.nn.Module) -> LayerTap:
+        """Hooks on ``model`` (this network, or a copy of it), whose passes run as the network's do."""
+        return LayerTap(model, self._network.run, self._network.output)
 
     def _place(self, model: torch.nn.Module, dtype: str) -> torch.nn.Module:
         return self.seams.place(model, self.device, dtype, self.settings.channels_last)

@@ -5,6 +5,8 @@ use is started once and shared (tests that need a server of their own say why ne
 
 - ``server``: the default service with small limits (body, pixels, images) that tests can reach;
 - ``imagenet_server``: ``LAYERTAP_WEIGHTS=imagenet`` from a pre-seeded torch cache (labels on);
+- ``sourced_server``: open_clip's CLIP and transformers' DINOv2, pretrained from a private Hugging
+  Face cache (the libraries beside torchvision, end to end);
 - ``two_workers``: two workers of one torch thread each (metrics across workers, a killed worker).
 
 The launcher is stress/server.py, shared with ``make bench`` and ``make stress``.
@@ -57,6 +59,20 @@ def imagenet_server(tmp_path_factory, state_dict):
         "LAYERTAP_MODELS": "resnet18,mobilenet_v3_large",
     }
     yield from _serve(tmp_path_factory.mktemp("imagenet-server"), env)
+
+
+@pytest.fixture(scope="session")
+def sourced_server(tmp_path_factory, hub_cache):
+    """An open_clip and a transformers model, pretrained from a private Hugging Face cache the tests filled
+    (tests/checkpoints.py), downloads off: the real loading path of the libraries beside torchvision."""
+    env = {
+        "LAYERTAP_MODELS": "clip_vit_b32,dinov2_small",
+        "LAYERTAP_WEIGHTS": "pretrained",
+        "LAYERTAP_ALLOW_DOWNLOAD": "false",
+        "LAYERTAP_HUB_CACHE": str(hub_cache),
+        "LAYERTAP_DTYPE": SMALL_LIMITS["LAYERTAP_DTYPE"],  # its tests compare across batches and with Ray at 1e-4
+    }
+    yield from _serve(tmp_path_factory.mktemp("sourced-server"), env)
 
 
 @pytest.fixture(scope="session")

@@ -136,3 +136,25 @@ def test_pooled_and_normalized_rows(local_ray, service_settings, server, photo_f
         assert abs(np.linalg.norm(got) - 1) < 1e-5
         expected = http_features(server, root, relative, "layers=layer4&pool=avg&normalize=true")["layer4"]
         assert row_cosines(got[None], expected[None])[0] >= 0.99999
+
+
+def test_an_open_clip_model_embeds_like_the_service(
+    local_ray, monkeypatch, hub_cache, sourced_server, photo_folder, tmp_path
+):
+    """The Ray stage builds models the way the service does, whatever their library: CLIP's embedding."""
+    from service.bulk.ray_embed import main
+
+    settings = {
+        "LAYERTAP_MODELS": "clip_vit_b32", "LAYERTAP_WEIGHTS": "pretrained", "LAYERTAP_ALLOW_DOWNLOAD": "false",
+        "LAYERTAP_HUB_CACHE": str(hub_cache), "LAYERTAP_DTYPE": "float32", "LAYERTAP_LOG_LEVEL": "warning",
+    }  # fmt: skip
+    for key, value in settings.items():
+        monkeypatch.setenv(key, value)
+    root, _, _ = photo_folder
+    out = tmp_path / "clip"
+    assert main(["embed", str(root / "original"), "--out", str(out), "--pool", "none"]) == 0
+    rows, schema = rows_by_path(out, root)
+    assert json.loads(schema.field("embedding").metadata[b"shape"]) == [512] and len(rows) == 4
+    for relative, row in rows.items():
+        expected = http_features(sourced_server, root, relative, "model=clip_vit_b32")["embedding"]
+        assert row_cosines(np.asarray(row["embedding"], np.float32)[None], expected[None])[0] >= 0.99999, relative

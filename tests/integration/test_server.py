@@ -122,7 +122,7 @@ def test_imagenet_weights_from_a_pre_seeded_torch_cache(imagenet_server, photos)
 @pytest.mark.parametrize(
     ("env", "fragment"),
     [
-        ({"LAYERTAP_WEIGHTS": "/nonexistent/weights.pt"}, "weights file /nonexistent/weights.pt does not exist"),
+        ({"LAYERTAP_WEIGHTS": "/nonexistent/weights.pt"}, "file or folder /nonexistent/weights.pt does not exist"),
         ({"LAYERTAP_WEIGHTS": "imagenet", "LAYERTAP_ALLOW_DOWNLOAD": "false"}, "not in the torch cache"),
     ],
 )

@@ -120,3 +120,36 @@ def test_page_shows_shapes_heatmaps_and_top5_from_local_assets_only(imagenet_ser
         browser.close()
     assert outside == [], f"the page tried to reach the internet: {outside}"
     assert console_errors == [], console_errors
+
+
+def test_page_draws_token_layers_as_their_patch_grid(sourced_server, photos, tmp_path):
+    """DINOv2's blocks: 1 class token, then 16×16 patches of 384 features: a 16×16 map per feature."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("needs Chromium (apt-get install chromium; .ci/run installs it)")
+    photo = tmp_path / "chelsea.png"
+    photo.write_bytes(photos["chelsea.png"])
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        console_errors: list[str] = []
+        page.on("console", lambda message: message.type == "error" and console_errors.append(message.text))
+        page.goto(sourced_server.url + "/")
+        page.wait_for_function("document.querySelectorAll('#layer-select option').length > 0")
+        assert page.locator("#model-select option").all_inner_texts() == ["clip_vit_b32", "dinov2_small"]
+        page.select_option("#model-select", "dinov2_small")
+        page.wait_for_function("document.querySelector('#layer-select option[value=\"encoder.layer.11\"]') !== null")
+        page.select_option("#layer-select", ["encoder.layer.11", "embedding"])
+        page.set_input_files("#file-input", str(photo))
+        page.click("#run")
+        page.wait_for_selector('.layer[data-layer="encoder.layer.11"] canvas', timeout=60_000)
+        block = page.locator('.layer[data-layer="encoder.layer.11"]')
+        assert block.locator("canvas").count() == 64
+        assert page.evaluate(
+            "[...document.querySelectorAll('.layer[data-layer=\"encoder.layer.11\"] canvas')]"
+            ".every(c => c.width === 16 && c.height === 16)"
+        )
+        assert "16×16 patches, 1 token(s) before them not drawn; first 64 of 384 features" in block.inner_text()
+        assert page.locator('.layer[data-layer="embedding"] canvas.vector').count() == 1
+        assert page.locator("#top5").is_hidden() or page.locator("#top5 li").count() == 0  # no labels: no top-5
+        browser.close()
+    assert console_errors == [], console_errors

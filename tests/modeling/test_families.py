@@ -31,7 +31,12 @@ from tests.reference import every_call
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
 BUILDERS = torchvision.models.list_models(module=torchvision.models)
-SHIPPED = sorted(p.stem for p in DEFAULT_MODEL_REPOSITORY.glob("*.toml"))
+# The shipped torchvision entries (the other libraries' are tests/modeling/test_sources.py's).
+SHIPPED = sorted(
+    p.stem
+    for p in DEFAULT_MODEL_REPOSITORY.glob("*.toml")
+    if load_entry(DEFAULT_MODEL_REPOSITORY, p.stem).source == "torchvision"
+)
 # Architectures that take only their own input size: /shapes at 200×200 is a 400 that says why.
 FIXED_SIZE = {"maxvit_t", "vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14"}
 # Smallest input that keeps the test fast; inception_v3 needs at least 75 pixels.

@@ -135,6 +135,18 @@ def test_int8_outside_the_resnet_family_is_a_clear_start_up_error(tmp_path):
         create_app(Settings(models="mobilenet_v3_large", weights="random", precision="int8", int8_cache_dir=tmp_path))
 
 
+def test_int8_refuses_another_library_s_resnet_with_the_same_message(tmp_path):
+    """timm's resnet18 shares torchvision's name, not its modules: int8 stays torchvision's ResNets."""
+    from service.core.errors import StartupError
+
+    (tmp_path / "timm_resnet18.toml").write_text('source = "timm"\narchitecture = "resnet18"\nweights = "a1_in1k"\n')
+    settings = Settings(
+        models="timm_resnet18", model_repository=tmp_path, weights="random", precision="int8", int8_cache_dir=tmp_path
+    )
+    with pytest.raises(StartupError, match=r"int8 serves the ResNet family .* LAYERTAP_PRECISION=float32"):
+        create_app(settings)
+
+
 def test_bottleneck_names_are_honest_in_int8(photos, tmp_path):
     """ResNet50's Bottleneck calls its ReLU three times and registers the quantizable ReLUs after bn3."""
     planes = {

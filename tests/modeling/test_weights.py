@@ -165,5 +165,5 @@ def test_an_unknown_architecture_names_close_matches(tmp_path):
     source = (DEFAULT_MODEL_REPOSITORY / "resnet18.toml").read_text().replace('"resnet18"', '"resnet19"', 1)
     (tmp_path / "typo.toml").write_text(source)
     entry = load_entry(tmp_path, "typo")
-    with pytest.raises(StartupError, match=r"no classification model 'resnet19'; did you mean resnet18, "):
+    with pytest.raises(StartupError, match=r"torchvision has no model .resnet19.; did you mean resnet18, "):
         build_model(entry, resolve_weights("random", entry))

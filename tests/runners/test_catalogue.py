@@ -8,7 +8,7 @@ import pytest
 
 from service.core.errors import LayerUnavailable, UnknownLayer
 from service.core.settings import DEFAULT_MODEL_REPOSITORY
-from service.modeling.build import build_model
+from service.modeling.build import build_network
 from service.modeling.entries import load_entry
 from service.modeling.int8 import Int8Model
 from service.modeling.shapes import ShapeTracer
@@ -19,7 +19,7 @@ from service.runners.catalogue import LayerCatalogue
 def traced(name: str, size: int = 224):
     """The entry and its model's calls at ``size``, traced on the meta device as a runner does."""
     entry = load_entry(DEFAULT_MODEL_REPOSITORY, name)
-    tracer = ShapeTracer(entry.architecture, build_model(entry, resolve_weights("random", entry)))
+    tracer = ShapeTracer(build_network(entry, resolve_weights("random", entry)))
     return entry, tracer
 
 

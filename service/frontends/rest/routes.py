@@ -64,7 +64,8 @@ def shapes() -> Response:
                     "call": call.call_index,
                     "calls": call.calls,
                     "shape": list(call.shape) if call.shape is not None else None,
-                    "layout": runner.entry.layout_of(call.module),
+                    "layout": runner.layout_of(call.name),
+                    "prefix_tokens": runner.prefix_tokens(call.name),
                 }
                 for call in calls
             ],

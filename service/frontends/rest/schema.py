@@ -79,6 +79,9 @@ class LayerShape(BaseModel):
     calls: int
     shape: list[int] | None
     layout: Literal[LAYOUTS]
+    prefix_tokens: int = Field(
+        description="For tokens: how many come before the patches (class token, registers); pool=avg and max skip them"
+    )
 
 
 class Shapes(BaseModel):

@@ -138,7 +138,8 @@ function heatmap(values, offset, height, width) {
   return canvas;
 }
 
-function showLayer(name, feature, layout) {
+function showLayer(name, feature, layer) {
+  const layout = layer.layout;
   const values = decodeFloats(feature.data);
   const shape = feature.shape;
   const box = document.createElement("div");
@@ -165,8 +166,24 @@ function showLayer(name, feature, layout) {
       more.textContent = `first ${MAX_CHANNELS} of ${channels} channels`;
       box.appendChild(more);
     }
+  } else if (shape.length === 3 && layout === "tokens" && patchGrid(shape[1] - layer.prefix_tokens) > 1) {
+    // A ViT's tokens: the patches laid out as their grid, one map per feature (the class and register
+    // tokens before them are not patches of the image, and are left out).
+    const [, tokens, features] = shape;
+    const prefix = layer.prefix_tokens;
+    const side = patchGrid(tokens - prefix);
+    const patches = values.subarray(prefix * features);
+    for (let c = 0; c < Math.min(features, MAX_CHANNELS); c++) {
+      const canvas = heatmap(channelOf(patches, c, features, side * side), 0, side, side);
+      canvas.title = `${name} feature ${c}`;
+      grid.appendChild(canvas);
+    }
+    const more = document.createElement("p");
+    more.textContent = `${side}×${side} patches` + (prefix ? `, ${prefix} token(s) before them not drawn` : "") +
+      (features > MAX_CHANNELS ? `; first ${MAX_CHANNELS} of ${features} features` : "");
+    box.appendChild(more);
   } else if (shape.length === 3 && layout === "tokens") {
-    // Tokens × features (ViT's encoder): one map, a row per token.
+    // Tokens that are no patch grid: one map, a row per token.
     const [, tokens, width] = shape;
     const canvas = heatmap(values, 0, tokens, width);
     canvas.className = "tokens";
@@ -182,6 +199,12 @@ function showLayer(name, feature, layout) {
   }
   box.appendChild(grid);
   $("maps").appendChild(box);
+}
+
+// The side of a square grid of this many patches, or 0 when they make none.
+function patchGrid(patches) {
+  const side = Math.round(Math.sqrt(patches));
+  return side * side === patches ? side : 0;
 }
 
 function channelOf(values, channel, channels, pixels) {
@@ -233,8 +256,8 @@ async function run() {
     if (generation !== state.generation) return; // the model changed while this was computed
     if (!response.ok) throw new Error(body.error ? body.error.message : response.statusText);
     $("maps").replaceChildren();
-    const layouts = Object.fromEntries(state.layers.map((layer) => [layer.name, layer.layout]));
-    for (const name of chosen) showLayer(name, body.features[name], layouts[name]);
+    const described = Object.fromEntries(state.layers.map((layer) => [layer.name, layer]));
+    for (const name of chosen) showLayer(name, body.features[name], described[name]);
     if (state.labels) showTop5(Array.from(decodeFloats(body.features[classifier].data)));
     $("explain-panel").hidden = false;
     const ms = Math.round(performance.now() - started);
