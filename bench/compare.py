@@ -10,6 +10,10 @@ cell drives the sample photos through ``/features?layers=avgpool`` at 1, 4 and 1
 through the Open Inference Protocol (binary tensors, ``layer4``) at 4. The report gives img/s
 and p50 per commit, the median over rounds, and the ratio AFTER ÷ BEFORE. A ratio within a few
 percent of 1 is noise on a shared 2-core machine; the report prints the rounds' spread to show it.
+
+``--startup`` measures start-to-ready instead: the seconds from spawning gunicorn to the first
+200 from ``/ready`` (polled every 50 ms), the two commits taking turns, for a change that must
+not slow the start (a new import, a new check in the master).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import statistics
 import subprocess
 import tempfile
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -65,6 +70,29 @@ def run_round(tree: Path, images: list[bytes], seconds: float, log_dir: Path) ->
         server.stop()
 
 
+def startup_round(tree: Path, log_dir: Path) -> float:
+    """Seconds from spawning a server run from ``tree`` to its first 200 from ``/ready``."""
+    env = {"LAYERTAP_WEIGHTS": "random", "LAYERTAP_LOG_LEVEL": "warning", "PYTHONPATH": str(tree)}
+    started = time.monotonic()
+    server = start_server(log_dir, env, cwd=tree)
+    try:
+        server.wait_ready(poll=0.05)
+        return time.monotonic() - started
+    finally:
+        server.stop()
+
+
+def startup_report(rounds: dict[str, list[float]], before: str, after: str) -> None:
+    print(f"\n| start-to-ready, s | {before} (range) | {after} (range) | ratio |")
+    print("| --- | --- | --- | --- |")
+    first, second = rounds[before], rounds[after]
+    print(
+        f"| median of {len(first)} | {statistics.median(first):.2f} ({min(first):.2f}–{max(first):.2f}) | "
+        f"{statistics.median(second):.2f} ({min(second):.2f}–{max(second):.2f}) | "
+        f"×{statistics.median(second) / statistics.median(first):.3f} |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("before", help="a git ref")
@@ -72,6 +100,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8, help="duration of each cell")
     parser.add_argument("--out", default=str(ROOT / "bench-results"), help="folder for the servers' logs")
+    parser.add_argument("--startup", action="store_true", help="measure start-to-ready instead of throughput")
     args = parser.parse_args()
     images = sample_photos()
     rounds: dict[str, list[dict]] = {args.before: [], args.after: []}
@@ -80,7 +109,13 @@ def main() -> None:
         for number in range(args.rounds):
             for ref in rounds if number % 2 == 0 else reversed(rounds):  # ABBA: neither always goes first
                 print(f"round {number + 1}: {ref} ...", flush=True)
-                rounds[ref].append(run_round(trees[ref], images, args.seconds, Path(args.out)))
+                if args.startup:
+                    rounds[ref].append(startup_round(trees[ref], Path(args.out)))
+                else:
+                    rounds[ref].append(run_round(trees[ref], images, args.seconds, Path(args.out)))
+    if args.startup:
+        startup_report(rounds, args.before, args.after)
+        return
     print(f"\n| cell | clients | {args.before} img/s | {args.after} img/s | ratio | p50 ms before → after |")
     print("| --- | --- | --- | --- | --- | --- |")
     for cell in ((label, clients) for label, clients in CELLS):

@@ -6,7 +6,15 @@ For each entry of ``models/`` (random weights: speed does not depend on them), i
   entry's default layer), one thread submitting batches of 16 photos;
 - the service: gunicorn on loopback with ``LAYERTAP_MODELS=<entry>``, 16 keep-alive clients
   posting the photos with no ``layers`` (the default layer), for a fixed time;
-- memory: RSS of the service (master + worker) once warm, and the model's parameter count.
+- memory: RSS of the service (master + worker) once warm, and the model's parameter count;
+- with ``--dtypes float32,bfloat16``: a row per dtype, and the cosine of the bfloat16 default
+  layer to the float32 one on each photo (the lowest is reported): an entry whose embedding
+  stays below 0.999 in bfloat16 says ``dtype = "float32"``.
+
+Entries from timm, transformers and open_clip are benched with the pretrained path, from a
+private Hugging Face cache that holds seeded weights of their real configurations
+(tests/checkpoints.py): transformers' configurations come from the hub, which the bench cannot
+reach either.
 
 ``make bench`` runs it after the main benchmark; the model table in docs/models.md comes from it.
 """
@@ -32,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @dataclass
 class ModelRow:
     model: str
+    dtype: str
     default_layer: str
     layers: int
     parameters_m: float
@@ -40,14 +49,65 @@ class ModelRow:
     service_p50_ms: float
     errors: int
     rss_mb: float
+    bf16_cosine: float | None = None
 
 
-def in_process(name: str, images: list[bytes], seconds: float) -> tuple[dict, float]:
+def sourced_weights(names: list[str], out: Path) -> dict[str, dict[str, str]]:
+    """The settings that serve each timm, transformers or open_clip entry from a private cache the bench fills."""
+    from service.modeling.entries import load_entry
+    from tests.checkpoints import fill_cache
+
+    cache, settings = out / "hf-cache", {}
+    for name in names:
+        entry = load_entry(DEFAULT_MODEL_REPOSITORY, name)
+        if entry.source == "torchvision":
+            continue
+        if not (cache / "done" / name).exists():
+            fill_cache(cache, entry, out / "hf-work")
+            (cache / "done").mkdir(parents=True, exist_ok=True)
+            (cache / "done" / name).touch()
+        settings[name] = {
+            "LAYERTAP_WEIGHTS": "pretrained",
+            "LAYERTAP_HUB_CACHE": str(cache),
+            "LAYERTAP_ALLOW_DOWNLOAD": "false",
+        }
+    return settings
+
+
+def bf16_cosine(name: str, images: list[bytes], env: dict[str, str]) -> float:
+    """The lowest cosine, over the photos, of the default layer in bfloat16 to the same in float32."""
+    import numpy as np
+
+    from service.app import create_app
+    from service.core.settings import Settings
+
+    answers = {}
+    for dtype in ("float32", "bfloat16"):
+        app = create_app(Settings(models=name, device="cpu", log_level="warning", dtype=dtype, **_settings(env)))
+        plane = app.extensions["layertap.dataplane"]
+        try:
+            if not plane.wait_ready(300):
+                raise RuntimeError(f"{name} did not load: {plane.failure}")
+            features = plane.extract(images).features
+            answers[dtype] = next(iter(features.values())).reshape(len(images), -1).astype(np.float64)
+        finally:
+            plane.close()
+    a, b = answers["float32"], answers["bfloat16"]
+    cosines = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+    return float(cosines.min())
+
+
+def _settings(env: dict[str, str]) -> dict:
+    """LAYERTAP_* variables → Settings keyword arguments."""
+    return {key.removeprefix("LAYERTAP_").lower(): value for key, value in env.items()}
+
+
+def in_process(name: str, images: list[bytes], seconds: float, env: dict[str, str]) -> tuple[dict, float]:
     """(the model's /info description, img/s through the data plane at batch 16)."""
     from service.app import create_app
     from service.core.settings import Settings
 
-    app = create_app(Settings(models=name, weights="random", device="cpu", log_level="warning"))
+    app = create_app(Settings(models=name, device="cpu", log_level="warning", **_settings(env)))
     plane = app.extensions["layertap.dataplane"]
     try:
         if not plane.wait_ready(300):
@@ -64,9 +124,11 @@ def in_process(name: str, images: list[bytes], seconds: float) -> tuple[dict, fl
         plane.close()
 
 
-def service(name: str, images: list[bytes], seconds: float, clients: int, out: Path) -> tuple[float, float, int, float]:
+def service(
+    name: str, images: list[bytes], seconds: float, clients: int, out: Path, env: dict[str, str]
+) -> tuple[float, float, int, float]:
     """(img/s, p50 ms, errors, RSS MB once warm) of the real service serving only this model."""
-    server = start_server(out, {"LAYERTAP_MODELS": name, "LAYERTAP_WEIGHTS": "random", "LAYERTAP_LOG_LEVEL": "warning"})
+    server = start_server(out, {"LAYERTAP_MODELS": name, "LAYERTAP_LOG_LEVEL": "warning", **env})
     server.wait_ready(300)
     try:
         headers = {"Content-Type": "application/octet-stream"}
@@ -80,40 +142,48 @@ def service(name: str, images: list[bytes], seconds: float, clients: int, out: P
     return len(latencies) / seconds, percentile(latencies, 0.5) * 1000, len(outcomes) - len(latencies), rss
 
 
-def run(names: list[str], seconds: float, clients: int, out: Path) -> list[ModelRow]:
+def run(names: list[str], seconds: float, clients: int, out: Path, dtypes: list[str]) -> list[ModelRow]:
     images = sample_photos()
+    sourced = sourced_weights(names, out)
     rows = []
     for name in names:
-        print(f"model {name} ...", flush=True)
-        info, limit = in_process(name, images, min(seconds, 6))
-        img_s, p50, errors, rss = service(name, images, seconds, clients, out)
-        row = ModelRow(
-            model=name,
-            default_layer=info["default_layer"],
-            layers=info["layers"],
-            parameters_m=info["parameters"] / 1e6,
-            in_process_img_s=limit,
-            service_img_s=img_s,
-            service_p50_ms=p50,
-            errors=errors,
-            rss_mb=rss,
-        )
-        print(f"  {row}", flush=True)
-        rows.append(row)
+        weights = sourced.get(name, {"LAYERTAP_WEIGHTS": "random"})
+        cosine = bf16_cosine(name, images, weights) if "bfloat16" in dtypes else None
+        for dtype in dtypes:
+            print(f"model {name} ({dtype}) ...", flush=True)
+            env = {**weights, "LAYERTAP_DTYPE": dtype}
+            info, limit = in_process(name, images, min(seconds, 6), env)
+            img_s, p50, errors, rss = service(name, images, seconds, clients, out, env)
+            row = ModelRow(
+                model=name,
+                dtype=info["dtype"],
+                default_layer=info["default_layer"],
+                layers=info["layers"],
+                parameters_m=info["parameters"] / 1e6,
+                in_process_img_s=limit,
+                service_img_s=img_s,
+                service_p50_ms=p50,
+                errors=errors,
+                rss_mb=rss,
+                bf16_cosine=cosine,
+            )
+            print(f"  {row}", flush=True)
+            rows.append(row)
     return rows
 
 
 def table(rows: list[ModelRow], clients: int) -> str:
     lines = [
-        f"| model | default layer | layers | parameters | in process, img/s | service, {clients} clients, img/s "
-        "| ratio | p50 ms | errors | service RSS |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | dtype | default layer | layers | parameters | in process, img/s "
+        f"| service, {clients} clients, img/s | ratio | p50 ms | errors | service RSS | bf16 ÷ f32 cosine, lowest |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
+        cosine = f"{r.bf16_cosine:.5f}" if r.bf16_cosine is not None else "—"
         lines.append(
-            f"| {r.model} | `{r.default_layer}` | {r.layers} | {r.parameters_m:.1f} M | {r.in_process_img_s:.1f} | "
-            f"{r.service_img_s:.1f} | ×{r.service_img_s / r.in_process_img_s:.2f} | {r.service_p50_ms:.0f} | "
-            f"{r.errors} | {r.rss_mb:.0f} MB |"
+            f"| {r.model} | {r.dtype} | `{r.default_layer}` | {r.layers} | {r.parameters_m:.1f} M | "
+            f"{r.in_process_img_s:.1f} | {r.service_img_s:.1f} | ×{r.service_img_s / r.in_process_img_s:.2f} | "
+            f"{r.service_p50_ms:.0f} | {r.errors} | {r.rss_mb:.0f} MB | {cosine} |"
         )
     return "\n".join(lines)
 
@@ -136,14 +206,18 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8, help="duration of each service cell")
     parser.add_argument("--clients", type=int, default=16, help="keep-alive clients driving the service")
     parser.add_argument("--out", default=str(ROOT / "bench-results"), help="folder for the Markdown and JSON reports")
+    parser.add_argument(
+        "--dtypes", default="auto", help="comma-separated: auto (the service's default), float32, bfloat16; a row each"
+    )
     args = parser.parse_args()
     apply_openmp_defaults()  # the service's OpenMP and malloc tuning, for a like-for-like in-process figure
     tune_malloc()
     out = Path(args.out)
-    rows = run(args.models.split(","), args.seconds, args.clients, out)
+    rows = run(args.models.split(","), args.seconds, args.clients, out, args.dtypes.split(","))
     header = (
         f"# layertap models, {time.strftime('%Y-%m-%d %H:%M:%S')}\n\n{os.cpu_count()} cores; CPU flags: {cpu_flags()}. "
-        "Random weights, the sample photos, each model's default layer.\n\n"
+        "Random weights (seeded, perturbed ones of the real configurations for timm, transformers and open_clip), "
+        "the sample photos, each model's default layer.\n\n"
     )
     text = header + table(rows, args.clients) + "\n"
     text += (

@@ -44,7 +44,7 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_ready(self, timeout: float = 90) -> None:
+    def wait_ready(self, timeout: float = 90, poll: float = 0.2) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -54,7 +54,7 @@ class Server:
                     return
             except (requests.ConnectionError, requests.Timeout):  # not listening yet, or still booting
                 pass
-            time.sleep(0.2)
+            time.sleep(poll)
         raise AssertionError(f"server not ready within {timeout} s:\n{self.log()[-5000:]}")
 
     def workers(self) -> list[int]:
