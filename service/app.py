@@ -56,6 +56,10 @@ def create_app(settings: Settings | None = None, *, seams: RunnerSeams | None = 
     front_ends = FrontEnds(FRONT_ENDS)
 
     app = Flask("layertap", static_folder=None)
+    # No redirect is ever built from the client's Host header: werkzeug would answer /ui//app.js with a 308
+    # to the merged path, and /ui with one to /ui/, both on whatever host the request named.
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
     # One byte over the limit, so that a chunked body past it is seen (bodies._read_body) rather than cut.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     # Multipart parts without a file name are form fields: let them be as large as a body.

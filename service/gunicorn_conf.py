@@ -32,14 +32,17 @@ _settings = Settings()
 
 # Set here, in the master, so that every worker inherits them before it imports torch.
 apply_openmp_defaults()
-# Each worker writes its metrics under this folder; /metrics sums them (service/ops/metrics.py).
-if MULTIPROCESS_ENV not in os.environ:
+# Each worker writes its metrics under this folder; /metrics sums them (service/ops/metrics.py). A folder
+# the service made is its own, emptied at start and removed at exit; one the operator named is only used.
+_OWN_METRICS_DIR = MULTIPROCESS_ENV not in os.environ
+if _OWN_METRICS_DIR:
     os.environ[MULTIPROCESS_ENV] = tempfile.mkdtemp(prefix="layertap-metrics-")
 
 wsgi_app = "service.app:create_app()"
 bind = [f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"]
 workers = _settings.workers
-worker_class = "gthread"
+# gthread, with request heads gathered off the thread pool and deadlines on body reads (the module says why).
+worker_class = "service.frontends.http.worker.GuardedThreadWorker"
 threads = _settings.threads
 # Each worker loads its own model after fork: never preload torch into the master.
 preload_app = False
@@ -60,8 +63,10 @@ logconfig_dict = gunicorn_logconfig(_settings.log_level, _settings.log_format)
 def on_starting(server) -> None:
     """Check the weights (fetching imagenet ones) and the device before forking; stop with one message if that fails."""
     metrics_dir = os.environ[MULTIPROCESS_ENV]
-    shutil.rmtree(metrics_dir, ignore_errors=True)  # counts from an earlier run must not leak into this one
-    os.makedirs(metrics_dir, exist_ok=True)
+    if _OWN_METRICS_DIR:  # created empty above; an operator's folder is theirs to clear between runs
+        os.makedirs(metrics_dir, exist_ok=True)
+    else:
+        _remove_metric_files(metrics_dir)  # counts from an earlier run must not leak into this one
     check = subprocess.run(
         [sys.executable, "-m", "service", "weights", "check"], capture_output=True, text=True, check=False
     )
@@ -69,6 +74,20 @@ def on_starting(server) -> None:
         lines = (check.stderr or check.stdout).strip().splitlines()
         raise RuntimeError(lines[-1] if lines else f"the weights check failed with exit code {check.returncode}")
     server.log.info(check.stdout.strip())
+
+
+def on_exit(server) -> None:  # noqa: ARG001 - gunicorn's hook signature
+    """Remove the metrics folder the service made (never one the operator named)."""
+    if _OWN_METRICS_DIR:
+        shutil.rmtree(os.environ[MULTIPROCESS_ENV], ignore_errors=True)
+
+
+def _remove_metric_files(folder: str) -> None:
+    """prometheus_client's own files in ``folder`` (``*.db``), and nothing else."""
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            if name.endswith(".db"):
+                os.remove(os.path.join(folder, name))
 
 
 def post_fork(server, worker) -> None:  # noqa: ARG001 - gunicorn's hook signature

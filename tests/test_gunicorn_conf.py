@@ -24,3 +24,23 @@ print(calls)
     env = {"PATH": "/usr/bin:/bin", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert done.stdout.strip() == "[2]"
+
+
+def test_the_metrics_folder_the_service_made_is_removed_at_exit_and_an_operators_is_kept(tmp_path):
+    code = """
+import os
+from service import gunicorn_conf
+folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+made = os.path.isdir(folder)
+gunicorn_conf.on_exit(None)
+print(made, os.path.isdir(folder))
+"""
+    env = {"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.strip() == "True False" and not list(tmp_path.glob("layertap-metrics-*"))
+    operators = tmp_path / "metrics"
+    operators.mkdir()
+    (operators / "notes.txt").write_text("mine")
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(operators)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.strip() == "True True" and (operators / "notes.txt").read_text() == "mine"

@@ -27,6 +27,12 @@ class InvalidRequest(ServiceError):
     code = "bad_request"
 
 
+class RequestTimedOut(InvalidRequest):
+    """The client sent its request too slowly (a body that stalls, or one that outlasts the deadline)."""
+
+    code = "request_timeout"
+
+
 class UnknownModel(InvalidRequest):
     code = "unknown_model"
 
@@ -57,6 +63,12 @@ class TooLarge(InvalidRequest):
 
 class ImageTooLarge(TooLarge):
     code = "image_too_large"
+
+
+class AnswerTooLarge(TooLarge):
+    """The answer asked for would be over the output budget (images × values of every layer asked for)."""
+
+    code = "answer_too_large"
 
 
 class TooManyImages(TooLarge):

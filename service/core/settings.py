@@ -117,6 +117,13 @@ class Settings(BaseSettings):
         description="Largest image (width × height) decoded; larger gets 413 before any pixel is decoded.",
     )
     max_images_per_request: int = Field(32, gt=0, description="Most images in one request; more gets 413.")
+    max_output_values: int = Field(
+        64_000_000,
+        gt=0,
+        description="Most values one answer may hold (images × elements of every layer asked for, pooled or not; a "
+        "JSON number counts 3); more gets 413 before the upload. The default passes every layer of any shipped "
+        "model but dinov2_small_reg for one image in base64.",
+    )
     max_aspect_ratio: float = Field(
         1000.0, ge=1, description="Longest side ÷ shortest side an image may have; beyond it, 400."
     )
@@ -139,7 +146,19 @@ class Settings(BaseSettings):
         ge=0,
         description="How long a request waits for room in a full queue before its 429 (keeps goodput under overload).",
     )
-    request_timeout_s: float = Field(30.0, gt=0, description="Deadline of a request inside the service; past it, 503.")
+    request_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Deadline of a request inside the service; past it, 503 (408 while its body is still arriving).",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="Time a client has to send a request's headers; past it, 408 and the socket closes."
+    )
+    body_read_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest wait for the next bytes of a request body; past it, 408, and its queue room is freed.",
+    )
     max_explain_batch: int = Field(
         8,
         gt=0,

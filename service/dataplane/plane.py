@@ -26,7 +26,8 @@ from service.batching.admission import Ticket
 from service.batching.done import Done
 from service.core.errors import InvalidRequest, ServiceError, StartupError, TooManyImages, UnknownModel
 from service.core.settings import Settings
-from service.dataplane import pooling
+from service.core.text import shown
+from service.dataplane import budget, pooling
 from service.dataplane.pooling import OutputOptions
 from service.explain.explainer import ExplainWork, ImageExplanation
 from service.explain.methods import CAM_METHODS, METHODS
@@ -161,12 +162,14 @@ class DataPlane:
         try:
             return self.runners[name]
         except KeyError:
-            raise UnknownModel(f"no model {name[:100]!r} here; models: {', '.join(self.runners)}") from None
+            raise UnknownModel(f"no model {shown(name)} here; models: {', '.join(self.runners)}") from None
 
     def check(
-        self, model: str | None, layers: tuple[str, ...] | None, options: Options
+        self, model: str | None, layers: tuple[str, ...] | None, options: Options, images: int = 1, packed: bool = True
     ) -> tuple[ModelRunner, tuple[str, ...]]:
-        """The runner and the layers (its default layer when none are named); raises on any bad name or option."""
+        """The runner and the layers (its default layer when none are named); raises on any bad name or option,
+        and when ``images`` answers would be over the output budget (``packed``: the values are sent as base64
+        or binary, not as JSON numbers; service/dataplane/budget.py)."""
         runner = self.runner(model)
         layers = layers or (runner.default_layer,)
         runner.check_layers(layers)
@@ -174,6 +177,10 @@ class DataPlane:
             pooling.check_pool(
                 _options_for(options, name).pool, name, runner.layout_of(name), runner.prefix_tokens(name)
             )
+        per_image = budget.answer_values(
+            layers, runner.catalogue.values_per_image, lambda name: _options_for(options, name).pool != "none", packed
+        )
+        budget.check_answer(per_image, images, self.settings.max_output_values, packed)
         return runner, layers
 
     def admit(self, model: str | None, images: int = 1, wait: bool = True) -> Ticket:
@@ -188,11 +195,13 @@ class DataPlane:
         options: Options | None = None,
         model: str | None = None,
         ticket: Ticket | None = None,
+        packed: bool = True,
     ) -> Extraction:
         """Prepare ``images`` here (decode, or check the headers of JPEGs the device decodes), run them
-        through the model's thread, return the requested layers, pooled or normalized as ``options`` say."""
+        through the model's thread, return the requested layers, pooled or normalized as ``options`` say.
+        ``packed``: as for :meth:`check`, whose output budget is applied to the images counted here."""
         options = options or OutputOptions()
-        runner, layers = self.check(model, layers, options)
+        runner, layers = self.check(model, layers, options, images=max(1, len(images)), packed=packed)
         if not images:
             raise InvalidRequest("there is no image to extract features from")
         done, timings = _prepare_and_run(

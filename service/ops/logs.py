@@ -18,6 +18,8 @@ from flask import g, has_request_context
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "request_id"}
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+GUNICORN_TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def request_id_from(header: str | None) -> str:
@@ -54,6 +56,14 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+class TextFormatter(logging.Formatter):
+    """Plain lines, with control characters escaped (``\\x0a``): a ``%0a`` in a request's path cannot forge a
+    line. A traceback, appended after the message, keeps its own lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", super().formatMessage(record))
+
+
 def configure(level: str, fmt: str) -> None:
     """Send the ``layertap`` loggers to stdout in the chosen format (once per process)."""
     logger = logging.getLogger("layertap")
@@ -64,13 +74,13 @@ def configure(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler._layertap = True
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT))
     logger.addHandler(handler)
 
 
 def gunicorn_logconfig(level: str, fmt: str) -> dict:
     """A logging dictConfig for gunicorn's own loggers, in the same format as the app's, to stdout."""
-    formatter = {"()": JsonFormatter} if fmt == "json" else {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}
+    formatter = {"()": JsonFormatter} if fmt == "json" else {"()": TextFormatter, "fmt": GUNICORN_TEXT_FORMAT}
     stdout = {"class": "logging.StreamHandler", "formatter": "layertap", "stream": "ext://sys.stdout"}
     return {
         "version": 1,

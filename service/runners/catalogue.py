@@ -15,9 +15,11 @@ be computed by another module's call (:meth:`LayerCatalogue.call_of`).
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable
 
 from service.core.errors import LayerUnavailable, UnknownLayer
+from service.core.text import shown
 from service.modeling.entries import ModelEntry
 from service.modeling.int8 import Int8Model
 from service.modeling.roles import roles, spatial_layers
@@ -51,6 +53,7 @@ class LayerCatalogue:
             c for c in calls if c.shape is not None and (int8 is None or c.name in int8.served)
         ]
         self._names = frozenset(c.name for c in self.layers)
+        self._longest = max((len(name) for name in self._names), default=0)
         self._modules = {c.name: c.module for c in self.layers}
         self._shapes = {c.name: c.shape for c in self.layers}
         self._int8_calls = dict(int8.served) if int8 is not None else None
@@ -69,13 +72,19 @@ class LayerCatalogue:
         """UnknownLayer (with close names) or LayerUnavailable (int8) for a name this model does not serve."""
         for name in layers:
             if name in self._unavailable:
-                raise LayerUnavailable(f"layer {name!r} does not exist in int8 mode: {self._unavailable[name]}")
+                raise LayerUnavailable(f"layer {shown(name)} does not exist in int8 mode: {self._unavailable[name]}")
             if name not in self._names:
-                close = difflib.get_close_matches(name, self._names, n=3, cutoff=0.6)
+                # A name far longer than any layer's matches none: no need to compare it with each of them.
+                close = (
+                    difflib.get_close_matches(name, self._names, n=3, cutoff=0.6)
+                    if len(name) < 2 * self._longest
+                    else []
+                )
                 hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
                 top = [c.name for c in self.layers if "." not in c.name]
                 raise UnknownLayer(
-                    f"unknown layer {name!r} of {self.entry.name}; {hint}its top-level layers are {', '.join(top)}; "
+                    f"unknown layer {shown(name)} of {self.entry.name}; {hint}"
+                    f"its top-level layers are {', '.join(top)}; "
                     f"the layer list has all {len(self.layers)} (containers, blocks and repeated calls included)"
                 )
 
@@ -100,6 +109,14 @@ class LayerCatalogue:
             return self._prefix_tokens if shape[1] > self._prefix_tokens else 0
         extra = shape[1] - self._grid[0] * self._grid[1]
         return extra if 0 <= extra <= self._prefix_tokens else 0
+
+    def values_per_image(self, layer: str, pooled: bool) -> int:
+        """How many values one image's answer holds for ``layer``: every element of its output at the crop size,
+        or one per channel (``pooled``: a map's channels, a token's dimensions)."""
+        shape = self._shapes[layer]
+        if pooled and len(shape) > 2:
+            return shape[1] if self.layout_of(layer) == "nchw" else shape[-1]
+        return math.prod(shape[1:])
 
     def call_of(self, layer: str) -> str:
         """The call of the served model whose output is this layer's value: the layer itself, except in int8,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from stress.attacks import slow_clients
 from stress.drills import kill_a_worker, overload, soak
 from stress.server import start_server
 
@@ -51,3 +52,18 @@ def test_a_killed_worker_is_replaced_and_others_are_unaffected(two_workers, phot
     assert result.failed_near_kill <= 4, result  # at most what was in flight on the killed worker
     assert result.not_ready_answers == 0  # a cold replacement never answers
     assert all(status == 200 for status in result.ready_probes)
+
+
+def test_slow_clients_hold_no_thread_and_get_408(tmp_path, weights_file, photos):
+    """Stalled uploads and half-sent heads (the worker's deadlines, service/frontends/http/worker.py): the
+    probes keep answering at once, the stalled uploads get 408 and give their queue room back."""
+    server = start_server(
+        tmp_path,
+        {"LAYERTAP_WEIGHTS": str(weights_file), "LAYERTAP_HEADER_TIMEOUT_S": "2", "LAYERTAP_BODY_READ_TIMEOUT_S": "2"},
+    )
+    try:
+        server.wait_ready()
+        result = slow_clients(server, photos["grace_hopper.jpg"], uploads=32, heads=64, body_read_timeout_s=2)
+    finally:
+        server.stop()
+    assert result.passed, result

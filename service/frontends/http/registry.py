@@ -105,7 +105,11 @@ class FrontEnds:
         return rule in self.open_routes or self.is_asset(rule)
 
     def is_asset(self, rule: str) -> bool:
-        return rule.startswith(self.asset_prefixes)
+        """Whether ``rule`` is under an asset prefix, by whole path segments: ``/docs`` opens ``/docs`` and
+        ``/docs/…``, never ``/docsearch``."""
+        return any(
+            rule == prefix.rstrip("/") or rule.startswith(prefix.rstrip("/") + "/") for prefix in self.asset_prefixes
+        )
 
     def check_routes(self, url_map: Map) -> None:
         """ValueError for a route of a prefixed front-end outside its prefix, or another's route inside it."""

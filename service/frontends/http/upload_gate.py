@@ -12,6 +12,10 @@ would still make the server pay for the upload it is about to refuse:
   request. :class:`UploadGate` reads at most :data:`DRAIN_BYTES` of it; a larger remainder, or a
   body the client was never invited to send, closes the connection instead (``Connection: close``).
 
+A body that arrives too slowly (service/frontends/http/worker.py puts deadlines on its reads) is
+:class:`~service.core.errors.RequestTimedOut` (408): the request ends, its queue room with it, and
+the connection closes.
+
 The closing goes through gunicorn's response object (``start_response.__self__.force_close``);
 under another WSGI server the gate only drains what it may (bodies with a length, up to DRAIN_BYTES).
 """
@@ -20,6 +24,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
+
+from service.core.errors import RequestTimedOut
 
 # A refused upload's remainder up to this is read and dropped, keeping the connection; beyond, it closes.
 DRAIN_BYTES = 64 * 1024
@@ -46,6 +52,7 @@ class _Body:
         self.invited = invite_through is None  # nothing to invite: nobody asked, or gunicorn already answered
         self.read_bytes = 0
         self.at_end = False
+        self.timed_out = False
 
     def _invite(self) -> None:
         if not self.invited:
@@ -59,11 +66,20 @@ class _Body:
 
     def read(self, *args):
         self._invite()
-        return self._count(self._stream.read(*args))
+        return self._count(self._timed(self._stream.read, *args))
 
     def readline(self, *args):
         self._invite()
-        return self._count(self._stream.readline(*args))
+        return self._count(self._timed(self._stream.readline, *args))
+
+    def _timed(self, read: Callable[..., bytes], *args) -> bytes:
+        """``read``, with a socket timeout turned into the client's error (not an OSError, which werkzeug
+        would report as a disconnect)."""
+        try:
+            return read(*args)
+        except TimeoutError as exc:
+            self.timed_out = True
+            raise RequestTimedOut(f"{exc}; the request was dropped, and may be sent again") from None
 
     def readlines(self, hint: int = -1):
         lines, size = [], 0
@@ -103,10 +119,10 @@ class UploadGate:
 def _settle(body: _Body, environ: dict) -> bool:
     """Read and drop a small unread remainder; False when the connection should close instead.
 
-    It closes when the client was never invited to send its body, when more than DRAIN_BYTES are
-    left, and when a chunked body was not read to its end (its remainder is unknown).
+    It closes when the client was never invited to send its body, when the body timed out, when more
+    than DRAIN_BYTES are left, and when a chunked body was not read to its end (its remainder is unknown).
     """
-    if not body.invited:
+    if not body.invited or body.timed_out:
         return False
     try:
         length = int(environ.get("CONTENT_LENGTH") or -1)

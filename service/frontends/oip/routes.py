@@ -25,9 +25,10 @@ import orjson
 from flask import Blueprint, Response, g, request
 
 from service import __version__
-from service.core.errors import InvalidRequest, TooLarge, UnknownModel
+from service.core.errors import InvalidRequest, UnknownModel
+from service.core.text import listed, shown
 from service.dataplane.pooling import OutputOptions
-from service.frontends.http.bodies import read_decoded_body
+from service.frontends.http.bodies import parse_json, read_decoded_body
 from service.frontends.http.responses import admitted, data_plane, json_response, readiness, timing_headers
 from service.frontends.oip import tensors
 from service.frontends.oip.schema import InferenceRequest, parse_request
@@ -48,8 +49,6 @@ REQUEST_PARAMETERS = ("binary_data_output", "pool", "normalize")
 # Request parameters that clients send on their own and that carry nothing for layertap: tritonclient's
 # scheduling ones (and its "triton_" prefix), KServe's content_type and headers. Anything else is a typo.
 IGNORED_PARAMETERS = ("priority", "timeout", "sequence_id", "sequence_start", "sequence_end", "content_type", "headers")
-# Numbers sent as JSON cost ~30 bytes of memory each once parsed: beyond this many, binary data is the way.
-MAX_JSON_VALUES = 1_000_000
 # Smaller answers are not worth compressing; binary tensors (float32) hardly compress at all.
 COMPRESS_MIN_BYTES = 1024
 
@@ -131,14 +130,15 @@ def infer(model: str, version: str | None = None) -> Response:
         header, binary = tensors.split_body(read_decoded_body(), request.headers.get(tensors.BINARY_HEADER))
         inference = parse_request(_parse_json(header))
         layers, options, binary_outputs = _requested_outputs(inference)
-        plane.check(model, layers, options)  # before decoding: a typo costs no image decode
+        packed = all(binary_outputs.values())  # every output as binary data, none as JSON numbers
+        plane.check(model, layers, options, packed=packed)  # before decoding: a typo costs no image decode
         raw = tensors.binary_parts(inference.inputs, binary)[0]
         crop = runner.entry.preprocessing.crop
         images = tensors.read_images(inference.inputs[0], raw, crop, plane.settings.max_images_per_request)
-        return _Parsed(inference, layers, options, binary_outputs, images)
+        return _Parsed(inference, layers, options, binary_outputs, images, packed)
 
     def run(parsed: _Parsed, ticket: Ticket) -> tuple[_Parsed, Extraction]:
-        return parsed, plane.extract(parsed.images, parsed.layers, parsed.options, model, ticket)
+        return parsed, plane.extract(parsed.images, parsed.layers, parsed.options, model, ticket, packed=parsed.packed)
 
     parsed, result = admitted(plane, model, read, run)  # room held before the body is read
     binary = parsed.binary_outputs
@@ -168,19 +168,16 @@ class _Parsed:
     options: Options
     binary_outputs: dict[str | None, bool]
     images: list
+    packed: bool  # every output binary: the output budget counts its values once (service/dataplane/budget.py)
 
 
 def _parse_json(header: bytes) -> object:
-    # Commas bound the number of JSON values: base64 images have none, numbers sent as JSON one each.
-    if len(header) > MAX_JSON_VALUES and header.count(b",") >= MAX_JSON_VALUES:
-        raise TooLarge(
-            f"over {MAX_JSON_VALUES:,} values in the request's JSON; send UINT8 or FP32 tensors as binary data "
-            f"(binary_data_size and {tensors.BINARY_HEADER}) or the images as BYTES"
-        )
-    try:
-        return orjson.loads(header)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"the inference request's JSON does not parse: {exc}") from None
+    return parse_json(
+        header,
+        "inference request's JSON",
+        f"send UINT8 or FP32 tensors as binary data (binary_data_size and {tensors.BINARY_HEADER}) or the images "
+        "as BYTES",
+    )
 
 
 def _requested_outputs(
@@ -193,7 +190,7 @@ def _requested_outputs(
     )
     if unknown:
         raise InvalidRequest(
-            f"unknown request parameters {', '.join(unknown)}; a request takes {', '.join(REQUEST_PARAMETERS)}"
+            f"unknown request parameters {listed(unknown)}; a request takes {', '.join(REQUEST_PARAMETERS)}"
         )
     default_options = OutputOptions(defaults.get("pool", "none"), _flag(defaults, "normalize", False))
     binary: dict[str | None, bool] = {None: _flag(defaults, "binary_data_output", False)}
@@ -205,11 +202,11 @@ def _requested_outputs(
         unknown = sorted(set(parameters) - set(OUTPUT_PARAMETERS))
         if unknown:
             raise InvalidRequest(
-                f"output {output.name!r} has unknown parameters {', '.join(unknown)}; "
+                f"output {shown(output.name)} has unknown parameters {listed(unknown)}; "
                 f"an output takes {', '.join(OUTPUT_PARAMETERS)}"
             )
         if output.name in options:
-            raise InvalidRequest(f"output {output.name[:200]!r} is requested twice")
+            raise InvalidRequest(f"output {shown(output.name)} is requested twice")
         options[output.name] = OutputOptions(
             parameters.get("pool", default_options.pool),
             _flag(parameters, "normalize", default_options.normalize),

@@ -18,10 +18,14 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, ValidationError
 
 from service.core.errors import InvalidRequest
+from service.core.text import MAX_NAME_CHARS, shown
 
+# Every name, id and string a client sends is bounded too (service/core/text.py): a 19 MB output
+# name is refused by its length, never matched against the layers or echoed back.
+Name = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
 # The protocol's parameter maps: values are strings, numbers and booleans. Every list and map is
 # bounded, so that a malformed request is refused after a handful of errors, never a million.
-Parameters = Annotated[dict[str, bool | int | float | str], Field(max_length=64)]
+Parameters = Annotated[dict[Name, bool | int | float | Name], Field(max_length=64)]
 # How the schema shows a tensor's elements: flat and of one of the protocol's kinds (nested lists are
 # accepted too). An unbounded schema here would make test generators recurse without end.
 _ELEMENTS = {"type": "array", "items": {"type": ["number", "string", "boolean"]}}
@@ -37,9 +41,9 @@ def _elements_schema(schema: dict) -> None:
 class RequestInput(BaseModel):
     """An input tensor: its elements in ``data``, or after the JSON when ``binary_data_size`` says so."""
 
-    name: str
+    name: Name
     shape: list[int] = Field(max_length=8, description="The tensor's shape; the first dimension is the images")
-    datatype: str = Field(description="BYTES (encoded images), UINT8 (RGB pixels) or FP32 (normalized tensors)")
+    datatype: Name = Field(description="BYTES (encoded images), UINT8 (RGB pixels) or FP32 (normalized tensors)")
     parameters: Parameters | None = None
     data: Any = Field(
         default=None,
@@ -52,7 +56,7 @@ class RequestInput(BaseModel):
 class RequestOutput(BaseModel):
     """A layer to return, and how."""
 
-    name: str = Field(description="A layer name, as GET /v2/models/{model} lists them")
+    name: Name = Field(description="A layer name, as GET /v2/models/{model} lists them")
     parameters: Parameters | None = Field(
         default=None, description="binary_data (bool), pool (none, avg, max, cls), normalize (bool)"
     )
@@ -61,7 +65,7 @@ class RequestOutput(BaseModel):
 class InferenceRequest(BaseModel):
     """An inference request: one image input, the layers to return."""
 
-    id: str | None = Field(default=None, description="Echoed in the response")
+    id: Name | None = Field(default=None, description="Echoed in the response")
     parameters: Parameters | None = Field(
         default=None, description="binary_data_output (bool), and pool and normalize as defaults for every output"
     )
@@ -144,12 +148,16 @@ class ErrorResponse(BaseModel):
     error: str
 
 
+def _where(location: tuple) -> str:
+    """``outputs.0.name``; a part can be a client's own dict key, which is cut short."""
+    parts = (str(part) if len(str(part)) <= 40 else shown(part, 40) for part in location)
+    return ".".join(parts) or "request"
+
+
 def parse_request(document: object) -> InferenceRequest:
     """The decoded JSON of an infer request → :class:`InferenceRequest`, or InvalidRequest naming each problem."""
     try:
         return InferenceRequest.model_validate(document)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or 'request'}: {error['msg']}" for error in exc.errors()[:5]
-        )
+        problems = "; ".join(f"{_where(error['loc'])}: {error['msg']}" for error in exc.errors(include_input=False)[:5])
         raise InvalidRequest(f"the inference request is malformed: {problems}") from None

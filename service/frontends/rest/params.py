@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import request
 
 from service.core.errors import InvalidRequest
+from service.core.text import check_length, shown
 
 ENCODINGS = ("json", "base64")
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
@@ -18,13 +19,14 @@ def parse_layers(raw: str | None, max_layers: int) -> tuple[str, ...] | None:
     if not any(names):
         raise InvalidRequest("the layers parameter is empty; name one or more layers, e.g. layers=layer4,avgpool")
     if "" in names:
-        raise InvalidRequest(f"the layers parameter {raw[:200]!r} has an empty name (stray comma?)")
+        raise InvalidRequest(f"the layers parameter {shown(raw, 200)} has an empty name (stray comma?)")
     if len(names) > max_layers:
         raise InvalidRequest(f"{len(names)} layers requested; the model has {max_layers}")
     seen: set[str] = set()
     for name in names:
+        check_length("layer name", name)
         if name in seen:
-            raise InvalidRequest(f"layer {name[:200]!r} is requested twice")
+            raise InvalidRequest(f"layer {shown(name)} is requested twice")
         seen.add(name)
     return tuple(names)
 

@@ -29,12 +29,13 @@ def features() -> Response:
     layers = parse_layers(request.args.get("layers"), max_layers=len(plane.runner(model).layers))
     options = OutputOptions(pool=request.args.get("pool", "none"), normalize=bool_arg("normalize"))  # validates
     encoding = choice_arg("encoding", ENCODINGS)
-    plane.check(model, layers, options)  # before reading the body: a typo costs no upload decode
+    packed = encoding != "json"
+    plane.check(model, layers, options, packed=packed)  # before reading the body: a typo costs no upload
     result = admitted(
         plane,
         model,
         lambda: read_images(plane.settings.max_images_per_request),
-        lambda images, ticket: plane.extract(images, layers, options, model, ticket),
+        lambda images, ticket: plane.extract(images, layers, options, model, ticket, packed=packed),
     )
     body = {
         "model": result.model,
@@ -77,7 +78,9 @@ def shapes() -> Response:
 def health() -> Response:
     plane = data_plane()
     if plane.state == "failed":
-        return json_response({"status": "failed", "reason": plane.failure}, status=503)
+        # Which models, not why: the exception's text can hold paths; the log has it, with its traceback.
+        failed = [name for name, runner in plane.runners.items() if runner.state == "failed"]
+        return json_response({"status": "failed", "code": "model_failed", "models": failed}, status=503)
     return json_response({"status": "ok"})
 
 

@@ -35,11 +35,15 @@ def test_owner_open_and_quiet_routes():
     rest = api("rest", probe_routes=frozenset({"/ready"}), quiet_routes=frozenset({"/metrics"}))
     v2 = api("v2", "/v2", probe_routes=frozenset({"/v2/models/<model>/ready"}))
     page = FrontEnd(name="page", title="the page", blueprints=(Blueprint("page", __name__),), asset_prefixes=("/ui/",))
-    registry = FrontEnds((rest, v2, page))
+    docs = FrontEnd(name="docs", title="docs", blueprints=(Blueprint("docs", __name__),), asset_prefixes=("/docs",))
+    registry = FrontEnds((rest, v2, page, docs))
     assert registry.owner("/v2") is v2 and registry.owner("/v2/models/x/infer") is v2
     assert registry.owner("/v22") is rest and registry.owner("/features") is rest and registry.owner("/ui/a.js") is rest
     assert registry.is_open("/ready") and registry.is_open("/v2/models/<model>/ready") and registry.is_open("/ui/a.js")
     assert not registry.is_open("/features") and not registry.is_open("/metrics")
+    # An asset prefix opens whole path segments only.
+    assert registry.is_open("/docs") and registry.is_open("/docs/") and registry.is_open("/docs/swagger.css")
+    assert not registry.is_open("/docsearch") and not registry.is_open("/docs.json") and not registry.is_open("/uix")
     assert registry.quiet_routes == {"/ready", "/v2/models/<model>/ready", "/metrics"}
 
 

@@ -268,6 +268,28 @@ def test_unknown_request_parameters_are_refused_so_that_a_typo_is_seen(client, p
     assert response.status_code == 400 and "unknown request parameters pooling" in response.json["error"]
 
 
+@pytest.mark.parametrize(
+    "request_part",
+    [
+        {"outputs": [{"name": "layer4" * 200_000}]},  # 1.2 MB: matched against no layer, echoed in part
+        {"id": "i" * 1_000_000},
+        {"parameters": {"p" * 1_000_000: 1}},
+        {"outputs": [{"name": "fc", "parameters": {"binary_data": "x" * 1_000_000}}]},
+    ],
+)
+def test_every_name_and_string_is_bounded_and_quoted_short(client, photos, request_part):
+    request = {"inputs": [bytes_input(photos["rocket.jpg"])], **request_part}
+    response = infer(client, request)
+    assert response.status_code == 400 and len(response.data) < 2_000, response.data[:300]
+    assert "256 characters" in response.json["error"] or "characters)" in response.json["error"]
+
+
+def test_a_request_of_too_many_json_values_is_413(client):
+    request = {"inputs": [{"name": "t", "shape": [1_000_001], "datatype": "UINT8", "data": [1] * 1_000_001}]}
+    response = infer(client, request)
+    assert response.status_code == 413 and "over 1,000,000 values" in response.json["error"], response.data[:300]
+
+
 def test_non_finite_tensors_are_refused(client):
     request = {"inputs": [{"name": "t", "shape": [1, 3, 224, 224], "datatype": "FP32", "parameters": {}}]}
     values = np.zeros((1, 3, 224, 224), "<f4")

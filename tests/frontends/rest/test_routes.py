@@ -191,6 +191,7 @@ def small_limits_app(weights_file):
             max_body_bytes=200_000,
             max_pixels=500_000,
             max_images_per_request=2,
+            max_output_values=40_000,
         )
     )
     plane = app.extensions["layertap.dataplane"]
@@ -220,6 +221,46 @@ def test_limits_are_413(small_limits_app, photos):
     response = client.post("/features", data={"image": three}, content_type="multipart/form-data")
     assert_error(response, 413, "too_many_images", "limit is 2")
     assert post_image(client, photos["rocket.jpg"], "fc").status_code == 200
+
+
+def test_an_answer_over_the_output_budget_is_413_before_the_upload(small_limits_app, photos):
+    """layer4 is 512×7×7 = 25,088 values an image; the budget is 40,000, and a JSON number counts 3."""
+    client = small_limits_app.test_client()
+    photo = photos["rocket.jpg"]
+    assert post_image(client, photo, "layer4&encoding=base64").status_code == 200
+    assert post_image(client, photo, "layer4&pool=avg").status_code == 200  # 512 values, 1,536 as JSON
+    response = post_image(client, b"\0" * 200_001, "layer4")  # over the body limit too: refused before the upload
+    assert_error(response, 413, "answer_too_large", "75,264 values (1 image × 75,264), over the budget of 40,000")
+    assert "pool=avg" in response.json["error"]["message"] and "encoding=base64" in response.json["error"]["message"]
+    tiny = encode(gradient_image(8, 8), "PNG")
+    two = [(io.BytesIO(tiny), f"{i}.png") for i in range(2)]
+    response = client.post(
+        "/features?layers=layer4&encoding=base64", data={"image": two}, content_type="multipart/form-data"
+    )
+    assert_error(response, 413, "answer_too_large", "2 images × 25,088")
+    assert "fewer images per request" in response.json["error"]["message"]
+
+
+def test_no_redirect_is_built_from_the_host_header(client):
+    """werkzeug would merge the slashes of /ui//app.js, or add one to /ui, in a 308 to whatever Host said."""
+    for path in ("/ui//app.js", "//ui/app.js", "/ui"):
+        response = client.get(path, headers={"Host": "attacker.example"})
+        assert response.status_code in (200, 404) and "Location" not in response.headers, (path, response.status)
+
+
+def test_a_json_body_of_too_many_values_is_413_before_it_is_parsed(client):
+    body = b'{"images": [' + b"1," * 1_000_000 + b"1]}"  # 2 MB, a million numbers: 269 MB once parsed
+    response = client.post("/features", data=body, content_type="application/json")
+    assert_error(response, 413, "payload_too_large", "over 1,000,000 values in the JSON body")
+
+
+def test_long_names_are_refused_by_length_and_quoted_short(client, photos):
+    response = post_image(client, photos["rocket.jpg"], "x" * 5_000)
+    assert_error(response, 400, "bad_request", "longer than 256 characters", "(5,000 characters)")
+    assert len(response.data) < 1_000
+    response = client.post(f"/features?model={'m' * 5_000}", data=photos["rocket.jpg"])
+    assert_error(response, 404, "unknown_model", "(5,000 characters)")
+    assert len(response.data) < 1_000
 
 
 def test_unknown_route_and_method_are_json(client):
@@ -333,7 +374,7 @@ def test_failed_load_turns_health_red(weights_file):
     assert not plane.wait_ready(10)
     client = app.test_client()
     assert client.get("/health").status_code == 503
-    assert "simulated" in client.get("/health").json["reason"]
+    assert client.get("/health").json == {"status": "failed", "code": "model_failed", "models": ["resnet18"]}
     assert client.get("/ready").json["status"] == "failed"
     live = client.get("/v2/health/live")
     assert live.status_code == 503 and live.json == {"live": False}
