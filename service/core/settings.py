@@ -124,6 +124,12 @@ class Settings(BaseSettings):
         "JSON number counts 3); more gets 413 before the upload. The default passes every layer of any shipped "
         "model but dinov2_small_reg for one image in base64.",
     )
+    max_decoded_bytes: int = Field(
+        160_000_000,
+        gt=0,
+        description="Largest image once decoded, in bytes (width × height × 1 to 4 by its mode); larger gets 413 "
+        "before any pixel is decoded.",
+    )
     max_aspect_ratio: float = Field(
         1000.0, ge=1, description="Longest side ÷ shortest side an image may have; beyond it, 400."
     )
@@ -166,6 +172,12 @@ class Settings(BaseSettings):
     )
     max_explain_steps: int = Field(
         256, gt=0, description="Most integrated-gradients steps one /explain request may ask for; more gets 400."
+    )
+    max_explain_passes: int = Field(
+        2048,
+        gt=0,
+        description="Most forward and backward passes one /explain request may cost: images × (1 for a CAM "
+        "method, steps + 1 for integrated gradients); more gets 413. The request holds queue room by that cost.",
     )
     workers: int = Field(
         _CPU_SIZING.workers,

@@ -16,6 +16,7 @@ the calling thread again.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import numpy as np
 
 from service.batching.admission import Ticket
 from service.batching.done import Done
-from service.core.errors import InvalidRequest, ServiceError, StartupError, TooManyImages, UnknownModel
+from service.core.errors import InvalidRequest, ServiceError, StartupError, TooLarge, TooManyImages, UnknownModel
 from service.core.settings import Settings
 from service.core.text import shown
 from service.dataplane import budget, pooling
@@ -44,6 +45,9 @@ log = logging.getLogger("layertap.dataplane")
 
 # One set of output options for every layer, or a set per layer (a layer left out gets the defaults).
 Options = OutputOptions | Mapping[str, OutputOptions]
+# While decoding, an image holds a place in its model's queue per this many bytes it decodes to (at least one):
+# a 2 Mpx RGB image. 32 places then bound what request threads decode at once to about 256 MB.
+DECODING_BYTES_PER_PLACE = 8_000_000
 
 
 @dataclass
@@ -229,6 +233,7 @@ class DataPlane:
         limit = self.settings.max_explain_steps
         if not 1 <= steps <= limit:  # refused for every method: an invalid value is no less so where unused
             raise InvalidRequest(f"steps must be from 1 to at most {limit} (LAYERTAP_MAX_EXPLAIN_STEPS), not {steps}")
+        self._check_explain_cost(method, steps, images=1)
         if method not in CAM_METHODS:
             if layer is not None:
                 raise InvalidRequest(f"{method} attributes the score to the input pixels: it takes no layer")
@@ -269,12 +274,28 @@ class DataPlane:
                 f"{len(images)} images to explain in one request; the limit is {self.settings.max_explain_batch} "
                 "(LAYERTAP_MAX_EXPLAIN_BATCH)"
             )
+        cost = self._check_explain_cost(method, steps, images=len(images))
 
         def run(held: Ticket, prepared: tuple[Prepared, ...]) -> Done:
             return runner.explain(held, ExplainWork(prepared, method, layer, target, steps, deadline=held.deadline))
 
-        done, timings = _prepare_and_run(runner, images, ticket, run)
+        # Room by cost: an integrated-gradients request of 8 images at 256 steps is ~2,000 passes, not 8 images.
+        room = min(cost, self.settings.max_queue_images)
+        done, timings = _prepare_and_run(runner, images, ticket, run, room=room)
         return ExplainResult(runner.name, runner.weights.label, runner.weights.categories, done.result, timings)
+
+    def _check_explain_cost(self, method: str, steps: int, images: int) -> int:
+        """The passes ``images`` explanations cost (1 each for a CAM method, steps + 1 for integrated gradients),
+        or TooLarge past LAYERTAP_MAX_EXPLAIN_PASSES."""
+        passes = 1 if method in CAM_METHODS else steps + 1
+        limit = self.settings.max_explain_passes
+        if images * passes > limit:
+            raise TooLarge(
+                f"{images} image{'s' if images > 1 else ''} × {passes} passes of {method} is {images * passes:,} "
+                f"forward and backward passes, over the limit of {limit:,} (LAYERTAP_MAX_EXPLAIN_PASSES); ask for "
+                "fewer steps or fewer images"
+            )
+        return images * passes
 
     def shapes(
         self, model: str | None, batch: int, height: int, width: int
@@ -292,15 +313,23 @@ def _prepare_and_run(
     images: Sequence[ImageInput],
     ticket: Ticket | None,
     run: Callable[[Ticket, tuple[Prepared, ...]], Done],
+    room: int | None = None,
 ) -> tuple[Done, Timings]:
     """Room for the images (held before anything is decoded: refusing must cost next to nothing, so a front-end
-    passes the ticket it took before reading the upload), the images prepared in this thread, then ``run``."""
+    passes the ticket it took before reading the upload), the images prepared in this thread, then ``run``.
+    ``room``: what to hold instead of one place per image (work that costs more than a forward pass)."""
     started = time.perf_counter()
+    room = room or len(images)
+    # While they decode, images hold room by their decoded size too: 32 small files that decode to 300 MB each
+    # cannot all be decoding at once. Once prepared (a crop of a few hundred kB each), they hold their count.
+    decoding = sum(math.ceil(runner.inputs.decoding_bytes(data) / DECODING_BYTES_PER_PLACE) for data in images)
+    decoding_room = min(max(room, decoding), runner.settings.max_queue_images)
     if ticket is None:
-        ticket = runner.reserve(len(images))
+        ticket = runner.reserve(decoding_room)
     with ticket:
-        ticket.resize(len(images))
+        ticket.resize(decoding_room)
         prepared = tuple(runner.inputs.prepare(data) for data in images)
+        ticket.resize(room)
         preprocess_s = time.perf_counter() - started
         metrics.PREPROCESS_SECONDS.labels(runner.name).observe(preprocess_s)
         done = run(ticket, prepared)

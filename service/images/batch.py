@@ -47,6 +47,12 @@ class Inputs:
         """Where JPEGs are decoded: ``device`` (the model thread, in batches) or ``pillow`` (request threads)."""
         return "device" if self._decoder is not None else "pillow"
 
+    def decoding_bytes(self, image: ImageInput) -> int:
+        """The memory preparing ``image`` in a request thread takes at its peak, from its header alone."""
+        if isinstance(image, Pixels | Tensor):
+            return image.array.nbytes
+        return self.preprocess.decoded_bytes(image)
+
     def prepare(self, image: ImageInput) -> Prepared:
         """Request thread: every limit checked, then the pixels, the JPEG left for the device, or the tensor."""
         if isinstance(image, Pixels):

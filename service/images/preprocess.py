@@ -20,10 +20,14 @@ Either way the result is the resized, center-cropped ``uint8`` pixels (height ×
 so request threads hand the model thread a quarter of the bytes of float32.
 
 Defences, in order: a whitelist of decoders (no Ghostscript-backed EPS and friends); the
-pixel limit checked from the header, before a single pixel is decoded (Pillow itself only
-warns below 179 megapixels); truncated data is an error, not grey padding; resizing reads
-only the source region that survives the center crop, so a 1×100000 strip costs what a
-square does instead of a 256×25,600,000 intermediate.
+pixel limit and the decoded-bytes limit checked from the header, before a single pixel is
+decoded (Pillow itself only warns below 179 megapixels; a 250 KB float TIFF of 6300×6300 is
+159 MB once decoded); a progressive JPEG's scans counted before decoding (each is a pass over
+the whole image: thousands make a CPU bomb of a small file); truncated data is an error, not
+grey padding; grayscale images (8-bit, 16-bit, float) stay one channel until after the resize,
+with no full-size float or RGB copy; resizing reads only the source region that survives the
+center crop, so a 1×100000 strip costs what a square does instead of a 256×25,600,000
+intermediate.
 """
 
 from __future__ import annotations
@@ -51,6 +55,13 @@ _RESAMPLING = {
 # Above this, resizing the whole image before the crop would waste memory (see _resize_and_crop).
 _MAX_INTERMEDIATE_PIXELS = 1 << 20
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# What Pillow stores per pixel of a decoded image in each mode (4 bytes for the rest: RGB is stored as RGBX).
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+# A JPEG scan marker (SOS) cannot occur inside entropy-coded data (0xFF is stuffed there as 0xFF00),
+# so counting it counts the scans. libjpeg writes at most ~10 for a progressive photo; libjpeg-turbo's
+# own TurboJPEG API refuses more than 500 when told to limit them.
+JPEG_SCAN_MARKER = b"\xff\xda"
+MAX_JPEG_SCANS = 100
 # torch's uint8 antialiased resize is a single-threaded AVX2 kernel. Elsewhere torch falls back
 # to a generic kernel that would start an OpenMP team in every request thread: Pillow then.
 _TORCH_KERNEL_CAPABILITIES = ("AVX2", "AVX512")
@@ -99,6 +110,7 @@ class ImagePreprocessor:
         mode: str = "exact",
         max_aspect_ratio: float = 1000,
         resize_kernel: str | None = None,
+        max_decoded_bytes: int | None = None,
     ):
         if mode not in PREPROCESSING_MODES:
             raise ValueError(
@@ -115,13 +127,14 @@ class ImagePreprocessor:
             )
         self.spec = spec
         self.max_pixels = max_pixels
+        self.max_decoded_bytes = max_decoded_bytes if max_decoded_bytes is not None else 4 * max_pixels
         self.max_aspect_ratio = max_aspect_ratio
         self.mode = mode
         self.resize_kernel = resize_kernel
         self._resample = _RESAMPLING[spec.interpolation]
 
     def __call__(self, data: bytes) -> np.ndarray:
-        return self._resize_and_crop(_to_rgb(self.decode(data)))
+        return _as_rgb(self._resize_and_crop(_to_8bit(self.decode(data))))
 
     def decode(self, data: bytes) -> Image.Image:
         """``data`` decoded, upright (EXIF orientation applied), in its own mode: what gets resized. In fast mode
@@ -131,6 +144,7 @@ class ImagePreprocessor:
             # libjpeg scales by 1/2, 1/4 or 1/8 while decoding, never below the resize target:
             # a 12 Mpx photo decodes ~6× faster, and resizing then starts from far fewer pixels.
             image.draft(None, self.spec.resized_size(*image.size))
+        self._check_decoded_bytes(image)
         return self._decode(image)
 
     def from_pixels(self, pixels: np.ndarray) -> np.ndarray:
@@ -156,7 +170,35 @@ class ImagePreprocessor:
         except Exception as exc:  # noqa: BLE001 - Pillow raises many types on malformed headers
             raise InvalidImage(f"cannot read the image header: {exc}") from None
         self._check_size(*image.size)
+        if image.format in ("JPEG", "MPO") and data.count(JPEG_SCAN_MARKER) > MAX_JPEG_SCANS:
+            raise InvalidImage(
+                f"the JPEG has {data.count(JPEG_SCAN_MARKER):,} scans, over the {MAX_JPEG_SCANS} a progressive JPEG "
+                "may have here; re-encode it"
+            )
         return image
+
+    def decoded_bytes(self, data: bytes) -> int:
+        """What decoding ``data`` will allocate (its size as drafted, by its mode), from the header alone; 0 for
+        data that will not decode (its error comes when it is prepared)."""
+        try:
+            image = self.open_header(data)
+        except (ImageTooLarge, InvalidImage):
+            return 0
+        size = image.size
+        if self.mode == "fast" and image.format in ("JPEG", "MPO"):
+            image.draft(None, self.spec.resized_size(*size))  # only sets the scale: nothing is decoded yet
+            size = image.size
+        return size[0] * size[1] * _BYTES_PER_PIXEL.get(image.mode, 4)
+
+    def _check_decoded_bytes(self, image: Image.Image) -> None:
+        """The decoded-bytes limit, from the (drafted) size and the mode: what Pillow will allocate."""
+        width, height = image.size
+        decoded = width * height * _BYTES_PER_PIXEL.get(image.mode, 4)
+        if decoded > self.max_decoded_bytes:
+            raise ImageTooLarge(
+                f"image is {width}×{height} in mode {image.mode}: {decoded:,} bytes once decoded, over the limit "
+                f"of {self.max_decoded_bytes:,} (LAYERTAP_MAX_DECODED_BYTES); downscale it or send 8-bit RGB"
+            )
 
     def _check_size(self, width: int, height: int) -> None:
         """The pixel limit and the aspect-ratio limit, from the dimensions alone."""
@@ -220,21 +262,32 @@ class ImagePreprocessor:
             resized = image.resize((new_width, new_height), self._resample)
             return np.asarray(resized.crop((left, top, left + crop, top + crop)))
         # HWC memory viewed as NCHW is channels_last, the layout the uint8 kernel reads directly.
-        source = torch.from_numpy(np.asarray(image)).permute(2, 0, 1).unsqueeze(0)
+        pixels = np.asarray(image)
+        pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels  # grayscale: one channel
+        source = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
         resized = F.interpolate(source, size=(new_height, new_width), mode=self.spec.interpolation, antialias=True)
         # numpy, not torch, makes the HWC copy: a torch copy this large may start an OpenMP team.
         return np.ascontiguousarray(resized[0, :, top : top + crop, left : left + crop].numpy().transpose(1, 2, 0))
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Any mode → RGB. 16-bit grayscale is scaled to 8 bits (Pillow's convert would clip it)."""
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """Any mode → RGB, or L for grayscale (made RGB after the resize, by :func:`_as_rgb`: resampling each
+    channel alike, that is the same pixels, without a full-size RGB copy). 16-bit grayscale is scaled to 8 bits
+    (Pillow's convert would clip it); float is clipped to 0–255, by Pillow, with no float copy."""
     if image.mode in _SIXTEEN_BIT_MODES:
         pixels = np.asarray(image)
         if pixels.dtype != np.uint16:  # mode "I" is int32: clip into 16 bits first
             pixels = np.clip(pixels, 0, 65535).astype(np.uint16)
-        image = Image.fromarray((pixels >> 8).astype(np.uint8), "L")
-    elif image.mode == "F":
-        image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8), "L")
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    return image
+        eight_bit = np.empty(pixels.shape, np.uint8)
+        np.right_shift(pixels, 8, out=eight_bit, casting="unsafe")  # straight into 8 bits: no 16-bit temporary
+        return Image.fromarray(eight_bit, "L")
+    if image.mode in ("F", "L"):
+        return image.convert("L") if image.mode == "F" else image
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _as_rgb(pixels: np.ndarray) -> np.ndarray:
+    """The crop as (height, width, 3): a grayscale crop's one channel repeated."""
+    if pixels.ndim == 3 and pixels.shape[2] == 3:
+        return pixels
+    return np.ascontiguousarray(np.repeat(pixels.reshape(*pixels.shape[:2], 1), 3, axis=2))

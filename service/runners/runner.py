@@ -69,7 +69,11 @@ class ModelRunner:
         # The entry as served: with the preprocessing its library gave it where it gave none.
         self.entry = entry = replace(entry, preprocessing=self._network.preprocessing)
         self.preprocess = ImagePreprocessor(
-            entry.preprocessing, settings.max_pixels, settings.preprocessing, settings.max_aspect_ratio
+            entry.preprocessing,
+            settings.max_pixels,
+            settings.preprocessing,
+            settings.max_aspect_ratio,
+            max_decoded_bytes=settings.max_decoded_bytes,
         )
         self.device = self.seams.device or resolve_device(settings.device)
         self.cpu_flags = hardware.cpu_flags() if self.seams.cpu_flags is None else self.seams.cpu_flags

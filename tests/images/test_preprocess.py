@@ -186,3 +186,49 @@ def test_decoded_pixels_take_the_upload_path_and_its_limits(preprocess):
         preprocess.from_pixels(np.zeros((1, 1001, 3), np.uint8))
     with pytest.raises(InvalidImage, match=r"uint8 \(height, width, 3\)"):
         preprocess.from_pixels(np.zeros((10, 10, 4), np.uint8))
+
+
+def test_decoded_bytes_are_limited_from_the_header_by_mode(monkeypatch):
+    """A float TIFF is 4 bytes a pixel once decoded, an 8-bit grayscale PNG 1: same pixels, other bytes."""
+    preprocess = ImagePreprocessor(IMAGENET, max_pixels=40_000_000, max_decoded_bytes=1_000_000)
+    floats = encode(Image.new("F", (1000, 500)), "TIFF")  # 500,000 px: 2,000,000 bytes decoded
+    decoded = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(self) or None)
+    with pytest.raises(ImageTooLarge, match=r"2,000,000 bytes once decoded, over the limit of 1,000,000"):
+        preprocess(floats)
+    assert decoded == []
+    monkeypatch.undo()
+    assert preprocess(encode(Image.new("L", (1000, 500)), "PNG")).shape == (224, 224, 3)  # 500,000 bytes
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16", "F"])
+@pytest.mark.parametrize("processing", ["exact", "fast"])
+def test_grayscale_stays_one_channel_until_the_crop_and_equals_rgb_first(mode, processing):
+    """Resampled as one channel and repeated after the crop: the same pixels as the RGB image resized
+    (the reference: 8 bits as the service scales them, made RGB first, then torchvision's transforms)."""
+    rng = np.random.default_rng(0)
+    values = {"L": rng.integers(0, 256, (427, 640)).astype(np.uint8),
+              "I;16": rng.integers(0, 65536, (427, 640)).astype(np.uint16),
+              "F": rng.uniform(-20, 300, (427, 640)).astype(np.float32)}[mode]  # fmt: skip
+    if mode == "I;16":
+        eight_bit = (values >> 8).astype(np.uint8)
+    else:
+        eight_bit = np.clip(values, 0, 255).astype(np.uint8)
+    data = encode(Image.fromarray(values), "TIFF" if mode == "F" else "PNG")
+    ours = ImagePreprocessor(IMAGENET, 40_000_000, processing)(data)
+    rgb_first = ImagePreprocessor(IMAGENET, 40_000_000, processing).from_pixels(
+        np.asarray(Image.fromarray(eight_bit, "L").convert("RGB"))
+    )
+    np.testing.assert_array_equal(ours, rgb_first)
+    if processing == "exact":
+        assert_same_pixels(ours, reference_pixels(Image.fromarray(eight_bit, "L")))
+
+
+def test_a_jpeg_with_too_many_scans_is_refused_before_decoding(preprocess):
+    photo = encode(gradient_image(64, 48), "JPEG")
+    progressive = io.BytesIO()
+    gradient_image(64, 48).save(progressive, "JPEG", progressive=True)
+    assert preprocess(progressive.getvalue()).shape == (224, 224, 3)  # a real progressive JPEG: ~10 scans
+    bomb = photo + b"\xff\xda\x00\x02" * 101  # 101 more scan markers
+    with pytest.raises(InvalidImage, match="102 scans, over the 100"):
+        preprocess(bomb)

@@ -231,6 +231,14 @@ class GuardedThreadWorker(gthread.ThreadWorker):
             if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
                 raise
 
+    def finish_request(self, conn, fs):
+        """gthread's, then: a connection back on the poller waiting for the rest of its head is closed at its head
+        deadline, not only after gthread's keepalive (a silent one never becomes readable to be checked)."""
+        super().finish_request(conn, fs)
+        deadline = getattr(conn, "head_deadline", None)
+        if deadline is not None and conn.timeout is not None:
+            conn.timeout = min(conn.timeout, deadline)
+
     def handle(self, conn):
         if not isinstance(conn, GuardedConn) or self.cfg.is_ssl or conn.is_http2:
             return super().handle(conn)

@@ -98,6 +98,19 @@ def test_more_images_than_an_explain_batch_are_refused(client, photos, settings)
     assert answer.status_code == 413 and "LAYERTAP_MAX_EXPLAIN_BATCH" in answer.json["error"]["message"]
 
 
+def test_explanations_are_admitted_by_their_cost_in_passes(client, photos, settings):
+    """8 images × 257 passes (integrated gradients at 256 steps) is 2,056 passes: over the default 2,048,
+    refused before any image is decoded (they are not images at all)."""
+    assert settings.max_explain_passes == 2048
+    images = [base64.b64encode(b"never decoded").decode()] * 8
+    answer = client.post("/explain?method=integrated_gradients&steps=256", json={"images": images})
+    assert answer.status_code == 413, answer.json
+    assert "8 images × 257 passes of integrated_gradients is 2,056" in answer.json["error"]["message"]
+    assert "LAYERTAP_MAX_EXPLAIN_PASSES" in answer.json["error"]["message"]
+    answer = client.post("/explain?method=integrated_gradients&steps=254", json={"images": images})  # 2,040
+    assert answer.status_code == 400 and answer.json["error"]["code"] == "invalid_image", answer.json
+
+
 def test_bad_images_and_a_png_of_several(client, photos):
     assert explain(client, b"not an image", "method=gradcam").json["error"]["code"] == "invalid_image"
     answer = client.post(
