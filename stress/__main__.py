@@ -17,6 +17,7 @@ from pathlib import Path
 
 import requests
 
+from .attacks import slow_clients, slow_clients_row, tiny_requests
 from .corpus import corpus, send
 from .drills import kill_a_worker, overload, soak
 from .server import Server, rss_mb, sample_photos, start_server
@@ -102,6 +103,21 @@ def main() -> int:
             )
         )
         print(f"soak: {result}", flush=True)
+    finally:
+        server.stop()
+
+    # Hostile clients (stress/attacks.py), on a default server: the limits as shipped.
+    server = _serve(log_dir, LAYERTAP_HEADER_TIMEOUT_S="5", LAYERTAP_BODY_READ_TIMEOUT_S="5")
+    try:
+        tiny_png = (Path(__file__).parent / "tiny.png").read_bytes()
+        all_layers = ",".join(
+            layer["name"] for layer in requests.get(f"{server.url}/shapes", timeout=30).json()["layers"]
+        )
+        attacks = tiny_requests(server, tiny_png, all_layers)
+        attacks.append(slow_clients_row(slow_clients(server, photos[0], body_read_timeout_s=5)))
+        for attack in attacks:
+            rows.append((f"attack: {attack.drill}", f"{attack.pass_line}: {attack.figures}", "1", "0", attack.passed))
+            print(f"attack: {attack}", flush=True)
     finally:
         server.stop()
 

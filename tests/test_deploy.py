@@ -153,3 +153,14 @@ def test_kserve_predictor_serves_the_image_of_the_deployment():
     assert container["resources"] == deployed["resources"]
     assert env == {e["name"]: e.get("value") for e in deployed["env"]}, "the settings of the CPU deployment"
     assert predictor["terminationGracePeriodSeconds"] == pod["terminationGracePeriodSeconds"]
+
+
+def test_the_ingress_in_front_agrees_with_the_service_limits():
+    """docs/robustness.md: the proxy limits per client and buffers uploads; its sizes and timeouts are the service's."""
+    ingress = yaml.safe_load((ROOT / "deploy" / "k8s" / "ingress.yaml").read_text())
+    annotations = {k.rpartition("/")[2]: v for k, v in ingress["metadata"]["annotations"].items()}
+    settings = Settings()
+    assert int(annotations["proxy-body-size"].removesuffix("m")) * 1024 * 1024 == settings.max_body_bytes
+    assert int(annotations["proxy-read-timeout"]) > settings.request_timeout_s
+    assert annotations["proxy-request-buffering"] == "on" and int(annotations["limit-connections"]) > 0
+    assert "ingress.yaml" in (ROOT / "deploy" / "k8s" / "kustomization.yaml").read_text()

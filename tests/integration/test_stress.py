@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import requests
 
-from stress.attacks import slow_clients
+from stress.attacks import slow_clients, tiny_requests
 from stress.drills import kill_a_worker, overload, soak
-from stress.server import start_server
+from stress.server import ROOT, start_server
 
 pytestmark = pytest.mark.integration
 
@@ -54,16 +55,28 @@ def test_a_killed_worker_is_replaced_and_others_are_unaffected(two_workers, phot
     assert all(status == 200 for status in result.ready_probes)
 
 
-def test_slow_clients_hold_no_thread_and_get_408(tmp_path, weights_file, photos):
-    """Stalled uploads and half-sent heads (the worker's deadlines, service/frontends/http/worker.py): the
-    probes keep answering at once, the stalled uploads get 408 and give their queue room back."""
-    server = start_server(
-        tmp_path,
-        {"LAYERTAP_WEIGHTS": str(weights_file), "LAYERTAP_HEADER_TIMEOUT_S": "2", "LAYERTAP_BODY_READ_TIMEOUT_S": "2"},
-    )
+@pytest.fixture(scope="module")
+def hostile_server(tmp_path_factory, weights_file):
+    """The shipped limits (no SMALL_LIMITS), with the client deadlines shortened to 2 s so the drill is short."""
+    env = {"LAYERTAP_WEIGHTS": str(weights_file), "LAYERTAP_HEADER_TIMEOUT_S": "2", "LAYERTAP_BODY_READ_TIMEOUT_S": "2"}
+    server = start_server(tmp_path_factory.mktemp("hostile"), env)
     try:
         server.wait_ready()
-        result = slow_clients(server, photos["grace_hopper.jpg"], uploads=32, heads=64, body_read_timeout_s=2)
+        yield server
     finally:
         server.stop()
+
+
+def test_tiny_requests_cannot_make_huge_answers_decodes_or_errors(hostile_server):
+    """stress/attacks.py's drills of small requests that used to cost far more than their size."""
+    tiny_png = (ROOT / "stress" / "tiny.png").read_bytes()
+    layers = requests.get(f"{hostile_server.url}/shapes", timeout=30).json()["layers"]
+    results = tiny_requests(hostile_server, tiny_png, ",".join(layer["name"] for layer in layers))
+    assert all(result.passed for result in results), results
+
+
+def test_slow_clients_hold_no_thread_and_get_408(hostile_server, photos):
+    """Stalled uploads and half-sent heads (the worker's deadlines, service/frontends/http/worker.py): the
+    probes keep answering at once, the stalled uploads get 408 and give their queue room back."""
+    result = slow_clients(hostile_server, photos["grace_hopper.jpg"], uploads=32, heads=64, body_read_timeout_s=2)
     assert result.passed, result
