@@ -127,7 +127,8 @@ def _install_request_hooks(app: Flask, settings: Settings, front_ends: FrontEnds
                     "query": request.query_string.decode("latin-1")[:500],
                     "status": response.status_code,
                     "duration_ms": round(elapsed * 1000, 2),
-                    "bytes": response.calculate_content_length(),
+                    # A streamed answer's length is unknown yet: calculating it would buffer the whole answer.
+                    "bytes": None if response.is_streamed else response.calculate_content_length(),
                     "remote": request.remote_addr,
                 },
             )

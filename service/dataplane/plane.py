@@ -68,6 +68,9 @@ class Extraction:
     weights: str
     features: dict[str, np.ndarray]
     timings: Timings
+    # Gives back the room this answer holds among the answers in flight (service/dataplane/budget.py): call it
+    # once the answer is sent. A no-op unless the extraction was asked to hold room (``hold_answer``).
+    release: Callable[[], None] = lambda: None
 
 
 @dataclass
@@ -90,6 +93,7 @@ class DataPlane:
         self.settings = settings
         self.runners = {runner.name: runner for runner in runners}
         self.default_model = runners[0].name
+        self.answers = budget.AnswersInFlight(settings.max_output_values, settings.max_queue_wait_ms / 1000)
 
     @classmethod
     def from_settings(cls, settings: Settings, seams: RunnerSeams | None = None) -> DataPlane:
@@ -181,10 +185,9 @@ class DataPlane:
             pooling.check_pool(
                 _options_for(options, name).pool, name, runner.layout_of(name), runner.prefix_tokens(name)
             )
-        per_image = budget.answer_values(
-            layers, runner.catalogue.values_per_image, lambda name: _options_for(options, name).pool != "none", packed
+        budget.check_answer(
+            _answer_values(runner, layers, options, packed), images, self.settings.max_output_values, packed
         )
-        budget.check_answer(per_image, images, self.settings.max_output_values, packed)
         return runner, layers
 
     def admit(self, model: str | None, images: int = 1, wait: bool = True) -> Ticket:
@@ -200,23 +203,34 @@ class DataPlane:
         model: str | None = None,
         ticket: Ticket | None = None,
         packed: bool = True,
+        hold_answer: bool = False,
     ) -> Extraction:
         """Prepare ``images`` here (decode, or check the headers of JPEGs the device decodes), run them
         through the model's thread, return the requested layers, pooled or normalized as ``options`` say.
-        ``packed``: as for :meth:`check`, whose output budget is applied to the images counted here."""
+        ``packed``: as for :meth:`check`, whose output budget is applied to the images counted here.
+        ``hold_answer``: hold room among the answers in flight until ``Extraction.release`` (front-ends do)."""
         options = options or OutputOptions()
         runner, layers = self.check(model, layers, options, images=max(1, len(images)), packed=packed)
         if not images:
             raise InvalidRequest("there is no image to extract features from")
-        done, timings = _prepare_and_run(
-            runner, images, ticket, lambda held, prepared: runner.extract(held, prepared, layers)
+        release = (
+            self.answers.hold(_answer_values(runner, layers, options, packed) * len(images))
+            if hold_answer
+            else (lambda: None)
         )
-        features = done.result
-        for name, array in features.items():
-            wanted = _options_for(options, name)
-            if wanted != OutputOptions():
-                features[name] = pooling.apply(array, wanted, runner.layout_of(name), runner.prefix_tokens(name))
-        return Extraction(model=runner.name, weights=runner.weights.label, features=features, timings=timings)
+        try:
+            done, timings = _prepare_and_run(
+                runner, images, ticket, lambda held, prepared: runner.extract(held, prepared, layers)
+            )
+            features = done.result
+            for name, array in features.items():
+                wanted = _options_for(options, name)
+                if wanted != OutputOptions():
+                    features[name] = pooling.apply(array, wanted, runner.layout_of(name), runner.prefix_tokens(name))
+        except BaseException:
+            release()
+            raise
+        return Extraction(runner.name, runner.weights.label, features, timings, release)
 
     def check_explain(
         self, model: str | None, method: str, layer: str | None, target: int | None, steps: int
@@ -334,6 +348,12 @@ def _prepare_and_run(
         metrics.PREPROCESS_SECONDS.labels(runner.name).observe(preprocess_s)
         done = run(ticket, prepared)
     return done, Timings(preprocess_s * 1000, done.queue_ms, done.run_ms, done.batch_items)
+
+
+def _answer_values(runner: ModelRunner, layers: tuple[str, ...], options: Options, packed: bool) -> int:
+    """What one image's answer costs against the output budget (service/dataplane/budget.py)."""
+    pooled = lambda name: _options_for(options, name).pool != "none"  # noqa: E731 - a predicate, named for reading
+    return budget.answer_values(layers, runner.catalogue.values_per_image, pooled, packed)
 
 
 def _options_for(options: Options, layer: str) -> OutputOptions:

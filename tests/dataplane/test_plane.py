@@ -315,3 +315,28 @@ def test_encoded_pixel_and_tensor_images_share_one_batch(plane, photos):
     np.testing.assert_allclose(result.features["fc"], alone.features["fc"], rtol=1e-4, atol=1e-4)
     pooled = alone.features["layer2"].mean(axis=(2, 3))
     np.testing.assert_allclose(result.features["layer2"], pooled, rtol=1e-4, atol=1e-5)
+
+
+def test_answers_in_flight_are_bounded_together_and_released_once():
+    """Two answers of 60 values fit under 100 only one at a time; a release frees the room, a second does nothing."""
+    from service.core.errors import Overloaded
+    from service.dataplane.budget import AnswersInFlight
+
+    answers = AnswersInFlight(capacity=100, wait_s=0.05)
+    release = answers.hold(60)
+    with pytest.raises(Overloaded, match="LAYERTAP_MAX_OUTPUT_VALUES"):
+        answers.hold(60)
+    release()
+    release()
+    assert answers.held == 0
+    releases = []
+    waiting = threading.Thread(target=lambda: releases.append(answers.hold(60)))
+    held = answers.hold(60)
+    answers.wait_s = 5
+    waiting.start()
+    held()  # the one waiting in line gets the room
+    waiting.join(5)
+    assert answers.held == 60 and len(releases) == 1
+    releases[0]()
+    answers.hold(1000)  # more than the capacity is capped at it: a request is never refused for its size here
+    assert answers.held == 100

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from service.batching.admission import Ticket
     from service.dataplane.plane import DataPlane, Timings
 
-TIMING_HEADERS = ("X-Preprocess-Time", "X-Queue-Time", "X-Inference-Time", "X-Total-Time")
+TIMING_HEADERS = ("X-Preprocess-Time", "X-Queue-Time", "X-Inference-Time", "X-Serialize-Time", "X-Total-Time")
 
 Body = TypeVar("Body")
 Result = TypeVar("Result")
@@ -35,15 +35,19 @@ def json_response(body: dict, status: int = 200, headers: dict[str, str] | None 
     )
 
 
-def timing_headers(timings: Timings, started: float) -> dict[str, str]:
-    """Milliseconds per stage, the request's total since ``started`` (perf_counter), and the forward pass's images."""
-    return {
+def timing_headers(timings: Timings, started: float, serialize_ms: float | None = None) -> dict[str, str]:
+    """Milliseconds per stage, the request's total since ``started`` (perf_counter), and the forward pass's images.
+    ``serialize_ms``: the answer's encoding, when it was encoded before the headers (not when it is streamed)."""
+    headers = {
         "X-Preprocess-Time": f"{timings.preprocess_ms:.2f}",
         "X-Queue-Time": f"{timings.queue_ms:.2f}",
         "X-Inference-Time": f"{timings.inference_ms:.2f}",
         "X-Batch-Size": str(timings.batch_images),
-        "X-Total-Time": f"{(time.perf_counter() - started) * 1000:.2f}",
     }
+    if serialize_ms is not None:
+        headers["X-Serialize-Time"] = f"{serialize_ms:.2f}"
+    headers["X-Total-Time"] = f"{(time.perf_counter() - started) * 1000:.2f}"
+    return headers
 
 
 def readiness(ready: bool, body: dict) -> Response:

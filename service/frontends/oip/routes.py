@@ -17,6 +17,7 @@ Each model has one version, ``1``; the ``/versions/{version}`` routes answer for
 from __future__ import annotations
 
 import gzip
+import time
 import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -138,25 +139,32 @@ def infer(model: str, version: str | None = None) -> Response:
         return _Parsed(inference, layers, options, binary_outputs, images, packed)
 
     def run(parsed: _Parsed, ticket: Ticket) -> tuple[_Parsed, Extraction]:
-        return parsed, plane.extract(parsed.images, parsed.layers, parsed.options, model, ticket, packed=parsed.packed)
+        return parsed, plane.extract(
+            parsed.images, parsed.layers, parsed.options, model, ticket, packed=parsed.packed, hold_answer=True
+        )
 
     parsed, result = admitted(plane, model, read, run)  # room held before the body is read
-    binary = parsed.binary_outputs
-    outputs, chunks = tensors.render_outputs(
-        result.features, {name: binary.get(name, binary[None]) for name in result.features}
-    )
-    document = {"model_name": result.model, "model_version": VERSION, "outputs": outputs}
-    if parsed.inference.id is not None:
-        document["id"] = parsed.inference.id
-    body = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
-    headers = timing_headers(result.timings, g.started)
-    mimetype = "application/json"
-    if chunks:
-        headers[tensors.BINARY_HEADER] = str(len(body))
-        body = b"".join([body, *chunks])
-        mimetype = "application/octet-stream"
-    response = Response(body, headers=headers, mimetype=mimetype)
-    return response if chunks else _compressed(response)
+    try:
+        encoding_started = time.perf_counter()
+        binary = parsed.binary_outputs
+        outputs, chunks = tensors.render_outputs(
+            result.features, {name: binary.get(name, binary[None]) for name in result.features}
+        )
+        document = {"model_name": result.model, "model_version": VERSION, "outputs": outputs}
+        if parsed.inference.id is not None:
+            document["id"] = parsed.inference.id
+        body = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+        if chunks:
+            response = Response(b"".join([body, *chunks]), mimetype="application/octet-stream")
+            response.headers[tensors.BINARY_HEADER] = str(len(body))
+        else:
+            response = _compressed(Response(body, mimetype="application/json"))
+    finally:
+        result.release()  # the arrays are written into the answer: their room among the answers in flight is free
+    # Serializing and compressing are part of the request's time (a large JSON answer's gzip takes seconds).
+    serialize_ms = (time.perf_counter() - encoding_started) * 1000
+    response.headers.update(timing_headers(result.timings, g.started, serialize_ms))
+    return response
 
 
 @dataclass(frozen=True)

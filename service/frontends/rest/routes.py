@@ -13,8 +13,8 @@ from flask import Blueprint, Response, g, request
 from service import __version__
 from service.dataplane.pooling import OutputOptions
 from service.frontends.http.bodies import read_images
-from service.frontends.http.responses import admitted, data_plane, json_response, readiness, timing_headers
-from service.frontends.rest.arrays import encode_feature
+from service.frontends.http.responses import admitted, data_plane, json_response, readiness
+from service.frontends.rest.answers import features_response
 from service.frontends.rest.params import ENCODINGS, bool_arg, choice_arg, int_arg, parse_layers
 from service.ops import metrics
 
@@ -35,14 +35,9 @@ def features() -> Response:
         plane,
         model,
         lambda: read_images(plane.settings.max_images_per_request),
-        lambda images, ticket: plane.extract(images, layers, options, model, ticket, packed=packed),
+        lambda images, ticket: plane.extract(images, layers, options, model, ticket, packed=packed, hold_answer=True),
     )
-    body = {
-        "model": result.model,
-        "weights": result.weights,
-        "features": {name: encode_feature(array, encoding) for name, array in result.features.items()},
-    }
-    return json_response(body, headers=timing_headers(result.timings, g.started))
+    return features_response(result, encoding, g.started)
 
 
 @api.get("/shapes")

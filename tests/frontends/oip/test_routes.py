@@ -284,6 +284,14 @@ def test_every_name_and_string_is_bounded_and_quoted_short(client, photos, reque
     assert "256 characters" in response.json["error"] or "characters)" in response.json["error"]
 
 
+def test_serializing_and_compressing_count_in_the_timing_headers(client, photos):
+    request = {"inputs": [bytes_input(photos["rocket.jpg"])], "outputs": [{"name": "layer1"}]}  # 200,704 numbers
+    response = infer(client, request, headers={"Accept-Encoding": "gzip"})
+    assert response.status_code == 200 and response.headers["Content-Encoding"] == "gzip"
+    serialize, total = float(response.headers["X-Serialize-Time"]), float(response.headers["X-Total-Time"])
+    assert 0 < serialize <= total and total >= serialize + float(response.headers["X-Inference-Time"])
+
+
 def test_a_request_of_too_many_json_values_is_413(client):
     request = {"inputs": [{"name": "t", "shape": [1_000_001], "datatype": "UINT8", "data": [1] * 1_000_001}]}
     response = infer(client, request)

@@ -93,11 +93,35 @@ def test_octet_stream_and_missing_content_type_are_raw_images(client, photos):
         assert response.status_code == 200, (content_type, response.json)
 
 
+def decode_feature(feature: dict) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(feature["data"]), "<f4").reshape(feature["shape"])
+
+
 def test_timing_headers(client, photos):
     response = post_image(client, photos["rocket.jpg"], "layer1")
-    for header in ("X-Preprocess-Time", "X-Queue-Time", "X-Inference-Time", "X-Total-Time"):
+    for header in ("X-Preprocess-Time", "X-Queue-Time", "X-Inference-Time", "X-Serialize-Time", "X-Total-Time"):
         assert float(response.headers[header]) >= 0
     assert int(response.headers["X-Batch-Size"]) >= 1
+    total = float(response.headers["X-Total-Time"])
+    assert total >= float(response.headers["X-Serialize-Time"]) + float(response.headers["X-Inference-Time"])
+
+
+def test_a_large_answer_is_streamed_a_layer_at_a_time_with_the_same_values(client, plane, photos):
+    """Every layer of ResNet18 is 8.8 million values: over STREAM_MIN_VALUES, so written as it is sent."""
+    every = ",".join(layer.name for layer in plane.runner(None).layers)
+    response = client.post(f"/features?layers={every}&encoding=base64", data=photos["rocket.jpg"])
+    assert response.status_code == 200 and response.is_streamed
+    assert "X-Serialize-Time" not in response.headers and "Content-Length" not in response.headers
+    streamed = response.json
+    response.close()
+    assert plane.answers.held == 0  # its room among the answers in flight is back once it is sent
+    assert list(streamed["features"]) == every.split(",") and streamed["model"] == "resnet18"
+    for layer in ("conv1", "layer3.1.relu_1", "fc"):  # each as its own small answer, encoded whole
+        alone = client.post(f"/features?layers={layer}&encoding=base64", data=photos["rocket.jpg"])
+        assert "X-Serialize-Time" in alone.headers
+        one, every_ = (decode_feature(answer["features"][layer]) for answer in (alone.json, streamed))
+        # Alone, a layer no conv or BN output is asked beside may come from the BN-folded twin: float rounding.
+        np.testing.assert_allclose(one, every_, rtol=1e-4, atol=1e-4)
 
 
 # ---- special images end to end --------------------------------------------------------------
