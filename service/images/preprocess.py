@@ -184,16 +184,14 @@ class ImagePreprocessor:
             image = self.open_header(data)
         except (ImageTooLarge, InvalidImage):
             return 0
-        size = image.size
         if self.mode == "fast" and image.format in ("JPEG", "MPO"):
-            image.draft(None, self.spec.resized_size(*size))  # only sets the scale: nothing is decoded yet
-            size = image.size
-        return size[0] * size[1] * _BYTES_PER_PIXEL.get(image.mode, 4)
+            image.draft(None, self.spec.resized_size(*image.size))  # only sets the scale: nothing is decoded yet
+        return _decoded_size(image)
 
     def _check_decoded_bytes(self, image: Image.Image) -> None:
         """The decoded-bytes limit, from the (drafted) size and the mode: what Pillow will allocate."""
         width, height = image.size
-        decoded = width * height * _BYTES_PER_PIXEL.get(image.mode, 4)
+        decoded = _decoded_size(image)
         if decoded > self.max_decoded_bytes:
             raise ImageTooLarge(
                 f"image is {width}×{height} in mode {image.mode}: {decoded:,} bytes once decoded, over the limit "
@@ -268,6 +266,12 @@ class ImagePreprocessor:
         resized = F.interpolate(source, size=(new_height, new_width), mode=self.spec.interpolation, antialias=True)
         # numpy, not torch, makes the HWC copy: a torch copy this large may start an OpenMP team.
         return np.ascontiguousarray(resized[0, :, top : top + crop, left : left + crop].numpy().transpose(1, 2, 0))
+
+
+def _decoded_size(image: Image.Image) -> int:
+    """The bytes Pillow allocates to decode ``image`` at its (drafted) size, by its mode."""
+    width, height = image.size
+    return width * height * _BYTES_PER_PIXEL.get(image.mode, 4)
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:

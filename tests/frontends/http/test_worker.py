@@ -50,12 +50,17 @@ def test_a_head_that_outlasts_its_deadline_expires_and_a_closed_one_ends(client_
     assert conn.gather() == "closed"
 
 
-def test_a_body_that_stalls_times_out_after_one_read_timeout(client_and_conn):
-    client, conn = client_and_conn
-    client.sendall(b"POST /features HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab")
+def parsed(client, conn, head: bytes):
+    """The request gunicorn's parser reads from ``conn`` once ``head`` (and what follows it) is sent."""
+    client.sendall(head)
     assert conn.gather() == "complete"
     conn.init()
-    request = next(conn.parser)
+    return next(conn.parser)
+
+
+def test_a_body_that_stalls_times_out_after_one_read_timeout(client_and_conn):
+    client, conn = client_and_conn
+    request = parsed(client, conn, b"POST /features HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab")
     started = time.monotonic()
     with pytest.raises(BodyTimeout, match=r"no byte of the request body arrived for 0\.3 s"):
         request.body.read(100)
@@ -65,10 +70,7 @@ def test_a_body_that_stalls_times_out_after_one_read_timeout(client_and_conn):
 def test_a_body_that_trickles_times_out_at_the_request_deadline(client_and_conn):
     """A byte every 0.1 s never lets one read wait 0.3 s, but the whole body is due within 1 s."""
     client, conn = client_and_conn
-    client.sendall(b"POST /features HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
-    assert conn.gather() == "complete"
-    conn.init()
-    request = next(conn.parser)
+    request = parsed(client, conn, b"POST /features HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
     stop = threading.Event()
 
     def trickle():
