@@ -122,7 +122,7 @@ class Settings(BaseSettings):
         gt=0,
         description="Most values one answer may hold (images × elements of every layer asked for, pooled or not; a "
         "JSON number counts 3); more gets 413 before the upload. The default passes every layer of any shipped "
-        "model but dinov2_small_reg for one image in base64.",
+        "model for one image in base64.",
     )
     max_decoded_bytes: int = Field(
         160_000_000,

@@ -50,6 +50,9 @@ class ModelEntry:
     # The dtype this model runs in when LAYERTAP_DTYPE is auto; None: the device's fast one. float32 for a
     # model whose embedding bfloat16 moves too far (bench.models measures the cosine).
     dtype: str | None = None
+    # The square input size to run a timm model at (its set_input_size resamples the position
+    # embedding); None: the pretrained configuration's. Only timm can change it after loading.
+    input_size: int | None = None
 
     def declared_layout(self, module: str) -> str | None:
         """The layout ``layouts`` gives a module's output: the last pattern that matches it or a module
@@ -93,6 +96,7 @@ def load_entry(repository: Path, name: str) -> ModelEntry:
             checkpoint=(path.parent / Path(raw["checkpoint"]).expanduser()) if raw.get("checkpoint") else None,
             source=source,
             dtype=raw.get("dtype"),
+            input_size=int(raw["input_size"]) if "input_size" in raw else None,
         )
     except KeyError as missing:
         raise ValueError(f"model entry {path} lacks the field {missing}") from None
@@ -100,6 +104,11 @@ def load_entry(repository: Path, name: str) -> ModelEntry:
         raise ValueError(f"{path}: {exc}") from None
     if entry.dtype not in (None, "float32", "float16", "bfloat16"):
         raise ValueError(f"{path}: dtype must be float32, float16 or bfloat16, not {entry.dtype!r}")
+    if entry.input_size is not None and (entry.source != "timm" or entry.input_size < 1):
+        raise ValueError(
+            f"{path}: input_size must be a positive number of pixels, and only a timm entry can take one "
+            "(timm's set_input_size); for another library, its own configuration decides the input size"
+        )
     for prefix, layout in entry.layouts:
         if layout not in LAYOUTS:
             raise ValueError(f"{path}: layout of {prefix!r} must be one of {LAYOUTS}, not {layout!r}")

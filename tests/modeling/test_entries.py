@@ -58,6 +58,8 @@ def test_incomplete_entry_names_the_missing_field(tmp_path):
             'resize_mode = "pad"\n',
             "resize_mode must be one of shorter, squash",
         ),
+        ('architecture = "resnet18"\ninput_size = 224\n', "only a timm entry can take one"),
+        ('source = "timm"\narchitecture = "vit_small_patch14_dinov2"\ninput_size = 0\n', "positive number of pixels"),
     ],
 )
 def test_a_malformed_entry_says_what_is_wrong(tmp_path, text, message):

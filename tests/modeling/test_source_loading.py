@@ -216,6 +216,14 @@ def test_code_shipped_with_a_model_runs_only_when_trusted(tmp_path):
             r"no pretrained tag 'in1k_typo' .* its tags are .*fcmae_ft_in22k_in1k",
         ),
         (
+            'source = "timm"\narchitecture = "vit_small_patch14_dinov2"\ninput_size = 230\n',
+            r"input_size 230 is not a whole number of 14-pixel patches; try 224",
+        ),
+        (
+            'source = "timm"\narchitecture = "resnet18"\ninput_size = 160\n',
+            r"timm's ResNet has no set_input_size; remove input_size",
+        ),
+        (
             'source = "open_clip"\narchitecture = "ViT-B-23"\n',
             r"open_clip has no model 'ViT-B-23'; did you mean .*ViT-B-32",
         ),
@@ -225,7 +233,7 @@ def test_code_shipped_with_a_model_runs_only_when_trusted(tmp_path):
         ),
     ],
 )
-def test_unknown_names_get_close_matches(tmp_path, text, message):
+def test_unknown_names_and_sizes_that_cannot_be_served_say_what_to_change(tmp_path, text, message):
     (tmp_path / "typo.toml").write_text(text)
     entry = load_entry(tmp_path, "typo")
     with pytest.raises(StartupError, match=message):

@@ -3,7 +3,8 @@
 ``architecture`` is a timm model name (``vit_small_patch14_reg4_dinov2``) and ``weights`` a
 pretrained tag (``lvd142m``); together they name the pretrained configuration that decides the
 network (its classes, its input size) in every weights mode, so a random or file-loaded model
-has the same layers as the pretrained one. Layer names are module names under the model
+has the same layers as the pretrained one; an entry's ``input_size`` then changes the input size
+of a model that can (``set_input_size``). Layer names are module names under the model
 ``create_model`` returns (``blocks.11``, ``norm``).
 
 The pass is timm's own definition of the embedding, ``forward_head(forward_features(x),
@@ -47,9 +48,11 @@ def build(entry: ModelEntry, weights: Weights) -> Network:
         model = seeded(weights, lambda: timm.create_model(name, pretrained=False))
         if weights.state_dict is not None:
             load_file(model, entry, weights)
+    if entry.input_size is not None:
+        resize_input(model, entry)
     return Network(
         model=model,
-        preprocessing=preprocessing(model),
+        preprocessing=preprocessing(model, entry.input_size),
         run=embed,
         output=EMBEDDING,
         prefix_tokens=int(getattr(model, "num_prefix_tokens", 0)),
@@ -79,9 +82,28 @@ def model_name(entry: ModelEntry) -> str:
     return name
 
 
-def preprocessing(model: nn.Module) -> Preprocessing:
-    """timm's evaluation transform for the model's pretrained configuration, as a recipe."""
-    config = timm.data.resolve_data_config({}, model=model)
+def resize_input(model: nn.Module, entry: ModelEntry) -> None:
+    """Run ``model`` at the entry's ``input_size``: timm's ``set_input_size`` resamples the position
+    embedding of the loaded weights, as timm does when it loads a checkpoint into a model made for
+    another size. A StartupError when the model cannot change its size or the size is not whole patches."""
+    size, patch = entry.input_size, _patch_size(model)
+    if not hasattr(model, "set_input_size") or patch is None:
+        raise StartupError(
+            f"model entry {entry.name!r}: timm's {type(model).__name__} has no set_input_size; remove input_size"
+        )
+    if size % patch:
+        raise StartupError(
+            f"model entry {entry.name!r}: input_size {size} is not a whole number of {patch}-pixel patches; "
+            f"try {size // patch * patch or patch}"
+        )
+    model.set_input_size(img_size=(size, size))
+
+
+def preprocessing(model: nn.Module, input_size: int | None = None) -> Preprocessing:
+    """timm's evaluation transform for the model's pretrained configuration, as a recipe; ``input_size``
+    replaces the configuration's (its ``crop_pct`` and interpolation stay)."""
+    overrides = {"input_size": (3, input_size, input_size)} if input_size else {}
+    config = timm.data.resolve_data_config(overrides, model=model)
     _, height, width = config["input_size"]
     if height != width:
         raise StartupError(f"timm's input size {height}×{width} is not square; give the entry a [preprocessing]")
