@@ -7,7 +7,6 @@ seed (batch-norm statistics randomized too, so normalization is not an identity)
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -23,48 +22,8 @@ from service.modeling.entries import load_entry
 PHOTOS = ("grace_hopper.jpg", "rocket.jpg", "chelsea.png", "coffee.png")
 
 
-# Skips allowed because something is truly absent from the machine. Their reasons start with one
-# of these. Under CI (CI=true, as .ci/run runs) any other skip fails the run: a test that cannot
-# run must not pass for one that did.
-ALLOWED_SKIPS = (
-    "needs Chromium",
-    "needs the ImageNet checkpoint",
-    "needs CUDA",
-    "needs no CUDA",
-    "needs AVX2",
-    "needs glibc",
-    "needs a container engine",
-    "needs free disk",  # for the container image: tests/container/harness.py, NEEDED_FREE_GIB_CUDA_TORCH
-)
-
-
-class _SkipAudit:
-    """Lists the skips whose reason is not in ALLOWED_SKIPS; under CI they turn a green run red."""
-
-    def __init__(self):
-        self.unexpected: list[str] = []
-
-    def pytest_runtest_logreport(self, report) -> None:
-        if report.skipped:
-            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-            reason = reason.removeprefix("Skipped: ")
-            if not reason.startswith(ALLOWED_SKIPS):
-                self.unexpected.append(f"{report.nodeid}: {reason}")
-
-    def pytest_sessionfinish(self, session, exitstatus) -> None:
-        if self.unexpected and os.environ.get("CI") and exitstatus == 0:
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-    def pytest_terminal_summary(self, terminalreporter) -> None:
-        if self.unexpected:
-            verdict = "fail the run under CI" if os.environ.get("CI") else "would fail the run under CI"
-            terminalreporter.section(f"skips that {verdict}", red=True)
-            for line in self.unexpected:
-                terminalreporter.write_line(line)
-
-
-def pytest_configure(config) -> None:
-    config.pluginmanager.register(_SkipAudit(), "layertap-skip-audit")
+# The CI skip audit (tests/skip_audit.py); pytester runs it on made-up suites (tests/test_skip_audit.py).
+pytest_plugins = ["tests.skip_audit", "pytester"]
 
 
 def seeded_state_dict(architecture: str, seed: int = 0) -> dict[str, torch.Tensor]:

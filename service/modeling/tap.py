@@ -89,6 +89,13 @@ class _Pass:
     gradient_of: str | None = None  # the call whose output becomes a leaf of the graph (capture_for_gradient)
 
 
+def registered_hooks(model: nn.Module) -> int:
+    """Every forward, forward-pre, backward and backward-pre hook on ``model``'s modules. torch offers no
+    public count, so this reads the registries ``register_*_hook`` writes to."""
+    kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    return sum(len(getattr(module, kind, ())) for module in model.modules() for kind in kinds)
+
+
 class LayerTap:
     """Hooks on every named module of ``model``; :meth:`capture` and :meth:`trace` run forward passes.
 
@@ -155,7 +162,9 @@ class LayerTap:
 
     @property
     def hook_count(self) -> int:
-        return len(self._handles)
+        """The hooks registered on the model's modules right now, whoever registered them (not only this
+        tap's): a hook left behind by a request, an explanation or a library shows here."""
+        return registered_hooks(self.model)
 
     def _run(self, inputs: torch.Tensor, state: _Pass):
         """The model's output, or None for a pass abandoned once everything it wanted was captured."""

@@ -14,13 +14,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import ray  # a dev dependency: missing, the module fails rather than skips (tests/skip_audit.py)
 import requests
 from PIL import Image
 
 from tests.integration.conftest import SMALL_LIMITS
 from tests.reference import row_cosines
-
-ray = pytest.importorskip("ray", reason="needs Ray (pip install -e '.[ray]')")
 
 pytestmark = pytest.mark.integration
 

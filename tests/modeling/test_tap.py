@@ -129,9 +129,24 @@ def test_hooks_are_installed_once_and_idle_outside_captures(tapped, inputs):
             tap.capture(inputs, frozenset(layers))
         model(inputs)  # a forward pass that is not a capture leaves no state behind
     assert tap.hook_count == count
-    assert sum(len(m._forward_hooks) for m in model.modules()) == count
+
+
+def test_the_hook_count_sees_hooks_registered_by_anyone():
+    """/info's ``hooks`` must show a hook left behind anywhere, not only the tap's own."""
+    model = torchvision.models.resnet18(weights=None)
+    tap = LayerTap(model)
+    count = tap.hook_count
+    extra = [
+        model.layer2.register_forward_hook(lambda *_: None),
+        model.fc.register_forward_pre_hook(lambda *_: None),
+        model.conv1.register_full_backward_hook(lambda *_: None),
+    ]
+    assert tap.hook_count == count + 3
+    for handle in extra:
+        handle.remove()
+    assert tap.hook_count == count
     tap.remove()
-    assert sum(len(m._forward_hooks) for m in model.modules()) == 0
+    assert tap.hook_count == 0
 
 
 def test_capture_rejects_empty_and_unknown_requests(tapped, inputs):
