@@ -97,6 +97,23 @@ def test_logs_are_json_lines_with_the_request_id(client, photos):
     assert {"time", "level", "message"} <= access[0].keys()
 
 
+def test_successful_probes_and_scrapes_are_not_logged_but_their_errors_are(client, photos):
+    """Probes every few seconds and scrapes would drown the requests: only their failures are logged."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("layertap.access")
+    logger.addHandler(handler)
+    try:
+        for url in ("/health", "/ready", "/metrics", "/v2/health/live", "/v2/health/ready"):
+            assert client.get(url).status_code == 200, url
+        assert client.get("/v2/models/nosuch/ready").status_code == 404  # an error on a probe route
+        assert client.post("/features?layers=fc", data=photos["rocket.jpg"]).status_code == 200
+    finally:
+        logger.removeHandler(handler)
+    assert [(r.path, r.status) for r in records] == [("/v2/models/nosuch/ready", 404), ("/features", 200)]
+
+
 @pytest.fixture(scope="module")
 def keyed_app(weights_file):
     app = create_app(Settings(weights=str(weights_file), device="cpu", api_key="s3cret-key"))

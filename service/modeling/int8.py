@@ -82,7 +82,7 @@ def build_int8(
     model.fuse_model(is_qat=False)
     model.qconfig = torch.ao.quantization.get_default_qconfig("x86")
     torch.ao.quantization.prepare(model, inplace=True)
-    key = _cache_key(entry, weights, calibration)
+    key = cache_key(entry, weights, calibration)
     cached = cache_dir / f"{entry.name}-int8-{key}.pt"
     if cached.is_file():
         torch.ao.quantization.convert(model, inplace=True)
@@ -143,9 +143,13 @@ def _variations(image: Image.Image):
     yield ImageEnhance.Color(image).enhance(0.5)
 
 
-def _cache_key(entry: ModelEntry, weights: Weights, calibration: np.ndarray) -> str:
+def cache_key(
+    entry: ModelEntry, weights: Weights, calibration: np.ndarray, torch_version: str = torch.__version__
+) -> str:
+    """The calibrated model's cache key: the entry, the weights (their label holds a file's sha256), the torch
+    version (its quantized kernels and observers decide the scales) and every calibration pixel."""
     digest = hashlib.sha256()
-    digest.update(f"{entry.name}|{entry.architecture}|{weights.label}|{torch.__version__}".encode())
+    digest.update(f"{entry.name}|{entry.architecture}|{weights.label}|{torch_version}".encode())
     digest.update(calibration.tobytes())
     return digest.hexdigest()[:16]
 

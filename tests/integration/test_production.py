@@ -11,6 +11,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.gunicorn_conf import graceful_timeout
 from stress.server import start_server
 
 pytestmark = pytest.mark.integration
@@ -108,7 +109,12 @@ def test_make_run_logs_json_with_request_ids_applies_the_key_and_stops_on_ctrl_c
         assert allowed.status_code == 200 and allowed.headers["X-Request-ID"] == "it-req-1"
         assert requests.get(f"{server.url}/health", timeout=5).status_code == 200
     finally:
+        stopping = time.monotonic()
         server.stop(signal.SIGINT)  # what a terminal sends to the foreground process group
+        stopped_s = time.monotonic() - stopping
+    # Idle, it stops at once: a hang that gunicorn ends with SIGKILL after its grace period would take all of it.
+    assert stopped_s < graceful_timeout / 3, stopped_s
+    assert "SIGKILL" not in server.log() and "WORKER TIMEOUT" not in server.log()
     entries = [json.loads(line) for line in server.log().splitlines() if line.strip()]  # gunicorn's lines too
     access = [e for e in entries if e["logger"] == "layertap.access"]
     assert any(e.get("request_id") == "it-req-1" and e["status"] == 200 for e in access)

@@ -79,7 +79,7 @@ def test_int8_containers_fire(int8, photos):
     np.testing.assert_allclose(batched[0], batched[2], rtol=1e-5, atol=1e-5)
 
 
-def test_calibration_is_cached_and_keyed_by_the_weights(int8, tmp_path, state_dict, caplog):
+def test_calibration_is_cached_and_keyed_by_the_weights_and_images(int8, tmp_path, state_dict, caplog, photos):
     from service.core.settings import DEFAULT_MODEL_REPOSITORY
     from service.modeling.entries import load_entry
     from service.modeling.int8 import build_int8
@@ -102,6 +102,29 @@ def test_calibration_is_cached_and_keyed_by_the_weights(int8, tmp_path, state_di
     torch.save(changed, second)
     build_int8(entry, resolve_weights(str(second), entry), int8.runner(None).preprocess, None, tmp_path / "cache")
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 2, "new weights must not reuse the old calibration"
+    other_images = tmp_path / "calibration"
+    other_images.mkdir()
+    (other_images / "rocket.jpg").write_bytes(photos["rocket.jpg"])
+    build_int8(
+        entry, resolve_weights(str(second), entry), int8.runner(None).preprocess, other_images, tmp_path / "cache"
+    )
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 3, "other calibration images must calibrate again"
+
+
+def test_the_cache_key_covers_the_torch_version_and_every_calibration_pixel(int8):
+    from service.core.settings import DEFAULT_MODEL_REPOSITORY
+    from service.modeling.entries import load_entry
+    from service.modeling.int8 import cache_key
+    from service.modeling.weights import resolve_weights
+
+    entry = load_entry(DEFAULT_MODEL_REPOSITORY, "resnet18")
+    weights = resolve_weights("random", entry)
+    pixels = np.zeros((2, 8, 8, 3), np.uint8)
+    key = cache_key(entry, weights, pixels, torch_version="2.14.1")
+    assert cache_key(entry, weights, pixels.copy(), torch_version="2.14.1") == key
+    assert cache_key(entry, weights, pixels, torch_version="2.15.0") != key
+    pixels[1, 7, 7, 2] = 1
+    assert cache_key(entry, weights, pixels, torch_version="2.14.1") != key
 
 
 def test_int8_refuses_a_gpu(weights_file):

@@ -83,6 +83,33 @@ def test_extract_runs_the_prepared_images_and_before_pass_sees_each_chunk(runner
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in chunk.module.modules()), "the folded twin ran"
 
 
+def test_a_pass_stops_at_the_deepest_layer_the_batch_needs(runner, seen, photos):
+    """Early exit: asking for layer1 runs the stem and layer1, nothing after; layer3 stops before layer4."""
+    image = (runner.inputs.prepare(photos["rocket.jpg"]),)
+
+    def run(layers: tuple[str, ...]) -> list[str]:
+        seen["passes"].clear()
+        ran: list[str] = []
+        with runner.reserve(1) as ticket:
+            runner.extract(ticket, image, layers)  # the first pass shows which module (model or twin) runs these
+        [chunk] = seen["passes"]
+        handles = [
+            child.register_forward_pre_hook(lambda *_, name=name: ran.append(name))
+            for name, child in chunk.module.named_children()
+        ]
+        try:
+            with runner.reserve(1) as ticket:
+                runner.extract(ticket, image, layers)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return ran
+
+    assert run(("layer1",)) == ["conv1", "bn1", "relu", "maxpool", "layer1"]
+    assert run(("layer3", "bn1")) == ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3"]
+    assert run(("fc",))[-3:] == ["layer4", "avgpool", "fc"]
+
+
 def test_the_catalogue_answers_through_the_runner(runner):
     catalogue = runner.catalogue
     assert runner.layers is catalogue.layers and len(runner.layers) == runner.describe()["layers"]
