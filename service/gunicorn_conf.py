@@ -21,6 +21,7 @@ from gunicorn.workers.base import Worker
 from service.core.hardware import cuda_expected
 from service.core.settings import Settings
 from service.frontends.http.upload_gate import defer_continue
+from service.frontends.http.worker import GRACEFUL_TIMEOUT_S
 from service.ops.logs import gunicorn_logconfig
 from service.ops.process import apply_openmp_defaults, tune_malloc
 
@@ -49,7 +50,7 @@ preload_app = False
 # One control socket per user would collide between several servers on one host (tests, replicas).
 control_socket_disable = True
 timeout = max(30, int(_settings.request_timeout_s) + 10)
-graceful_timeout = 30
+graceful_timeout = GRACEFUL_TIMEOUT_S
 keepalive = 5
 # Long enough for any real layer list, so that a bad one gets our JSON error, not gunicorn's text.
 limit_request_line = 8190

@@ -7,6 +7,7 @@ seed (batch-norm statistics randomized too, so normalization is not an identity)
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,14 @@ PHOTOS = ("grace_hopper.jpg", "rocket.jpg", "chelsea.png", "coffee.png")
 
 # The CI skip audit (tests/skip_audit.py); pytester runs it on made-up suites (tests/test_skip_audit.py).
 pytest_plugins = ["tests.skip_audit", "pytester"]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Importing service/gunicorn_conf.py in this process would switch every in-process app's /metrics to
+    multiprocess mode in a folder no worker writes (empty answers, far from the import that caused it)."""
+    if "service.gunicorn_conf" in sys.modules:
+        raise pytest.UsageError("a test module imports service.gunicorn_conf, which sets PROMETHEUS_MULTIPROC_DIR "
+                                "for the whole suite: import what it needs from where gunicorn_conf gets it")
 
 
 def seeded_state_dict(architecture: str, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.gunicorn_conf import graceful_timeout
+from service.frontends.http.worker import GRACEFUL_TIMEOUT_S
 from stress.server import start_server
 
 pytestmark = pytest.mark.integration
@@ -54,7 +54,7 @@ def test_sigterm_turns_readiness_off_and_loses_no_request(tmp_path, weights_file
         thread.join(60)
     assert results == [200] * 6, results
     assert server.process.wait(40) == 0
-    assert time.monotonic() - signalled < 30, "stopped within gunicorn's graceful timeout"
+    assert time.monotonic() - signalled < GRACEFUL_TIMEOUT_S, "stopped within gunicorn's graceful timeout"
     log = server.log()
     assert "draining" in log and "Shutting down: Master" in log
     with pytest.raises(requests.ConnectionError):
@@ -113,7 +113,7 @@ def test_make_run_logs_json_with_request_ids_applies_the_key_and_stops_on_ctrl_c
         server.stop(signal.SIGINT)  # what a terminal sends to the foreground process group
         stopped_s = time.monotonic() - stopping
     # Idle, it stops at once: a hang that gunicorn ends with SIGKILL after its grace period would take all of it.
-    assert stopped_s < graceful_timeout / 3, stopped_s
+    assert stopped_s < GRACEFUL_TIMEOUT_S / 3, stopped_s
     assert "SIGKILL" not in server.log() and "WORKER TIMEOUT" not in server.log()
     entries = [json.loads(line) for line in server.log().splitlines() if line.strip()]  # gunicorn's lines too
     access = [e for e in entries if e["logger"] == "layertap.access"]

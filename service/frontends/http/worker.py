@@ -42,6 +42,10 @@ from gunicorn.workers import gthread
 
 from service.core.settings import Settings
 
+# How long a stop waits for running requests before the workers are killed (gunicorn's graceful_timeout).
+# Here, not in service/gunicorn_conf.py, because importing that module sets the metrics environment.
+GRACEFUL_TIMEOUT_S = 30
+
 # A request head this large without its end is handed to gunicorn's parser, whose limits refuse it.
 MAX_GATHERED_BYTES = 64 * 1024
 HEAD_ENDS = (b"\r\n\r\n", b"\n\n")
