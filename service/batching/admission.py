@@ -73,6 +73,12 @@ class Admission:
         self.preparing = 0  # reservations not submitted yet: worth waiting for when forming a batch
         self._closed: Callable[[], ServiceError] | None = None
 
+    @property
+    def in_line(self) -> int:
+        """Requests waiting for room right now."""
+        with self._lock:
+            return len(self._line)
+
     def reserve(self, items: int, submit: Callable[..., Done], timeout_s: float, wait: bool = True) -> Ticket:
         """Room for ``items`` or Overloaded (or the closing error); the ticket's deadline starts now."""
         self.acquire(items, wait)

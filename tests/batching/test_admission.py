@@ -24,6 +24,16 @@ def reserver(admission: Admission):
     return reserve
 
 
+def eventually(condition, timeout_s: float = 10) -> bool:
+    """Whether ``condition()`` holds within ``timeout_s``: orders threads by what they did, not by sleeping."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
 def test_a_full_queue_holds_new_work_for_the_admission_wait_and_admits_it_when_room_frees():
     """Clients that resend at once after a 429 would spin; a short wait for room keeps them still."""
     admission = Admission("test", max_queued=2, wait_s=30)
@@ -31,8 +41,8 @@ def test_a_full_queue_holds_new_work_for_the_admission_wait_and_admits_it_when_r
     holder = reserve(2)
     with ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(reserve, 1)
-        time.sleep(0.2)
-        assert not waiting.done()  # still waiting for room, not refused
+        assert eventually(lambda: admission.in_line == 1)
+        assert not waiting.done()  # waiting for room, not refused
         with pytest.raises(Overloaded):  # a caller that may not wait is refused at once
             reserve(1, wait=False)
         holder.release()
@@ -65,12 +75,11 @@ def test_the_line_for_room_is_first_come_first_served():
 
     with ThreadPoolExecutor(2) as pool:
         big = pool.submit(wait_for_room, "big", 3)
-        time.sleep(0.1)  # "big" is first in line
+        assert eventually(lambda: admission.in_line == 1)  # "big" is first in line
         small = pool.submit(wait_for_room, "small", 1)
-        time.sleep(0.1)
+        assert eventually(lambda: admission.in_line == 2)
         holders.pop().release()  # room for one: "small" fits, but "big" is ahead of it
-        time.sleep(0.1)
-        assert not small.done()
+        assert admission.in_line == 2 and not small.done()
         for holder in holders:
             holder.release()
         big.result(10).release()
@@ -109,7 +118,7 @@ def test_closing_refuses_those_in_line_at_once_and_everyone_after_with_its_error
     reserve(1)
     with ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(reserve, 1)
-        time.sleep(0.1)
+        assert eventually(lambda: admission.in_line == 1)
         started = time.monotonic()
         admission.close(lambda: NotReady("shutting down"))
         with pytest.raises(NotReady, match="shutting down"):

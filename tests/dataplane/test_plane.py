@@ -268,7 +268,8 @@ def test_jpegs_decoded_in_batches_by_the_model_thread_match_the_cpu_path_and_a_b
 ):
     """LAYERTAP_JPEG_DECODER=device (the default on CUDA), on the CPU: the same code as nvjpeg's, with libjpeg."""
     settings = Settings(weights=str(weights_file), device="cpu", dtype="float32", jpeg_decoder="device")
-    with serving(settings) as device:
+    stall = Stall()
+    with serving(settings, RunnerSeams(before_pass=stall)) as device:
         assert device.describe()["preprocessing"]["jpeg_decoder"] == "device"
         turned = io.BytesIO()
         exif = Image.Exif()
@@ -287,9 +288,19 @@ def test_jpegs_decoded_in_batches_by_the_model_thread_match_the_cpu_path_and_a_b
         scan = good.index(b"\xff\xda")
         header_end = scan + 2 + int.from_bytes(good[scan + 2 : scan + 4], "big")
         damaged = good[:header_end] + np.random.default_rng(0).bytes(4000) + b"\xff\xd9"
-        with ThreadPoolExecutor(2) as pool:  # two requests that may share a batch: only the bad one fails
+        with ThreadPoolExecutor(3) as pool:  # two requests in one batch: only the bad one fails
+            stall.model = "resnet18"  # hold the model thread on a first request's pass...
+            blocker = pool.submit(device.extract, [good], ("avgpool",))
+            assert stall.entered.wait(30)
             bad = pool.submit(device.extract, [damaged], ("avgpool",))
             fine = pool.submit(device.extract, [good], ("avgpool",))
+            queued = time.monotonic() + 30  # ...until both are queued: the thread then takes them as one batch
+            while device.runner(None).describe()["queue_images"] < 2 and time.monotonic() < queued:
+                time.sleep(0.01)
+            assert device.runner(None).describe()["queue_images"] == 2
+            stall.model = None
+            stall.gate.set()
+            blocker.result(30)
             with pytest.raises(InvalidImage):
                 bad.result(30)
             at = list(photos).index("grace_hopper.jpg")

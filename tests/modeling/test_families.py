@@ -163,7 +163,7 @@ def test_feature_extractor_agrees_where_no_in_place_op_follows(shipped, photos):
 
 def test_layouts_make_pooling_mean_what_the_model_computes(shipped, photos):
     """Pooling a layer by its declared layout gives the vector the model itself computes from it."""
-    entry, plane, reference, _ = shipped
+    entry, plane, reference, x = shipped
     runner = plane.runner(None)
     for call in runner.layers:  # a square input: the two spatial sides of a 4-D output are equal
         layout = runner.layout_of(call.name)
@@ -173,23 +173,31 @@ def test_layouts_make_pooling_mean_what_the_model_computes(shipped, photos):
             assert call.shape[1] == call.shape[2], (call.name, call.shape)
         elif layout == "tokens":
             assert call.shape[1] == 197, (call.name, call.shape)
-    # (layer, pool, what the model computes from that pooled vector, and how)
+    # Every shipped entry: (layer, pool, the layer whose value the model computes from that pooled vector, and
+    # how). DenseNet has no such layer (a functional ReLU comes between its features and its pooling): its
+    # max pool is compared with torch's over the reference's own features instead.
     pairs = {
         "resnet18": ("layer4", "avg", "avgpool", None),
+        "resnet50": ("layer4", "avg", "avgpool", None),
+        "mobilenet_v3_large": ("features", "avg", "avgpool", None),
+        "efficientnet_b0": ("features", "avg", "avgpool", None),
+        "regnet_y_400mf": ("trunk_output", "avg", "avgpool", None),
         "convnext_tiny": ("features", "avg", "avgpool", None),
         "swin_t": ("norm", "avg", "flatten", None),
-        "vit_b_16": ("encoder", "cls", "heads", reference.heads if entry.name == "vit_b_16" else None),
+        "vit_b_16": ("encoder", "cls", "heads", "heads"),
+        "densenet121": ("features", "max", None, None),
     }
-    if entry.name not in pairs:
-        return
-    layer, pool, target, then = pairs[entry.name]
+    layer, pool, target, then = pairs[entry.name]  # a new shipped entry needs its pair here
     image = [photos["grace_hopper.jpg"]]
     pooled = plane.extract(image, (layer,), OutputOptions(pool=pool)).features[layer]
-    if then is not None:  # the class token is what the head reads
-        with torch.no_grad():
-            pooled = then(torch.from_numpy(pooled)).numpy()
-    expected = plane.extract(image, (target,)).features[target].reshape(1, -1)
-    np.testing.assert_allclose(pooled, expected, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        if then is not None:  # the class token is what the head reads
+            pooled = getattr(reference, then)(torch.from_numpy(pooled)).numpy()
+        if target is None:
+            expected = torch.amax(reference.get_submodule(layer)(x), dim=(2, 3)).numpy()
+        else:
+            expected = plane.extract(image, (target,)).features[target].reshape(1, -1)
+    np.testing.assert_allclose(pooled.reshape(1, -1), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_class_activation_maps_at_each_family_equal_pytorch_grad_cam(shipped, photos):
@@ -212,5 +220,8 @@ def test_class_activation_maps_at_each_family_equal_pytorch_grad_cam(shipped, ph
         (ours,) = plane.explain([photos["grace_hopper.jpg"]], method, layer).explanations
         with library(model=reference, target_layers=[module], reshape_transform=reshape) as cam:
             theirs = cam(input_tensor=x, targets=[ClassifierOutputTarget(ours.target)])[0]
-        if method == "layercam" or ours.upsampled.any() or theirs.any():
+        # An all-zero Grad-CAM must be all zero on both sides; LayerCAM never is, so it is always compared.
+        assert bool(ours.upsampled.any()) == bool(theirs.any()), (entry.name, method)
+        assert method == "gradcam" or ours.upsampled.any(), (entry.name, "LayerCAM should not be all zero")
+        if ours.upsampled.any():
             assert cosine(ours.upsampled, theirs) >= 0.999, (entry.name, layer, method, cosine(ours.upsampled, theirs))
