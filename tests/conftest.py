@@ -31,8 +31,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """Importing service/gunicorn_conf.py in this process would switch every in-process app's /metrics to
     multiprocess mode in a folder no worker writes (empty answers, far from the import that caused it)."""
     if "service.gunicorn_conf" in sys.modules:
-        raise pytest.UsageError("a test module imports service.gunicorn_conf, which sets PROMETHEUS_MULTIPROC_DIR "
-                                "for the whole suite: import what it needs from where gunicorn_conf gets it")
+        raise pytest.UsageError(
+            "a test module imports service.gunicorn_conf, which sets PROMETHEUS_MULTIPROC_DIR "
+            "for the whole suite: import what it needs from where gunicorn_conf gets it"
+        )
 
 
 def seeded_state_dict(architecture: str, seed: int = 0) -> dict[str, torch.Tensor]:
