@@ -71,7 +71,8 @@ def test_sizes_follow_the_device_unless_set():
     cpu, gpu = Settings(device="cpu"), Settings(device="cuda")
     assert (cpu.workers, cpu.threads, cpu.max_batch_size, cpu.max_queue_images) == (1, 64, 16, 32)
     assert (gpu.threads, gpu.max_batch_size, gpu.max_queue_images) == (320, 64, 256)
-    assert gpu.workers == max(1, min(8, available_cores() // 2))
+    assert default_sizing(cuda=True, cores=5).workers == 2  # a worker per 2 cores, rounded down
+    assert gpu.workers == default_sizing(cuda=True, cores=available_cores()).workers  # Settings uses the sizing
     assert Settings(device="cuda", max_batch_size=8, workers=2).max_batch_size == 8
 
 
@@ -98,7 +99,8 @@ def test_hidden_gpus_mean_cpu_sizes(monkeypatch):
 def test_torch_threads_divide_the_cores():
     assert torch_threads_per_worker(2, cores=8) == 4
     assert torch_threads_per_worker(16, cores=8) == 1
-    assert torch_threads_per_worker(1) == available_cores()
+    assert torch_threads_per_worker(3, cores=8) == 2  # never more threads than cores, in all
+    assert torch_threads_per_worker(1, cores=1) == 1
 
 
 @pytest.mark.parametrize(

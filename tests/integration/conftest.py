@@ -7,7 +7,8 @@ use is started once and shared (tests that need a server of their own say why ne
 - ``imagenet_server``: ``LAYERTAP_WEIGHTS=imagenet`` from a pre-seeded torch cache (labels on);
 - ``sourced_server``: open_clip's CLIP and transformers' DINOv2, pretrained from a private Hugging
   Face cache (the libraries beside torchvision, end to end);
-- ``two_workers``: two workers of one torch thread each (metrics across workers, a killed worker).
+- ``two_workers``: two workers of one torch thread each (metrics across workers, a killed worker);
+- ``cuda_server``: the CUDA defaults (bfloat16, JPEGs decoded on the GPU), only where CUDA is.
 
 The launcher is stress/server.py, shared with ``make bench`` and ``make stress``.
 """
@@ -79,3 +80,13 @@ def sourced_server(tmp_path_factory, hub_cache):
 def two_workers(tmp_path_factory, weights_file):
     env = {"LAYERTAP_WEIGHTS": str(weights_file), "LAYERTAP_WORKERS": "2", "LAYERTAP_TORCH_THREADS": "1"}
     yield from _serve(tmp_path_factory.mktemp("two-workers"), env)
+
+
+@pytest.fixture(scope="session")
+def cuda_server(tmp_path_factory, weights_file):
+    """The service as a GPU machine runs it by default: LAYERTAP_DEVICE=cuda, and nothing else set, so the dtype
+    (bfloat16) and the JPEG decoder (nvjpeg, LAYERTAP_JPEG_DECODER=auto) are the defaults' choices."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    env = {"LAYERTAP_WEIGHTS": str(weights_file), "LAYERTAP_DEVICE": "cuda", "LAYERTAP_WORKERS": "1"}
+    yield from _serve(tmp_path_factory.mktemp("cuda-server"), env)

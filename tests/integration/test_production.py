@@ -17,6 +17,15 @@ from stress.server import start_server
 pytestmark = pytest.mark.integration
 
 
+def admitted_images(session: requests.Session, url: str) -> int:
+    """Images queued (/info) plus images through the model (/metrics): all admitted ones but the batch running."""
+    queued = session.get(f"{url}/info", timeout=5).json()["queue_images"]
+    metrics = text_string_to_metric_families(session.get(f"{url}/metrics", timeout=5).text)
+    done = sum(s.value for family in metrics if family.name == "layertap_images" for s in family.samples
+               if s.name == "layertap_images_total")  # fmt: skip
+    return queued + int(done)
+
+
 def test_sigterm_turns_readiness_off_and_loses_no_request(tmp_path, weights_file, photos):
     """Its own server: the test stops it."""
     server = start_server(
@@ -43,12 +52,16 @@ def test_sigterm_turns_readiness_off_and_loses_no_request(tmp_path, weights_file
     for thread in threads:
         thread.start()
     started.wait(10)
-    time.sleep(0.5)  # all six are in flight: the first batches take seconds on two cores
+    # All six are admitted: 48 images, less one batch of at most 4 on the model, are queued or done (5 would be 40).
+    deadline = time.monotonic() + 30
+    while admitted_images(keep_alive, server.url) <= 40:
+        assert time.monotonic() < deadline, "the six requests were never all admitted"
     server.process.send_signal(signal.SIGTERM)
     signalled = time.monotonic()
-    time.sleep(0.3)
+    # Draining starts when the worker handles the signal: poll, as a load balancer does.
+    while (readiness := keep_alive.get(f"{server.url}/ready", timeout=5)).status_code == 200:
+        assert time.monotonic() - signalled < 5, "readiness never turned off"
     # A client still connected sees the pod as no longer ready (kept-alive connections linger 2 s).
-    readiness = keep_alive.get(f"{server.url}/ready", timeout=5)
     assert readiness.status_code == 503 and readiness.json()["status"] == "draining"
     for thread in threads:
         thread.join(60)

@@ -8,7 +8,6 @@ uninstalled library names its ``pip install`` line; a repository's own code is r
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 
@@ -23,6 +22,7 @@ from service.core.settings import DEFAULT_MODEL_REPOSITORY, Settings
 from service.dataplane.plane import DataPlane
 from service.modeling.build import build_network
 from service.modeling.entries import load_entry
+from service.modeling.sources import source_module
 from service.modeling.weights import HubAccess, entry_weights, resolve_weights
 from tests.checkpoints import perturbed, transformers_model
 
@@ -152,12 +152,11 @@ def test_offline_and_uncached_names_the_cache_and_the_command(tmp_path, name):
     assert "python -m service weights download" in message and "LAYERTAP_ALLOW_DOWNLOAD is off" in message
 
 
-def test_a_library_that_is_not_installed_names_the_pip_line(monkeypatch):
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "open_clip" else real(name, *a))
+def test_a_library_that_is_not_installed_names_the_pip_line():
     entry = load_entry(DEFAULT_MODEL_REPOSITORY, "clip_vit_b32")
+    assert source_module(entry).__name__.endswith("open_clip_models")  # installed here: the module itself
     with pytest.raises(StartupError, match=r"pip install 'layertap\[open_clip\]' \(or pip install open_clip_torch\)"):
-        build_network(entry, resolve_weights("random", entry))
+        source_module(entry, is_installed=lambda package: package != "open_clip")
 
 
 # ---- refusals and hints --------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Callable
 
 from service.core.errors import StartupError
 from service.modeling.entries import SOURCES, ModelEntry
@@ -23,11 +24,16 @@ _MODULES = {
 }
 
 
-def source_module(entry: ModelEntry):
+def installed(package: str) -> bool:
+    """Whether ``package`` can be imported here, without importing it."""
+    return importlib.util.find_spec(package) is not None
+
+
+def source_module(entry: ModelEntry, is_installed: Callable[[str], bool] = installed):
     """The module that builds ``entry``'s models; StartupError with the ``pip install`` line when its library is
-    not installed."""
+    not installed (``is_installed`` answers that; tests pass their own)."""
     module, package, distribution = _MODULES[entry.source]
-    if importlib.util.find_spec(package) is None:
+    if not is_installed(package):
         raise StartupError(
             f"model entry {entry.name!r} comes from {entry.source}, which is not installed here; "
             f"run: pip install 'layertap[{SOURCES[entry.source]}]' (or pip install {distribution})"

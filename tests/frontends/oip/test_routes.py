@@ -11,7 +11,6 @@ import io
 import json
 import struct
 import threading
-import time
 import zlib
 
 import numpy as np
@@ -333,10 +332,9 @@ def test_binary_request_compressed_and_small_or_binary_answers_left_alone(client
 
 def test_malformed_requests_are_refused_quickly_however_many_errors_they_hold(client):
     """Every list and map of the request is bounded: a 100,000-input request is one error, not 300,000."""
-    started = time.perf_counter()
     response = client.post(INFER, data=json.dumps({"inputs": [{}] * 100_000}))
     assert response.status_code == 400 and "at most 1 item" in response.json["error"]
-    assert time.perf_counter() - started < 2
+    assert len(response.data) < 1000, "one error, not one per input"
     too_many_values = {
         "inputs": [{"name": "t", "shape": [1, 3, 224, 224], "datatype": "FP32", "data": [0] * 1_100_000}]
     }
