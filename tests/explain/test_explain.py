@@ -52,8 +52,9 @@ def test_class_activation_maps_equal_pytorch_grad_cam(plane, photos, reference_m
     low, upsampled = library_cam(reference_model, method, layer, rocket, image.target)
     assert image.target == int(reference_model(rocket).argmax()), "the default class is the top-1"
     assert image.map.shape == low.shape and image.upsampled.shape == upsampled.shape == (224, 224)
-    assert cosine(image.map, low) >= 0.999, (method, layer, cosine(image.map, low))
-    assert cosine(image.upsampled, upsampled) >= 0.999, (method, layer, cosine(image.upsampled, upsampled))
+    # Achieved: 0.9999999999995 before upsampling, 0.9999997 after (float32 on both sides).
+    assert cosine(image.map, low) >= 0.99999, (method, layer, cosine(image.map, low))
+    assert cosine(image.upsampled, upsampled) >= 0.99999, (method, layer, cosine(image.upsampled, upsampled))
 
 
 def test_a_chosen_class_is_explained_and_changes_the_map(plane, photos, reference_model, rocket):
@@ -61,7 +62,7 @@ def test_a_chosen_class_is_explained_and_changes_the_map(plane, photos, referenc
     other = 7 if top.target != 7 else 8
     chosen = plane.explain([photos["rocket.jpg"]], "gradcam", "layer4", target=other, steps=1).explanations[0]
     low, _ = library_cam(reference_model, "gradcam", "layer4", rocket, other)
-    assert chosen.target == other and cosine(chosen.map, low) >= 0.999
+    assert chosen.target == other and cosine(chosen.map, low) >= 0.99999
     logits = reference_model(rocket)[0].detach()
     assert chosen.score == pytest.approx(float(logits[other]), rel=1e-4, abs=1e-4)
     assert chosen.probability == pytest.approx(float(logits.softmax(0)[other]), rel=1e-3, abs=1e-6)
@@ -79,7 +80,7 @@ def test_integrated_gradients_equal_captum(plane, photos, reference_model, rocke
     captum = IntegratedGradients(reference_model).attribute(rocket, baselines=black, target=image.target, n_steps=steps)
     expected = captum.sum(dim=1)[0].detach().numpy()
     assert image.map.shape == (224, 224) and image.upsampled is None
-    assert cosine(image.map, expected) >= 0.999, cosine(image.map, expected)
+    assert cosine(image.map, expected) >= 0.99999, cosine(image.map, expected)  # achieved: 0.99999995
 
 
 @pytest.mark.parametrize("layer", ["bn1", "layer1.0.bn2", "relu", "layer1.0.relu", "layer1.0.relu_1"])
@@ -195,7 +196,7 @@ def test_a_mixed_batch_in_small_chunks_equals_each_request_alone(reference_model
         torch.cat([rocket, chelsea]), baselines=black, target=4, n_steps=8
     )
     for ours, theirs in zip(both, captum.sum(dim=1).detach().numpy(), strict=True):
-        assert cosine(ours.map, theirs) >= 0.999
+        assert cosine(ours.map, theirs) >= 0.99999
 
 
 def test_a_failing_or_late_group_fails_alone(reference_model, rocket):

@@ -92,9 +92,11 @@ def test_batch_matches_the_cpu_path_within_the_accuracy_budget(jpegs, reference_
     finally:
         tap.remove()
     n = len(jpegs)
+    # docs/hardware.md: nvjpeg ≥ 0.999998 on avgpool, ≥ 0.99984 on layer1; libjpeg here achieves 0.99999992, 0.9999913.
+    floors = {"avgpool": 0.999998, "layer1": 0.99984 if device == "cuda" else 0.99999}
     for i, name in enumerate(jpegs):
-        assert cosine(out["avgpool"][i], out["avgpool"][n + i]) >= 0.9995, name
-        assert cosine(out["layer1"][i], out["layer1"][n + i]) >= 0.995, name
+        for layer, floor in floors.items():
+            assert cosine(out[layer][i], out[layer][n + i]) >= floor, (name, layer)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -182,8 +184,11 @@ def test_bad_files_fail_alone_as_domain_errors(jpegs, device):
     assert torch.equal(results[0], decoder([encoded[0]])[0])
     assert torch.equal(results[2], decoder([encoded[1]])[0])
     assert isinstance(results[1], InvalidImage)
-    # libjpeg refuses this damage; nvjpeg (CUDA) decodes it into damaged pixels.
-    assert isinstance(results[3], InvalidImage if device == "cpu" else (InvalidImage, torch.Tensor))
+    # libjpeg refuses this damage; nvjpeg (CUDA) may decode it into damaged pixels: an image all the same.
+    if device == "cpu" or not isinstance(results[3], torch.Tensor):
+        assert isinstance(results[3], InvalidImage)
+    else:
+        assert results[3].shape == results[0].shape and results[3].dtype == results[0].dtype
     # nvjpeg refuses CMYK, failing the batch: the CPU path decodes it; libjpeg converts it itself.
     assert mean_abs_diff(results[4].cpu().permute(1, 2, 0).numpy(), exact()(cmyk)) <= 2
 

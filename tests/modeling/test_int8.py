@@ -13,6 +13,10 @@ from service.core.settings import Settings
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
 
+# docs/hardware.md's int8 table; achieved on the seeded weights: avgpool 0.99956, fc 0.99910, the lowest layer 0.99780.
+FLOORS = {"avgpool": 0.9995, "fc": 0.999, "every layer": 0.995}
+
+
 @pytest.fixture(scope="module")
 def int8_app(weights_file, tmp_path_factory):
     cache = tmp_path_factory.mktemp("int8-cache")
@@ -68,7 +72,7 @@ def test_int8_outputs_track_float32_on_real_photos(int8, plane, photos):
         f = reference[name].reshape(len(images), -1).astype(np.float64)
         cosine = (q * f).sum(1) / (np.linalg.norm(q, axis=1) * np.linalg.norm(f, axis=1))
         assert quantized[name].dtype == np.float32 and quantized[name].shape == reference[name].shape
-        assert cosine.min() >= (0.999 if name in ("avgpool", "fc") else 0.99), (name, cosine)
+        assert cosine.min() >= FLOORS.get(name, FLOORS["every layer"]), (name, cosine)
 
 
 def test_int8_containers_fire(int8, photos):
@@ -193,7 +197,7 @@ def test_bottleneck_names_are_honest_in_int8(photos, tmp_path):
         for name in (*block, "avgpool"):
             q, f = (x[name].reshape(2, -1).astype(np.float64) for x in (quantized, reference))
             cosine = (q * f).sum(1) / (np.linalg.norm(q, axis=1) * np.linalg.norm(f, axis=1))
-            assert cosine.min() >= 0.98, (name, cosine)
+            assert cosine.min() >= 0.998, (name, cosine)  # achieved: 0.99875 (layer1.0), 0.99944 (avgpool)
     finally:
         for plane in planes.values():
             plane.close()

@@ -167,7 +167,7 @@ def test_fp32_tensor_is_used_as_given(client, photos, reference_model):
     got = outputs_of(response)
     expected = reference_outputs(reference_model, x)
     for name in ("bn1", "fc"):
-        np.testing.assert_allclose(got[name], expected[name].numpy(), rtol=1e-3, atol=2e-3, err_msg=name)
+        np.testing.assert_allclose(got[name], expected[name].numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
