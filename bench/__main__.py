@@ -27,9 +27,9 @@ from pathlib import Path
 
 import requests
 
-from bench import explain, overload
+from bench import explain, overload, profile
 from bench.inprocess import INT8_CACHE, in_process
-from bench.report import Cell, report
+from bench.report import ONE_WORKER, Cell, report
 from bench.torchserve import TorchServe
 from service.ops.process import apply_openmp_defaults, tune_malloc
 from stress.load import Request, drive, percentile, raw_posts
@@ -134,6 +134,7 @@ def main() -> None:
         drive(server.url, features_requests(images, "layers=avgpool"), 4, 2)  # warm-up: batch shapes, allocator
         time.sleep(1)
         idle = sum(rss_mb(pid) for pid in pids)
+        idle_worker = max(rss_mb(pid) for pid in pids[1:])
         cells: list[Cell] = []
         # The service's own path in process, in the dtype the service chose (auto: bfloat16 where the CPU has it).
         same_path = limit["variants"]["bfloat16" if info["dtype"] == "bfloat16" else "service"]
@@ -151,6 +152,22 @@ def main() -> None:
         reference = requests.post(f"{server.url}/features?layers=avgpool", data=images[0], timeout=30).json()
     finally:
         server.stop()
+    # The worker model side by side: one worker with every core (the CPU default until 2026-12) against the
+    # default's two that split the cores and lend them when idle (docs/configuration.md).
+    if info.get("workers", 1) > 1:
+        print("the same service with one worker (LAYERTAP_WORKERS=1) ...", flush=True)
+        server = start_server(Path(args.out), {**env, "LAYERTAP_WORKERS": "1"})
+        server.wait_ready()
+        try:
+            avgpool = features_requests(images, "layers=avgpool")
+            drive(server.url, avgpool, 4, 2)
+            for concurrency in concurrencies:
+                cells.append(
+                    measure(server.url, avgpool, "avgpool", ONE_WORKER, concurrency, args.seconds,
+                            same_path["avgpool"], limit["variants"]["channels_last"]["avgpool"])
+                )  # fmt: skip
+        finally:
+            server.stop()
     print("the same service without the admission wait (LAYERTAP_MAX_QUEUE_WAIT_MS=0) ...", flush=True)
     server = start_server(Path(args.out), {**env, "LAYERTAP_MAX_QUEUE_WAIT_MS": "0"})
     server.wait_ready()
@@ -168,7 +185,7 @@ def main() -> None:
             torchserve[dtype] = {"img_s": {}, "skipped": str(exc), "dtype": dtype}
     same = torchserve[info["dtype"]]["img_s"]
     for cell in cells:
-        if cell.query == "layers=avgpool":
+        if cell.query in ("layers=avgpool", ONE_WORKER):
             cell.torchserve_img_s = same.get(cell.concurrency)
             cell.torchserve_float32_img_s = torchserve["float32"]["img_s"].get(cell.concurrency)
     print("starting the int8 service ...", flush=True)
@@ -194,9 +211,11 @@ def main() -> None:
     print("explanations in process ...", flush=True)
     cost = explain.in_process()
     report(
-        limit, cells, (goodput, no_wait), torchserve, info, idle, peak, Path(args.out),
+        limit, cells, (goodput, no_wait), torchserve, info, (idle, idle_worker), peak, Path(args.out),
         (explain.markdown(explain_rows, cost),), (explain.target_check(cost),),
     )  # fmt: skip
+    print("profile of one loaded run (bench/profile.py) ...", flush=True)
+    profile.main(["--out", args.out])
 
 
 def run_torchserve(

@@ -25,6 +25,7 @@ def in_process(images: list[bytes], layers: list[str], batch: int, seconds: floa
     import numpy as np
     import torch
 
+    from service.core.hardware import available_cores
     from service.core.settings import Settings
     from service.images.preprocess import ImagePreprocessor
     from service.modeling.build import build_model, place
@@ -35,7 +36,7 @@ def in_process(images: list[bytes], layers: list[str], batch: int, seconds: floa
     from service.modeling.weights import resolve_weights
 
     settings = Settings(weights="random")
-    torch.set_num_threads(settings.effective_torch_threads())
+    torch.set_num_threads(available_cores())  # the pipeline on this whole machine, whatever the service's workers
     entry = load_entry(settings.model_repository, settings.model_names[0])
     preprocess = ImagePreprocessor(entry.preprocessing, settings.max_pixels, settings.preprocessing)
     mean = torch.tensor(entry.preprocessing.mean).view(1, 3, 1, 1)

@@ -22,6 +22,7 @@ from service.core.hardware import cuda_expected
 from service.core.settings import Settings
 from service.frontends.http.upload_gate import defer_continue
 from service.frontends.http.worker import GRACEFUL_TIMEOUT_S
+from service.ops import cores
 from service.ops.logs import gunicorn_logconfig
 from service.ops.process import apply_openmp_defaults, tune_malloc
 
@@ -91,8 +92,21 @@ def _remove_metric_files(folder: str) -> None:
                 os.remove(os.path.join(folder, name))
 
 
+# One page the master maps and every worker it forks shares: which workers have work in hand (service/ops/cores.py).
+_worker_page: cores.WorkerPage | None = None
+
+
+def pre_fork(server, worker) -> None:  # noqa: ARG001 - gunicorn's hook signature
+    """A slot in the shared page for the worker about to be forked (the page is mapped once, in the master)."""
+    global _worker_page
+    if _worker_page is None:
+        _worker_page = cores.WorkerPage()
+    worker.core_slot = _worker_page.assign()
+
+
 def post_fork(server, worker) -> None:  # noqa: ARG001 - gunicorn's hook signature
-    """Per-worker memory tuning, before the worker imports torch."""
+    """Per-worker memory tuning, before the worker imports torch; this worker's slot in the shared page."""
+    cores.join(_worker_page, worker.core_slot)
     applied = tune_malloc()  # see service/ops/process.py
     worker.log.debug("malloc options applied: %s", applied or "none (not glibc)")
     # On the CPU, keep torch from loading Triton, a GPU kernel compiler (~80 MB).
@@ -152,7 +166,9 @@ def first_call_only(handler):
 
 
 def child_exit(server, worker) -> None:  # noqa: ARG001 - gunicorn's hook signature
-    """A worker's live gauges (queue depth) must not outlive it."""
+    """A worker's live gauges (queue depth) and its byte in the shared page must not outlive it."""
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+    if _worker_page is not None:
+        _worker_page.free(getattr(worker, "core_slot", None))

@@ -7,6 +7,7 @@ seed (batch-norm statistics randomized too, so normalization is not an identity)
 from __future__ import annotations
 
 import io
+import os
 import sys
 from pathlib import Path
 
@@ -21,6 +22,11 @@ from service.core.settings import DEFAULT_MODEL_REPOSITORY, SAMPLE_PHOTOS, Setti
 from service.modeling.entries import load_entry
 
 PHOTOS = ("grace_hopper.jpg", "rocket.jpg", "chelsea.png", "coffee.png")
+
+# The suite's servers run one worker each (the CPU default is two) unless a test asks for more, as the
+# two_workers fixture does: several servers share this machine's cores at once, and most tests reason about
+# one worker's queue. The sizing rules themselves are tested in tests/core/test_hardware.py.
+os.environ.setdefault("LAYERTAP_WORKERS", "1")
 
 
 # The CI skip audit (tests/skip_audit.py); pytester runs it on made-up suites (tests/test_skip_audit.py).

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from service.core.errors import Overloaded, ServiceError
-from service.ops import metrics
+from service.ops import cores, metrics
 
 if TYPE_CHECKING:
     from service.batching.done import Done
@@ -124,6 +124,7 @@ class Admission:
         """
         with self._lock:
             self.waiting -= items
+            cores.add_work(-items)
             if unsubmitted:
                 self.preparing -= 1
             metrics.QUEUE_IMAGES.labels(self.name).set(self.waiting)
@@ -137,6 +138,7 @@ class Admission:
 
     def _take(self, items: int) -> None:
         self.waiting += items
+        cores.add_work(items)  # this worker has work in hand from now on (service/ops/cores.py)
         metrics.QUEUE_IMAGES.labels(self.name).set(self.waiting)
 
     def _check_open(self) -> None:

@@ -33,6 +33,7 @@ from typing import Any
 from service.batching.admission import Admission, Ticket
 from service.batching.done import Done
 from service.core.errors import DeadlineExceeded, InferenceFailed, NotReady, ServiceError
+from service.ops import cores
 
 log = logging.getLogger("layertap.batcher")
 
@@ -200,6 +201,15 @@ class Batcher:
         return batch
 
     def _run(self, batch: list) -> None:
+        # Its images stay in this worker's hands until the pass ends, though their queue room frees now.
+        in_hand = sum(job.items for job in batch if job is not _STOP)
+        cores.add_work(in_hand)
+        try:
+            self._run_jobs(batch)
+        finally:
+            cores.add_work(-in_hand)
+
+    def _run_jobs(self, batch: list) -> None:
         jobs: list[_Job] = []
         now = time.monotonic()
         for job in batch:

@@ -14,6 +14,13 @@ The rules, each measured (docs/hardware.md):
   float16 is not the CUDA default: it overflows inside MobileNetV3, EfficientNet and ConvNeXt
   (cosine 0.007, 0.039 and 0.91 at their worst layers, bench/gpu.py), and is no faster at the
   batch sizes the service runs. Outputs are returned as float32 either way.
+- **CPU sizing**: two workers, each with half the cores. One worker's request threads (reading,
+  decoding, answering) share its GIL with the model thread, and its passes then hold every core,
+  so decoding waits for the pass. Two workers overlap one's decoding with the other's pass: on 2
+  cores with AMX, ResNet18 ``avgpool`` in bfloat16 went from 64 to 101 img/s at 4 clients and from
+  98 to 120 at 16 (bench/README.md). A worker alone with work still takes every core for its
+  passes (service/ops/cores.py), so a lone keep-alive client loses nothing. The price is memory:
+  a model per worker.
 - **CUDA sizing**: one process's GIL cannot feed a GPU (HTTP, JSON and the header checks are
   Python), so several workers share it: on an H200 with 16 cores, at 256 clients, 1 worker gave
   503 img/s, 4 gave 1,797 and 8 gave 2,862. Batches and queues are larger because a GPU batch of
@@ -126,10 +133,11 @@ def torch_threads_per_worker(workers: int, cores: int | None = None) -> int:
 
 
 def default_sizing(cuda: bool, cores: int | None = None) -> Sizing:
-    """CPU: one worker with all the cores, batches of 16. CUDA: a worker per 2 cores (at most 8), batches of 64."""
-    if not cuda:
-        return Sizing(workers=1, threads=64, max_batch_size=16, max_queue_images=32)
+    """CPU: two workers (one on a single core), each with half the cores, batches of 16. CUDA: a worker per 2
+    cores (at most 8), batches of 64."""
     cores = cores or available_cores()
+    if not cuda:
+        return Sizing(workers=min(2, cores), threads=64, max_batch_size=16, max_queue_images=32)
     return Sizing(workers=max(1, min(8, cores // 2)), threads=320, max_batch_size=64, max_queue_images=256)
 
 

@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from service.core.hardware import cuda_expected, default_sizing, torch_threads_per_worker
 
 # The device-aware sizes (service/core/hardware.py) are the defaults here too: one place holds the numbers.
-_CPU_SIZING = default_sizing(cuda=False)
+_CPU_SIZING = default_sizing(cuda=False, cores=2)  # as documented; the real workers follow the cores
 _CUDA_SIZING = default_sizing(cuda=True, cores=1)  # its workers depend on the cores; the rest does not
 
 
@@ -182,7 +182,8 @@ class Settings(BaseSettings):
     workers: int = Field(
         _CPU_SIZING.workers,
         gt=0,
-        description="gunicorn worker processes, each with its own model (default on CUDA: cores ÷ 2, at most 8).",
+        description="gunicorn worker processes, each with its own model (default on the CPU: 2, or 1 on a single core; "
+        "on CUDA: cores ÷ 2, at most 8).",
     )
     threads: int = Field(
         _CPU_SIZING.threads,
@@ -191,6 +192,11 @@ class Settings(BaseSettings):
         f"{_CUDA_SIZING.threads} on CUDA).",
     )
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads per worker; 0 means CPU cores ÷ workers.")
+    share_idle_cores: bool = Field(
+        True,
+        description="On the CPU with `torch_threads` 0: a worker that alone has work runs its passes on every core, "
+        "not only on its share (a lone client's latency); off: always its share.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level of the service.")
     log_format: Literal["json", "text"] = Field("json", description="One JSON object per log line, or plain text.")
     api_key: SecretStr | None = Field(

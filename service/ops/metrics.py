@@ -28,6 +28,12 @@ REQUEST_SECONDS = Histogram(
 ERRORS = Counter("layertap_errors_total", "Error responses, by error code.", ["code"])
 # Per model: each model of LAYERTAP_MODELS has its own queue and thread (bounded label values).
 IMAGES = Counter("layertap_images_total", "Images that went through a model.", ["model"])
+PASSES = Counter(
+    "layertap_passes_total",
+    "Batches run, by the torch threads they ran on (on the CPU, every core while the other workers are idle, "
+    "the worker's share otherwise: service/ops/cores.py).",
+    ["model", "threads"],
+)
 BATCH_IMAGES = Histogram(
     "layertap_batch_images", "Images per forward pass.", ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
 )

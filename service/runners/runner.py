@@ -45,7 +45,7 @@ from service.modeling.int8 import Int8Model, build_int8, served_calls
 from service.modeling.shapes import ShapeTracer
 from service.modeling.tap import LayerCall, LayerTap
 from service.modeling.weights import Weights
-from service.ops import metrics
+from service.ops import cores, metrics
 from service.ops.process import release_free_heap
 from service.runners.catalogue import LayerCatalogue
 from service.runners.seams import ForwardChunk, RunnerSeams
@@ -85,6 +85,11 @@ class ModelRunner:
             settings.jpeg_decoder == "auto" and self.device.type == "cuda" and settings.preprocessing == "fast"
         )
         self.inputs = Inputs(self.preprocess, self.device, decode_on_device)
+        # (its share, every core): on the CPU with automatic threads, a pass takes every core while no other
+        # worker has work in hand (service/ops/cores.py)
+        every = self.seams.cores or hardware.available_cores()
+        lends = settings.share_idle_cores and not settings.torch_threads and self.device.type == "cpu"
+        self._cores = (settings.effective_torch_threads(every), every) if lends else None
         self._model = self._network.model
         self.parameters = sum(p.numel() for p in self._model.parameters())
         self._shapes = ShapeTracer(self._network)
@@ -277,6 +282,11 @@ class ModelRunner:
 
     def _run_batch(self, works: list[Work] | list[ExplainWork]) -> list:
         started = time.perf_counter()
+        if self._cores is not None:
+            threads = cores.threads_for_pass(*self._cores)
+            if threads != torch.get_num_threads():  # this thread's own OpenMP setting: cheap to change
+                torch.set_num_threads(threads)
+        metrics.PASSES.labels(self.name, str(torch.get_num_threads())).inc()
         batch, failures = self.inputs.assemble([image for work in works for image in work.images])
         if isinstance(works[0], ExplainWork):
             try:

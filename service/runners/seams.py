@@ -1,5 +1,5 @@
 """What a runner takes from its surroundings, as values that can be swapped: its device, how it places its
-model, what happens before each forward pass, and which CPU it believes it has.
+model, what happens before each forward pass, and which CPU (flags, cores) it believes it has.
 
 Why: tests (and tools such as benchmarks) need to make a model load slowly, fail to load, crash or
 stall mid-pass, or run on a device or CPU the machine lacks. Patching module globals did that
@@ -45,9 +45,12 @@ class RunnerSeams:
       stalls the model.
     - ``cpu_flags``: the CPU flags the dtype rule and ``/info`` see (service/core/hardware.py); None: this
       CPU's.
+    - ``cores``: the cores the runner divides among the workers and borrows when the others are idle
+      (service/ops/cores.py); None: those this process may use.
     """
 
     device: torch.device | None = None
     place: Callable[[nn.Module, torch.device, str, bool], nn.Module] = place
     before_pass: Callable[[ForwardChunk], None] | None = None
     cpu_flags: tuple[str, ...] | None = None
+    cores: int | None = None

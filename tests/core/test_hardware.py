@@ -65,11 +65,15 @@ def _tiny_jpeg() -> bytes:
     return data.getvalue()
 
 
-def test_sizes_follow_the_device_unless_set():
+def test_sizes_follow_the_device_unless_set(monkeypatch):
+    monkeypatch.delenv("LAYERTAP_WORKERS", raising=False)  # tests/conftest.py sets it for the suite's servers
     assert default_sizing(cuda=True, cores=16).workers == 8 and default_sizing(cuda=True, cores=2).workers == 1
     assert default_sizing(cuda=True, cores=64).workers == 8
+    # CPU: two workers that split the cores, one on a single core
+    assert [default_sizing(cuda=False, cores=n).workers for n in (1, 2, 16)] == [1, 2, 2]
     cpu, gpu = Settings(device="cpu"), Settings(device="cuda")
-    assert (cpu.workers, cpu.threads, cpu.max_batch_size, cpu.max_queue_images) == (1, 64, 16, 32)
+    assert cpu.workers == default_sizing(cuda=False).workers
+    assert (cpu.threads, cpu.max_batch_size, cpu.max_queue_images) == (64, 16, 32)
     assert (gpu.threads, gpu.max_batch_size, gpu.max_queue_images) == (320, 64, 256)
     assert default_sizing(cuda=True, cores=5).workers == 2  # a worker per 2 cores, rounded down
     assert gpu.workers == default_sizing(cuda=True, cores=available_cores()).workers  # Settings uses the sizing

@@ -7,7 +7,8 @@ use is started once and shared (tests that need a server of their own say why ne
 - ``imagenet_server``: ``LAYERTAP_WEIGHTS=imagenet`` from a pre-seeded torch cache (labels on);
 - ``sourced_server``: open_clip's CLIP and transformers' DINOv2, pretrained from a private Hugging
   Face cache (the libraries beside torchvision, end to end);
-- ``two_workers``: two workers of one torch thread each (metrics across workers, a killed worker);
+- ``two_workers``: two workers, as the CPU default runs (metrics across workers, a killed worker, idle
+  cores lent);
 - ``cuda_server``: the CUDA defaults (bfloat16, JPEGs decoded on the GPU), only where CUDA is.
 
 The launcher is stress/server.py, shared with ``make bench`` and ``make stress``.
@@ -78,7 +79,8 @@ def sourced_server(tmp_path_factory, hub_cache):
 
 @pytest.fixture(scope="session")
 def two_workers(tmp_path_factory, weights_file):
-    env = {"LAYERTAP_WEIGHTS": str(weights_file), "LAYERTAP_WORKERS": "2", "LAYERTAP_TORCH_THREADS": "1"}
+    """Two workers sized as the CPU default sizes them (half the cores each, lending them when idle)."""
+    env = {"LAYERTAP_WEIGHTS": str(weights_file), "LAYERTAP_WORKERS": "2"}
     yield from _serve(tmp_path_factory.mktemp("two-workers"), env)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -133,3 +134,27 @@ def test_make_run_logs_json_with_request_ids_applies_the_key_and_stops_on_ctrl_c
     assert any(e.get("request_id") == "it-req-1" and e["status"] == 200 for e in access)
     assert any(e["status"] == 401 for e in access)
     assert any(e["logger"] == "gunicorn.error" and e["message"] == "Shutting down: Master" for e in entries)
+
+
+def passes_by_threads(server) -> dict[str, float]:
+    """layertap_passes_total, summed over the workers, by the torch threads the batches ran on."""
+    text = requests.get(f"{server.url}/metrics", timeout=10).text
+    return {
+        sample.labels["threads"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "layertap_passes_total"
+    }
+
+
+def test_a_lone_client_of_two_workers_gets_every_core(two_workers, photos):
+    """Each worker's share is half the cores, but a worker alone with work borrows the other's (service/ops/cores.py):
+    a lone keep-alive client's passes run on every core, as with one worker."""
+    every = str(len(os.sched_getaffinity(0)))
+    before = passes_by_threads(two_workers)
+    with requests.Session() as session:  # one connection: one worker serves it, the other stays idle
+        for _ in range(5):
+            response = session.post(f"{two_workers.url}/features?layers=avgpool", data=photos["rocket.jpg"], timeout=30)
+            assert response.status_code == 200
+    after = passes_by_threads(two_workers)
+    assert after.get(every, 0) - before.get(every, 0) == 5, (before, after)

@@ -7,14 +7,17 @@ import threading
 import numpy as np
 import pytest
 import torch
+from prometheus_client import REGISTRY
 
 from service.core.errors import StartupError
 from service.core.settings import DEFAULT_MODEL_REPOSITORY, Settings
 from service.modeling import build
 from service.modeling.entries import load_entry
 from service.modeling.weights import resolve_weights
+from service.ops import cores
 from service.runners.runner import ModelRunner
 from service.runners.seams import ForwardChunk, RunnerSeams
+from tests.ops.test_cores import OtherWorker
 
 
 def test_the_default_seams_are_the_services_behaviour():
@@ -138,3 +141,43 @@ def test_an_explicit_cuda_device_that_does_not_exist_is_a_start_up_error(entry, 
     settings = Settings(weights=str(weights_file), device="cuda")
     with pytest.raises(StartupError, match="CUDA is not available here"):
         ModelRunner(settings, entry, resolve_weights(settings.weights, entry))
+
+
+def test_a_worker_alone_with_work_runs_its_passes_on_every_core(entry, weights_file, photos):
+    """On the CPU with automatic threads, a pass takes every core unless another worker has work in hand
+    (service/ops/cores.py); the threads each batch ran on are counted in layertap_passes_total."""
+    threads: list[int] = []
+    settings = Settings(weights=str(weights_file), device="cpu", dtype="float32", workers=2)
+    # 4 cores for two workers: a share of 2, and all 4 when alone
+    seams = RunnerSeams(before_pass=lambda chunk: threads.append(torch.get_num_threads()), cores=4)
+    runner = ModelRunner(settings, entry, resolve_weights(settings.weights, entry), seams)
+    page = cores.WorkerPage(slots=2, linger_s=0.0)
+    cores.join(page, page.assign())
+    runner.start()
+    try:
+        assert runner.wait_ready(60), runner.failure
+        image = (runner.inputs.prepare(photos["rocket.jpg"]),)
+
+        def one_pass(others_busy: int = 0) -> int:
+            threads.clear()
+            with runner.reserve(1) as ticket:
+                assert cores.busy_workers() == 1 + others_busy, "room reserved: this worker has work in hand"
+                runner.extract(ticket, image, ("avgpool",))
+            assert cores.busy_workers() == others_busy, "its work ended with the pass"
+            return threads[-1]
+
+        passes_on = {n: REGISTRY.get_sample_value("layertap_passes_total", {"model": "resnet18", "threads": n}) or 0
+                     for n in ("2", "4")}  # fmt: skip
+        assert one_pass() == 4
+        other = OtherWorker(page, page.assign())
+        try:
+            assert one_pass(others_busy=1) == 2
+        finally:
+            other.finish()
+        assert one_pass() == 4
+        for n, count in {"4": 2, "2": 1}.items():
+            total = REGISTRY.get_sample_value("layertap_passes_total", {"model": "resnet18", "threads": n})
+            assert total - passes_on[n] == count
+    finally:
+        runner.close()
+        cores.leave()
