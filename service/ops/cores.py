@@ -1,4 +1,4 @@
-"""The CPU cores a server's workers share: a worker alone with work runs its passes on all of them.
+"""What a server's workers share: the CPU cores (a worker alone with work takes all of them), and connections.
 
 On the CPU each worker runs its forward passes on its share of the cores (``LAYERTAP_TORCH_THREADS``
 0: cores ÷ workers), so that two busy workers do not fight over them. Oversubscribing is far
@@ -21,6 +21,14 @@ still counts the other's last request as busy runs its pass on its share. In one
 and 97.8 img/s (one worker: 64.7). A worker that starts work during another's pass
 oversubscribes the cores for the rest of that pass only.
 
+The page also balances keep-alive connections. gunicorn's workers each accept from the shared
+socket, so at 4 clients one worker could hold all 4 connections while the other idled, and a
+connection stays where it landed (68 img/s at 4 clients, as one worker gives, against 100 when
+they split 2 and 2). Each worker publishes how many connections it holds while it accepts
+(:func:`publish_connections`); a worker holding more than another leaves new connections to it
+(:func:`fewest_connections_elsewhere`, read by service/frontends/http/worker.py). The one with the
+fewest always accepts, so a connection is never refused, only left to the other worker.
+
 The master gives each worker a slot before forking it and clears the slot when the worker exits,
 so a worker killed mid-pass leaves no stale mark. Outside gunicorn (in-process apps, the Ray
 stage, the bench's in-process pipeline) no page is joined: :func:`threads_for_pass` returns the
@@ -37,7 +45,9 @@ import time
 
 SLOTS = 256  # workers one master can track at once (gunicorn's TTIN can add workers at run time)
 LINGER_S = 0.005  # a worker counts as busy this long after its work ends: a keep-alive client's turnaround
-_SLOT = struct.Struct("d")  # busy until this time.monotonic() (the same clock in every process on the host)
+# Per worker: busy until this time.monotonic() (the same clock in every process on the host), and the connections
+# it holds (-1: not accepting, booting or stopping).
+_SLOT = struct.Struct("dd")
 
 
 class WorkerPage:
@@ -49,24 +59,26 @@ class WorkerPage:
         self.slots, self.linger_s = slots, linger_s
         self.page = mmap.mmap(-1, slots * _SLOT.size)  # MAP_SHARED | MAP_ANONYMOUS: inherited across fork
         self._taken: set[int] = set()
+        for slot in range(slots):
+            self.free(slot)  # nobody there: idle, and not accepting
 
     def assign(self) -> int | None:
         """A free slot for the worker about to be forked; None when all are taken (it then never lends)."""
         slot = next((i for i in range(self.slots) if i not in self._taken), None)
         if slot is not None:
             self._taken.add(slot)
-            _mark(self.page, slot, 0.0)
+            _SLOT.pack_into(self.page, slot * _SLOT.size, 0.0, -1)
         return slot
 
     def free(self, slot: int | None) -> None:
-        """The worker in ``slot`` exited: whatever it had in hand is gone."""
+        """The worker in ``slot`` exited: whatever it had in hand, and its connections, are gone."""
         if slot is not None:
-            _mark(self.page, slot, 0.0)
+            _SLOT.pack_into(self.page, slot * _SLOT.size, 0.0, -1)
             self._taken.discard(slot)
 
 
-def _mark(page: mmap.mmap, slot: int, busy_until: float) -> None:
-    _SLOT.pack_into(page, slot * _SLOT.size, busy_until)
+def _slots(page: mmap.mmap) -> list[tuple[float, float]]:
+    return list(_SLOT.iter_unpack(page))
 
 
 class _ThisWorker:
@@ -102,7 +114,8 @@ def add_work(items: int) -> None:
         if worker.work + items < 0:
             raise ValueError(f"work released twice: {items} images released, {worker.work} in hand")
         worker.work += items
-        _mark(worker.page, worker.slot, math.inf if worker.work else time.monotonic() + worker.linger_s)
+        busy_until = math.inf if worker.work else time.monotonic() + worker.linger_s
+        worker.page[worker.slot * _SLOT.size : worker.slot * _SLOT.size + 8] = struct.pack("d", busy_until)
 
 
 def busy_workers() -> int:
@@ -111,7 +124,7 @@ def busy_workers() -> int:
     if worker is None:
         return 0
     now = time.monotonic()
-    return sum(until > now for (until,) in _SLOT.iter_unpack(worker.page))
+    return sum(until > now for until, _ in _slots(worker.page))
 
 
 def threads_for_pass(share: int, every: int) -> int:
@@ -123,5 +136,23 @@ def threads_for_pass(share: int, every: int) -> int:
     if worker is None:
         return share
     now = time.monotonic()
-    others = sum(until > now for slot, (until,) in enumerate(_SLOT.iter_unpack(worker.page)) if slot != worker.slot)
+    others = sum(until > now for slot, (until, _) in enumerate(_slots(worker.page)) if slot != worker.slot)
     return share if others else every
+
+
+def publish_connections(connections: int | None) -> None:
+    """The connections this worker holds while it accepts new ones; None when it does not (stopping)."""
+    worker = _this
+    if worker is not None:
+        start = worker.slot * _SLOT.size + 8
+        worker.page[start : start + 8] = struct.pack("d", -1 if connections is None else connections)
+
+
+def fewest_connections_elsewhere() -> int | None:
+    """The fewest connections another accepting worker holds; None when no other worker accepts (or outside
+    gunicorn)."""
+    worker = _this
+    if worker is None:
+        return None
+    counts = [held for slot, (_, held) in enumerate(_slots(worker.page)) if slot != worker.slot and held >= 0]
+    return int(min(counts)) if counts else None

@@ -19,9 +19,10 @@ def page():
 
 
 class OtherWorker:
-    """A forked child that joins ``slot`` of the same page and holds ``items`` of work until stopped."""
+    """A forked child that joins ``slot`` of the same page, holds ``items`` of work and publishes ``connections``
+    (None: publishes nothing) until stopped."""
 
-    def __init__(self, page: cores.WorkerPage, slot: int, items: int = 1):
+    def __init__(self, page: cores.WorkerPage, slot: int, items: int = 1, connections: int | None = None):
         ready_r, ready_w = os.pipe()
         self._stop_r, self._stop_w = os.pipe()
         self.pid = os.fork()
@@ -29,6 +30,8 @@ class OtherWorker:
             try:
                 cores.join(page, slot)
                 cores.add_work(items)
+                if connections is not None:
+                    cores.publish_connections(connections)
                 os.write(ready_w, b"x")
                 os.read(self._stop_r, 1)
                 cores.add_work(-items)
@@ -104,3 +107,19 @@ def test_a_full_page_leaves_new_workers_out_of_lending():
     assert master.assign() is None
     cores.join(master, None)  # joined to nothing: the share, always
     assert cores.threads_for_pass(share=1, every=2) == 1
+
+
+def test_connections_go_to_the_worker_that_holds_fewest(page):
+    assert cores.fewest_connections_elsewhere() is None  # no other worker accepts: never hold back
+    slot = page.assign()
+    other = OtherWorker(page, slot, items=0)
+    assert cores.fewest_connections_elsewhere() is None, "a worker that has not published yet is booting"
+    other.finish()
+
+    other = OtherWorker(page, slot, items=0, connections=3)
+    assert cores.fewest_connections_elsewhere() == 3
+    cores.publish_connections(None)  # this worker stops accepting: the other's count is unchanged
+    assert cores.fewest_connections_elsewhere() == 3
+    page.free(slot)  # it exited
+    assert cores.fewest_connections_elsewhere() is None
+    other.finish()

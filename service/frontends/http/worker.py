@@ -24,6 +24,11 @@ for up to 2 s, so that the answer is not cut by a reset) on :class:`Lingerer`'s 
 lingers on its main thread, which accepts and dispatches every connection: 32 clients that keep
 their sockets open after a 408 stopped the whole worker for a minute.
 
+A fourth: connections are balanced across the workers. Each worker accepts from the shared
+socket, and a keep-alive connection stays with the worker that took it; a worker that holds more
+connections than another stops accepting until the other has caught up (the counts are shared
+through service/ops/cores.py), so 4 clients of two workers split 2 and 2, not 4 and 0.
+
 TLS and HTTP/2 are not gathered (the service speaks plain HTTP/1.1 behind its load balancer):
 with either configured, connections are served by gthread unchanged.
 """
@@ -41,6 +46,7 @@ from dataclasses import dataclass
 from gunicorn.workers import gthread
 
 from service.core.settings import Settings
+from service.ops import cores
 
 # How long a stop waits for running requests before the workers are killed (gunicorn's graceful_timeout).
 # Here, not in service/gunicorn_conf.py, because importing that module sets the metrics environment.
@@ -50,6 +56,9 @@ GRACEFUL_TIMEOUT_S = 30
 MAX_GATHERED_BYTES = 64 * 1024
 HEAD_ENDS = (b"\r\n\r\n", b"\n\n")
 REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+# How often a worker that left new connections to another looks again (gthread's loop otherwise waits up to 1 s
+# for an event): the longest a new connection can wait in the backlog while both workers look away.
+BALANCE_RECHECK_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -234,6 +243,15 @@ class GuardedThreadWorker(gthread.ThreadWorker):
         except OSError as e:
             if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
                 raise
+
+    def wait_for_and_dispatch_events(self, timeout):
+        """gthread's loop step, after leaving new connections to a worker that holds fewer (module doc)."""
+        cores.publish_connections(self.nr_conns if self.alive else None)
+        fewest = cores.fewest_connections_elsewhere()
+        if self.alive and self._accepting and fewest is not None and self.nr_conns > fewest:
+            self.set_accept_enabled(False)  # gthread's loop enables it again next turn; this check then repeats
+            timeout = min(timeout, BALANCE_RECHECK_S)
+        super().wait_for_and_dispatch_events(timeout)
 
     def finish_request(self, conn, fs):
         """gthread's, then: a connection back on the poller waiting for the rest of its head is closed at its head
