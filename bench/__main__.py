@@ -18,6 +18,7 @@ Ratios are what to compare across runs; absolute numbers move with the machine's
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import struct
@@ -29,7 +30,7 @@ import requests
 
 from bench import explain, overload, profile
 from bench.inprocess import INT8_CACHE, in_process
-from bench.report import ONE_WORKER, Cell, report
+from bench.report import EMBEDDINGS, ONE_WORKER, Cell, report
 from bench.torchserve import TorchServe
 from service.ops.process import apply_openmp_defaults, tune_malloc
 from stress.load import Request, drive, percentile, raw_posts
@@ -54,6 +55,17 @@ def v2_requests(images: list[bytes], layer: str) -> list[Request]:
         header = json.dumps({"inputs": [tensor], "outputs": outputs}).encode()
         headers = {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"}
         requests_.append(Request("POST", "/v2/models/resnet18/infer", header + element, headers))
+    return requests_
+
+
+def embeddings_requests(images: list[bytes]) -> list[Request]:
+    """One OpenAI embeddings request per photo, as the ``openai`` client sends it: a data URL, base64 answer."""
+    requests_ = []
+    for image in images:
+        kind = "png" if image.startswith(b"\x89PNG") else "jpeg"
+        url = f"data:image/{kind};base64,{base64.b64encode(image).decode()}"
+        body = json.dumps({"model": "resnet18", "input": [url], "encoding_format": "base64"}).encode()
+        requests_.append(Request("POST", "/v1/embeddings", body, {"Content-Type": "application/json"}))
     return requests_
 
 
@@ -99,7 +111,7 @@ def main() -> None:
     parser.add_argument("--layers", default="avgpool,layer4,layer1", help="layers to bench, one per cell")
     parser.add_argument(
         "--extra",
-        default="layer1:encoding=base64,layer4:encoding=base64",
+        default="avgpool:encoding=base64,layer1:encoding=base64,layer4:encoding=base64",
         help="extra cells as layer:query, comma-separated",
     )
     parser.add_argument("--v2", default="layer4", help="layers to bench through the Open Inference Protocol")
@@ -116,6 +128,7 @@ def main() -> None:
         cells_to_run.append((layer, f"layers={layer}&{query}", features_requests(images, f"layers={layer}&{query}")))
     for layer in filter(None, args.v2.split(",")):
         cells_to_run.append((layer, f"v2 binary layers={layer}", v2_requests(images, layer)))
+    cells_to_run.append(("avgpool", EMBEDDINGS, embeddings_requests(images)))  # its embedding is avgpool's
 
     apply_openmp_defaults()  # the service's OpenMP and malloc tuning, for a like-for-like in-process limit
     tune_malloc()

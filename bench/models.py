@@ -6,6 +6,8 @@ For each entry of ``models/`` (random weights: speed does not depend on them), i
   entry's default layer), one thread submitting batches of 16 photos;
 - the service: gunicorn on loopback with ``LAYERTAP_MODELS=<entry>``, 16 keep-alive clients
   posting the photos with no ``layers`` (the default layer), for a fixed time;
+- for entries with a text tower (CLIP, SigLIP): texts per second through it, in process, 16 texts
+  of about 10 words per call;
 - memory: RSS of the service (master + worker) once warm, and the model's parameter count;
 - with ``--dtypes float32,bfloat16``: a row per dtype, and the cosine of the bfloat16 default
   layer to the float32 one on each photo (the lowest is reported): an entry whose embedding
@@ -50,6 +52,7 @@ class ModelRow:
     errors: int
     rss_mb: float
     bf16_cosine: float | None = None
+    texts_s: float | None = None  # texts per second through the text tower, in process, batches of 16
 
 
 def sourced_weights(names: list[str], out: Path) -> dict[str, dict[str, str]]:
@@ -119,7 +122,16 @@ def in_process(name: str, images: list[bytes], seconds: float, env: dict[str, st
             plane.extract(batch)
             done += len(batch)
         rate = done / (time.perf_counter() - started)
-        return plane.describe(), rate
+        info = plane.describe()
+        if info["text"]:
+            texts = [f"a photo of {n} grey cats asleep on a red sofa in the sun" for n in range(16)]
+            plane.embed_text(texts)  # warm-up
+            done, started = 0, time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                plane.embed_text(texts)
+                done += len(texts)
+            info["texts_s"] = done / (time.perf_counter() - started)
+        return info, rate
     finally:
         plane.close()
 
@@ -166,6 +178,7 @@ def run(names: list[str], seconds: float, clients: int, out: Path, dtypes: list[
                 errors=errors,
                 rss_mb=rss,
                 bf16_cosine=cosine,
+                texts_s=info.get("texts_s"),
             )
             print(f"  {row}", flush=True)
             rows.append(row)
@@ -175,15 +188,17 @@ def run(names: list[str], seconds: float, clients: int, out: Path, dtypes: list[
 def table(rows: list[ModelRow], clients: int) -> str:
     lines = [
         "| model | dtype | default layer | layers | parameters | in process, img/s "
-        f"| service, {clients} clients, img/s | ratio | p50 ms | errors | service RSS | bf16 ÷ f32 cosine, lowest |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| service, {clients} clients, img/s | ratio | p50 ms | errors | service RSS | bf16 ÷ f32 cosine, lowest "
+        "| texts/s in process |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         cosine = f"{r.bf16_cosine:.5f}" if r.bf16_cosine is not None else "—"
         lines.append(
             f"| {r.model} | {r.dtype} | `{r.default_layer}` | {r.layers} | {r.parameters_m:.1f} M | "
             f"{r.in_process_img_s:.1f} | {r.service_img_s:.1f} | ×{r.service_img_s / r.in_process_img_s:.2f} | "
-            f"{r.service_p50_ms:.0f} | {r.errors} | {r.rss_mb:.0f} MB | {cosine} |"
+            f"{r.service_p50_ms:.0f} | {r.errors} | {r.rss_mb:.0f} MB | {cosine} | "
+            f"{f'{r.texts_s:.0f}' if r.texts_s else '—'} |"
         )
     return "\n".join(lines)
 

@@ -14,6 +14,7 @@ from service.core.hardware import cpu_flags
 from service.core.settings import SAMPLE_PHOTOS
 
 ONE_WORKER = "layers=avgpool (1 worker)"  # the same service with LAYERTAP_WORKERS=1, in the same run
+EMBEDDINGS = "v1 embeddings, base64"  # OpenAI's /v1/embeddings, one data URL per request, as the openai client
 # At the most clients: the service against the in-process pipeline in its dtype, for these requests.
 HELD_TO_IN_PROCESS = ("layers=avgpool", "layers=layer4", "layers=layer1&encoding=base64")
 
@@ -162,6 +163,13 @@ def report(
                     f"`{query}` ÷ avgpool throughput at {top} clients: ×{by[(query, top)].img_s / cell.img_s:.2f}"
                     f"{target}; in process ×{in_process['layer1'] / in_process['avgpool']:.2f}"
                 )
+    for c in sorted((c for c in cells if c.query == EMBEDDINGS), key=lambda c: c.concurrency):
+        features_base64 = by.get(("layers=avgpool&encoding=base64", c.concurrency))
+        if features_base64:
+            checks.append(
+                f"OpenAI's /v1/embeddings (base64), {c.concurrency} clients: "
+                f"×{c.img_s / features_base64.img_s:.2f} of /features?layers=avgpool&encoding=base64 (target ≥ 0.95)"
+            )
     for c in sorted((c for c in cells if c.query.startswith("v2 binary ")), key=lambda c: c.concurrency):
         features_base64 = by.get((f"layers={c.layers}&encoding=base64", c.concurrency))
         if features_base64:

@@ -30,6 +30,7 @@ from service.frontends.http.auth import check_bearer
 from service.frontends.http.registry import FrontEnd, FrontEnds
 from service.frontends.http.upload_gate import UploadGate
 from service.frontends.oip.front_end import FRONT_END as OPEN_INFERENCE_PROTOCOL
+from service.frontends.openai.front_end import FRONT_END as OPENAI_EMBEDDINGS
 from service.frontends.rest.front_end import FRONT_END as LAYERTAP_API
 from service.frontends.ui.page import FRONT_END as DEBUG_PAGE
 from service.ops import logs, metrics
@@ -40,7 +41,13 @@ if TYPE_CHECKING:
 access_log = logging.getLogger("layertap.access")
 KNOWN_METHODS = frozenset({"GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"})
 # Every protocol the service speaks. The one API without a prefix (the layertap API) owns every other URL.
-FRONT_ENDS: tuple[FrontEnd, ...] = (LAYERTAP_API, OPEN_INFERENCE_PROTOCOL, DEBUG_PAGE, docs.FRONT_END)
+FRONT_ENDS: tuple[FrontEnd, ...] = (
+    LAYERTAP_API,
+    OPEN_INFERENCE_PROTOCOL,
+    OPENAI_EMBEDDINGS,
+    DEBUG_PAGE,
+    docs.FRONT_END,
+)
 
 
 def create_app(settings: Settings | None = None, *, seams: RunnerSeams | None = None) -> Flask:

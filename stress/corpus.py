@@ -160,8 +160,54 @@ def corpus(photo_jpeg: bytes, photo_png: bytes, max_body_bytes: int, max_images:
         BadInput("wrong method", (405,), method="GET", path="/features"),
         BadInput("unknown route", (404,), method="GET", path="/admin/../../etc/passwd"),
         *_open_inference_protocol(jpeg, max_body_bytes, max_images),
+        *_openai_embeddings(jpeg, max_body_bytes, max_images),
     ]
     return items
+
+
+def _openai_embeddings(jpeg: bytes, max_body_bytes: int, max_images: int) -> list[BadInput]:
+    """The same kinds of trouble through OpenAI's /v1/embeddings, plus its own: data URLs, token arrays, text."""
+    photo = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
+
+    def embeddings(name: str, expected: tuple[int, ...], document: object = None, **extra) -> BadInput:
+        body = json.dumps(document).encode() if document is not None else extra.pop("body")
+        headers = {"Content-Type": "application/json", **extra.pop("headers", {})}
+        return BadInput(f"v1: {name}", expected, path="/v1/embeddings", headers=headers, body=body, **extra)
+
+    model = "resnet18"
+    return [
+        embeddings("broken JSON", (400,), body=b'{"model": "resnet18", "input": ['),
+        embeddings("not an object", (400,), ["resnet18"]),
+        embeddings("no input", (400,), {"model": model}),
+        embeddings("empty input", (400,), {"model": model, "input": []}),
+        embeddings("empty string", (400,), {"model": model, "input": ""}),
+        embeddings("token array", (400,), {"model": model, "input": [101, 2023, 102]}),
+        embeddings("token arrays", (400,), {"model": model, "input": [[101, 2023], [102]]}),
+        embeddings("a number in the list", (400,), {"model": model, "input": [photo, 7]}),
+        embeddings("too many inputs", (400,), {"model": model, "input": ["x"] * 2049}),
+        embeddings("too many images", (413,), {"model": model, "input": [photo] * (max_images + 1)}),
+        embeddings("huge string", (413,), {"model": model, "input": "word " * 20_000}),
+        embeddings("text to a model without a text tower", (400,), {"model": model, "input": "a cat"}),
+        embeddings("an http URL", (400,), {"model": model, "input": "https://example.com/cat.jpg"}),
+        embeddings("malformed data URL", (400,), {"model": model, "input": "data:image/jpeg,notbase64"}),
+        embeddings("bad base64", (400,), {"model": model, "input": "data:image/jpeg;base64,@@@@"}),
+        embeddings("text behind a data URL", (415,), {"model": model, "input": "data:text/plain;base64,aGk="}),
+        embeddings(
+            "not an image behind an image data URL",
+            (400,),
+            {"model": model, "input": "data:image/png;base64," + base64.b64encode(b"hello").decode()},
+        ),
+        embeddings("truncated JPEG", (400,), {"model": model, "input": photo[: len(photo) // 2 // 4 * 4]}),
+        embeddings("unknown model", (404,), {"model": "gpt-4", "input": photo}),
+        embeddings("wrong dimensions", (400,), {"model": model, "input": photo, "dimensions": 3}),
+        embeddings("unknown field", (400,), {"model": model, "input": photo, "temperature": 0.5}),
+        embeddings("bad encoding format", (400,), {"model": model, "input": photo, "encoding_format": "npy"}),
+        embeddings("unknown layer", (400,), {"model": model, "input": photo, "layers": "layer9"}),
+        embeddings("very long model name", (400, 404), {"model": "m" * 7000, "input": photo}),
+        embeddings("gzip bomb", (413,), body=_gzip(b" " * (max_body_bytes * 20)), headers={"Content-Encoding": "gzip"}),
+        BadInput("v1: unknown model's details", (404,), method="GET", path="/v1/models/nope"),
+        BadInput("v1: wrong method", (405,), method="GET", path="/v1/embeddings"),
+    ]
 
 
 def _open_inference_protocol(jpeg: bytes, max_body_bytes: int, max_images: int) -> list[BadInput]:

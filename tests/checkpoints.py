@@ -74,7 +74,36 @@ def fill_cache(cache: Path, entry: ModelEntry, work: Path) -> Path:
     model.load_state_dict(perturbed(model))
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
+    if hasattr(model, "get_text_features"):
+        text_tokenizer(entry.architecture, folder).save_pretrained(folder)
     return put_in_cache(cache, entry.architecture, folder)
+
+
+# What the tokenizers the tests train learn from: enough words for texts to become several tokens each.
+CORPUS = (
+    "a photo of a cat",
+    "a photo of a dog on a sofa",
+    "a rocket on its launch pad at night",
+    "Grace Hopper in her navy uniform",
+    "a diagram of a neural network with many layers",
+    "two grey cats asleep in the sun",
+    "the quick brown fox jumps over the lazy dog",
+)
+
+
+def text_tokenizer(repository: str, folder: Path):
+    """The tokenizer class the real repository ships, trained here on :data:`CORPUS` (the real vocabulary is a
+    download): SigLIP's SentencePiece model, as ``spiece.model``."""
+    import sentencepiece
+    import transformers
+
+    if repository != "google/siglip-base-patch16-224":
+        raise ValueError(f"no test tokenizer for {repository}; add one here")
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS * 20), model_prefix=str(folder / "spiece"), vocab_size=48,
+        model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2,
+    )  # fmt: skip  # SigLIP's ids: </s> pads and ends every text
+    return transformers.SiglipTokenizer(vocab_file=str(folder / "spiece.model"), model_max_length=64)
 
 
 def transformers_model(repository: str):

@@ -51,6 +51,18 @@ class InvalidImage(InvalidRequest):
     code = "invalid_image"
 
 
+class TextTooLong(InvalidRequest):
+    """A text with more tokens than the model's text tower takes, and no truncation asked for."""
+
+    code = "text_too_long"
+
+
+class TextUnsupported(InvalidRequest):
+    """Text sent to a model without a text tower."""
+
+    code = "text_unsupported"
+
+
 class UnsupportedMediaType(InvalidRequest):
     code = "unsupported_media_type"
 

@@ -30,6 +30,7 @@ from service.core.settings import Settings
 from service.core.text import shown
 from service.dataplane import budget, pooling
 from service.dataplane.pooling import OutputOptions
+from service.dataplane.text import TextEmbeddings, embed_texts
 from service.explain.explainer import ExplainWork, ImageExplanation
 from service.explain.methods import CAM_METHODS, METHODS
 from service.images.batch import Prepared
@@ -231,6 +232,23 @@ class DataPlane:
             release()
             raise
         return Extraction(runner.name, runner.weights.label, features, timings, release)
+
+    @property
+    def text_models(self) -> list[str]:
+        """The served models that embed text (a text tower: CLIP, SigLIP)."""
+        return [name for name, runner in self.runners.items() if runner.text is not None]
+
+    def embed_text(
+        self, texts: Sequence[str], model: str | None = None, truncate: bool = False, normalize: bool = False
+    ) -> TextEmbeddings:
+        """``texts`` through the model's text tower, into the space of its image embedding (service/dataplane/text.py),
+        L2-normalized with ``normalize``. TextUnsupported for a model without one, TextTooLong for a text over its
+        context length unless ``truncate``."""
+        chunk = self.settings.max_images_per_request  # places each chunk holds in the queue, as that many images
+        embedded = embed_texts(self.runner(model), texts, truncate, chunk, self.text_models)
+        if normalize:
+            embedded.vectors = pooling.apply(embedded.vectors, OutputOptions(normalize=True))
+        return embedded
 
     def check_explain(
         self, model: str | None, method: str, layer: str | None, target: int | None, steps: int

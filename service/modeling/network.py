@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from service.images.recipe import Preprocessing
+from service.modeling.text import TextTower
 
 # The name the library's embedding call is served under, for models whose pass is that call.
 EMBEDDING = "embedding"
@@ -36,7 +37,8 @@ class Network:
     folded, runs the same way); ``output``: the name its result is served under (:data:`EMBEDDING`), or
     None when the result is not a layer of its own (a classifier's scores are its last module's output).
     ``prefix_tokens``: the tokens before the patches in its token layers (CLS, registers); ``patch_size``:
-    the side of a patch, for the models that have patches.
+    the side of a patch, for the models that have patches; ``text``: its text tower, for the models that
+    embed text into the space of their image embedding (CLIP, SigLIP; service/modeling/text.py).
     """
 
     model: nn.Module
@@ -45,6 +47,7 @@ class Network:
     output: str | None = None
     prefix_tokens: int = 0
     patch_size: int | None = None
+    text: TextTower | None = None
 
     def grid(self, height: int, width: int) -> tuple[int, int] | None:
         """The patch grid (rows, columns) of an input of this size; None for a model without patches."""

@@ -28,6 +28,7 @@ REQUEST_SECONDS = Histogram(
 ERRORS = Counter("layertap_errors_total", "Error responses, by error code.", ["code"])
 # Per model: each model of LAYERTAP_MODELS has its own queue and thread (bounded label values).
 IMAGES = Counter("layertap_images_total", "Images that went through a model.", ["model"])
+TEXTS = Counter("layertap_texts_total", "Texts that went through a model's text tower.", ["model"])
 PASSES = Counter(
     "layertap_passes_total",
     "Batches run, by the torch threads they ran on (on the CPU, every core while the other workers are idle, "

@@ -44,16 +44,19 @@ from service.modeling.folding import fold_batch_norms
 from service.modeling.int8 import Int8Model, build_int8, served_calls
 from service.modeling.shapes import ShapeTracer
 from service.modeling.tap import LayerCall, LayerTap
+from service.modeling.text import TokenizedText
+from service.modeling.text import stack as stack_texts
 from service.modeling.weights import Weights
 from service.ops import cores, metrics
 from service.ops.process import release_free_heap
 from service.runners.catalogue import LayerCatalogue
 from service.runners.seams import ForwardChunk, RunnerSeams
-from service.runners.work import Work, answers, rows_per_work
+from service.runners.work import TextWork, Work, answers, rows_per_text_work, rows_per_work
 
 log = logging.getLogger("layertap.runner")
 
 EXPLAIN = "explain"  # the batcher's kind for explain work: batched apart from inference
+TEXT = "text"  # the batcher's kind for text: batched apart from images, on the same thread
 
 
 class ModelRunner:
@@ -113,6 +116,7 @@ class ModelRunner:
             admission_wait_s=settings.max_queue_wait_ms / 1000,
             batch_limits={EXPLAIN: settings.max_explain_batch},
         )
+        self.text = self._network.text  # the text tower, for models that embed text (CLIP, SigLIP)
         self._explainer = Explainer(
             self._explain_model, self.layout_of, entry.preprocessing.mean, entry.preprocessing.std,
             chunk_images=settings.max_explain_batch,
@@ -208,6 +212,13 @@ class ModelRunner:
         """Queue explain work on this model's thread (in batches of its own) and wait for it."""
         return ticket.submit(work, kind=EXPLAIN)
 
+    def embed_text(self, ticket: Ticket, texts: tuple[TokenizedText, ...]) -> Done:
+        """Queue tokenized texts on this model's thread (in batches of their own) and wait: the result is their
+        text embeddings, ``(len(texts), dim)`` float32. Only for a model with a text tower (:attr:`text`)."""
+        if self.text is None:
+            raise ValueError(f"model {self.name} has no text tower; check runner.text first")
+        return ticket.submit(TextWork(texts), kind=TEXT)
+
     def shapes(self, batch: int, height: int, width: int) -> tuple[LayerCall, ...]:
         """Every layer this model serves, for an input of this size, in the order the calls return."""
         return self.catalogue.served(self._shapes.trace(batch, height, width))
@@ -221,6 +232,7 @@ class ModelRunner:
             "weights": self.weights.label,
             "default_layer": self.default_layer,
             "embedding": self._network.output,
+            "text": None if self.text is None else {"context_length": self.text.context_length},
             "prefix_tokens": self._network.prefix_tokens,
             "spatial_layers": self.spatial_layers,
             "classifier": self.classifier,
@@ -280,13 +292,15 @@ class ModelRunner:
             extra={"pid": os.getpid()},
         )
 
-    def _run_batch(self, works: list[Work] | list[ExplainWork]) -> list:
+    def _run_batch(self, works: list[Work] | list[ExplainWork] | list[TextWork]) -> list:
         started = time.perf_counter()
         if self._cores is not None:
             threads = cores.threads_for_pass(*self._cores)
             if threads != torch.get_num_threads():  # this thread's own OpenMP setting: cheap to change
                 torch.set_num_threads(threads)
         metrics.PASSES.labels(self.name, str(torch.get_num_threads())).inc()
+        if isinstance(works[0], TextWork):
+            return self._embed_texts(works, started)
         batch, failures = self.inputs.assemble([image for work in works for image in work.images])
         if isinstance(works[0], ExplainWork):
             try:
@@ -299,6 +313,17 @@ class ModelRunner:
         outputs = self._forward(batch, wanted)
         self._count(len(batch), started)
         return answers(works, failures, rows_per_work(works, outputs))
+
+    def _embed_texts(self, works: list[TextWork], started: float) -> list[np.ndarray]:
+        """One batch of texts through the text tower, cut back into each work's rows."""
+        ids, mask = stack_texts([text for work in works for text in work.texts])
+        with torch.inference_mode():
+            mask = None if mask is None else mask.to(self.device)
+            embeddings = self.text.encode(self._model, ids.to(self.device), mask)
+            rows = embeddings.to(device="cpu", dtype=torch.float32).numpy()
+        metrics.TEXTS.labels(self.name).inc(len(ids))
+        metrics.INFERENCE_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+        return rows_per_text_work(works, rows)
 
     def _count(self, images: int, started: float) -> None:
         metrics.IMAGES.labels(self.name).inc(images)

@@ -8,6 +8,7 @@ failing its neighbours in the batch. They know nothing of models, so they are te
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 
 from service.core.errors import ServiceError
 from service.images.batch import Prepared
+from service.modeling.text import TokenizedText
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,13 @@ class Work:
     layers: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class TextWork:
+    """What one text embedding hands the model thread: its texts, tokenized in the request thread."""
+
+    texts: tuple[TokenizedText, ...]
+
+
 def rows_per_work(works: Sequence[Work], outputs: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     """The batch's ``{layer: rows}`` → for each work, its own rows of only its own layers."""
     offset, per_work = 0, []
@@ -35,6 +44,12 @@ def rows_per_work(works: Sequence[Work], outputs: dict[str, np.ndarray]) -> list
         per_work.append({name: outputs[name][offset : offset + len(work.images)] for name in work.layers})
         offset += len(work.images)
     return per_work
+
+
+def rows_per_text_work(works: Sequence[TextWork], rows: np.ndarray) -> list[np.ndarray]:
+    """The batch's text embeddings, ``(n, dim)`` → each work's own rows, in order."""
+    offsets = np.cumsum([0, *(len(work.texts) for work in works)])
+    return [rows[start:end] for start, end in itertools.pairwise(offsets)]
 
 
 def answers(works: Sequence[Any], failures: dict[int, ServiceError], results: Sequence[Any]) -> list:

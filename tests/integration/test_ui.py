@@ -153,3 +153,43 @@ def test_page_draws_token_layers_as_their_patch_grid(sourced_server, photos, tmp
         assert page.locator("#top5").is_hidden() or page.locator("#top5 li").count() == 0  # no labels: no top-5
         browser.close()
     assert console_errors == [], console_errors
+
+
+def test_page_ranks_images_by_a_text_for_a_model_with_a_text_tower(sourced_server, photos, tmp_path):
+    """CLIP: the search panel embeds the text and the images in one /v1/embeddings call and ranks them by cosine,
+    in the order the API's own vectors give; DINOv2 takes no text, and the panel hides."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("needs Chromium (apt-get install chromium; .ci/run installs it)")
+    import base64
+
+    import numpy as np
+    import requests
+
+    names = ["rocket.jpg", "grace_hopper.jpg", "chelsea.png"]
+    for name in names:
+        (tmp_path / name).write_bytes(photos[name])
+    text = "a rocket on its launch pad"
+    urls = [f"data:image/{n.rsplit('.', 1)[1]};base64,{base64.b64encode(photos[n]).decode()}" for n in names]
+    answer = requests.post(
+        f"{sourced_server.url}/v1/embeddings", json={"model": "clip_vit_b32", "input": [text, *urls]}, timeout=120
+    ).json()
+    vectors = np.asarray([item["embedding"] for item in answer["data"]])
+    expected = [names[i] for i in np.argsort(-(vectors[1:] @ vectors[0]))]
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        console_errors: list[str] = []
+        page.on("console", lambda message: message.type == "error" and console_errors.append(message.text))
+        page.goto(sourced_server.url + "/")
+        page.wait_for_function("document.querySelectorAll('#layer-select option').length > 0")
+        assert page.locator("#search-panel").is_visible()
+        page.set_input_files("#search-images", [str(tmp_path / name) for name in names])
+        page.fill("#search-text", text)
+        page.click("#search-run")
+        page.wait_for_selector("#search-results li:nth-child(3)", timeout=60_000)
+        ranked = [item.split(":")[0].strip() for item in page.locator("#search-results li").all_inner_texts()]
+        assert ranked == expected
+        page.select_option("#model-select", "dinov2_small")
+        page.wait_for_function("document.querySelector('#search-panel').hidden")
+        browser.close()
+    assert console_errors == [], console_errors

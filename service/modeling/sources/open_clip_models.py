@@ -3,10 +3,13 @@
 ``architecture`` is an open_clip model name (``ViT-B-32``) and ``weights`` a pretrained tag
 (``laion2b_s34b_b79k``); the tag also decides the preprocessing (mean, std, interpolation, resize
 mode), in every weights mode. Both towers are kept, as ``create_model`` returns them: layer names
-are ``visual.transformer.resblocks.11``, ``visual.ln_post``; only the image tower runs.
+are ``visual.transformer.resblocks.11``, ``visual.ln_post``; images run the image tower.
 
 The pass is ``encode_image``, served as ``embedding``. Preprocessing is open_clip's ``preprocess``:
 resize (the shorter side, or ``squash``), center crop, normalize.
+
+Text runs the text tower (service/modeling/text.py): open_clip's own tokenizer for the model
+(``get_tokenizer``: CLIP's BPE vocabulary ships in the package), then ``encode_text``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from service.modeling.entries import ModelEntry
 from service.modeling.loading import close_names, load_file, seeded
 from service.modeling.network import EMBEDDING, Network
 from service.modeling.sources.hub import hub_access
+from service.modeling.text import TextTower, TokenizedText, TooManyTokens
 from service.modeling.weights import Weights
 
 RESIZE_MODES = {"shortest": "shorter", "squash": "squash"}
@@ -46,6 +50,9 @@ def build(entry: ModelEntry, weights: Weights) -> Network:
             if weights.state_dict is not None:
                 load_file(model, entry, weights)
     visual = model.visual
+    name = f"local-dir:{weights.folder}" if weights.folder is not None else entry.architecture
+    with hub_access(weights.hub, f"open_clip tokenizer of {name}"):
+        tokenizer = open_clip.get_tokenizer(name, cache_dir=weights.hub.cache_dir)
     return Network(
         model=model,
         preprocessing=preprocessing(visual.preprocess_cfg),
@@ -53,7 +60,29 @@ def build(entry: ModelEntry, weights: Weights) -> Network:
         output=EMBEDDING,
         prefix_tokens=1 if isinstance(getattr(visual, "class_embedding", None), torch.Tensor) else 0,
         patch_size=_side(getattr(visual, "patch_size", None)),
+        text=text_tower(tokenizer) if hasattr(model, "encode_text") else None,
     )
+
+
+def text_tower(tokenizer) -> TextTower:
+    """open_clip's tokenizer and ``encode_text``; the context length is the tokenizer's (77 for CLIP)."""
+    limit = int(tokenizer.context_length)
+
+    def tokenize(text: str, truncate: bool) -> TokenizedText:
+        if hasattr(tokenizer, "sot_token_id") and hasattr(tokenizer, "encode"):  # CLIP's BPE: start, text, end
+            tokens = len(tokenizer.encode(text)) + 2
+        else:  # a tokenizer from the hub: count what it makes of the text without a limit
+            tokens = int((tokenizer([text], context_length=1 << 16)[0] != tokenizer.pad_token_id).sum())
+        if tokens > limit and not truncate:
+            raise TooManyTokens(tokens, limit)
+        return TokenizedText(ids=tokenizer([text])[0].numpy(), mask=None, tokens=min(tokens, limit))
+
+    return TextTower(context_length=limit, tokenize=tokenize, encode=encode_text)
+
+
+def encode_text(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:  # noqa: ARG001
+    """open_clip's text embedding, unnormalized (``encode_text(ids, normalize=False)``); it takes no mask."""
+    return model.encode_text(ids)
 
 
 def embed(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:

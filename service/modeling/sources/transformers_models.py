@@ -6,12 +6,17 @@ loaded for ``pretrained`` (by default the same id). The model is built as the cl
 config names in ``architectures`` (``CLIPModel``, ``SiglipModel``, ``Dinov2Model``), not a bare
 ``AutoModel``, which would drop CLIP's projection: layer names are module names under it
 (``vision_model.encoder.layers.11``, ``visual_projection``). Both towers of CLIP and SigLIP are
-kept, and only the image tower runs.
+kept; images run the image tower.
 
 The pass is the model's own embedding: ``get_image_features`` where the model has it (the
 projected ``image_embeds`` of CLIP, SigLIP's pooled head), else its ``image_embeds`` or
 ``pooler_output``, served as ``embedding``. Preprocessing is the image processor saved with the
 model, as ``AutoImageProcessor`` loads it (torchvision backend: tensor resize, floored crop).
+
+Text runs the text tower of models that have one (``get_text_features``: CLIP, SigLIP;
+service/modeling/text.py), with the tokenizer saved beside the weights (``AutoTokenizer``), padded
+to the tower's context length as SigLIP was trained. A model whose tokenizer cannot be loaded
+serves images only, and says why in the log.
 
 A repository that ships its own Python code (``auto_map``) is refused unless
 ``LAYERTAP_TRUST_REMOTE_CODE`` is on: ``trust_remote_code`` runs that code in the service.
@@ -19,8 +24,10 @@ A repository that ships its own Python code (``auto_map``) is refused unless
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 import transformers
 from torch import nn
@@ -31,7 +38,10 @@ from service.modeling.entries import ModelEntry
 from service.modeling.loading import load_file, seeded
 from service.modeling.network import EMBEDDING, Network
 from service.modeling.sources.hub import hub_access
+from service.modeling.text import TextTower, TokenizedText, TooManyTokens
 from service.modeling.weights import Weights
+
+log = logging.getLogger("layertap.models")
 
 # PIL's resampling numbers, which image processors save as "resample".
 RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
@@ -67,7 +77,52 @@ def build(entry: ModelEntry, weights: Weights) -> Network:
         output=EMBEDDING,
         prefix_tokens=prefix_tokens(model),
         patch_size=getattr(vision, "patch_size", None),
+        text=_text_tower(entry, model, source, options, revision) if hasattr(model, "get_text_features") else None,
     )
+
+
+def _text_tower(entry: ModelEntry, model: nn.Module, source: str, options: dict, revision: dict) -> TextTower | None:
+    """The tokenizer saved with the model, and ``get_text_features``; None (logged) when there is no tokenizer."""
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source, **options, **revision)
+    except Exception as exc:  # noqa: BLE001 - not cached, no tokenizer files, a missing tokenizer library
+        log.warning("model %s serves images only: its tokenizer cannot be loaded (%s)", entry.name, exc)
+        return None
+    return text_tower(tokenizer, model.config)
+
+
+def text_tower(tokenizer, config) -> TextTower:
+    """``tokenizer`` and ``get_text_features``; the context length is the text tower's position count, or the
+    tokenizer's limit where that is smaller."""
+    text_config = getattr(config, "text_config", config)
+    limit = int(getattr(text_config, "max_position_embeddings", None) or tokenizer.model_max_length)
+    limit = min(limit, int(tokenizer.model_max_length or limit))
+
+    def tokenize(text: str, truncate: bool) -> TokenizedText:
+        tokens = len(tokenizer(text, truncation=False)["input_ids"])
+        if tokens > limit and not truncate:
+            raise TooManyTokens(tokens, limit)
+        encoded = tokenizer(text, padding="max_length", max_length=limit, truncation=True, return_tensors="np")
+        mask = encoded.get("attention_mask")
+        return TokenizedText(
+            ids=encoded["input_ids"][0].astype(np.int64),
+            mask=None if mask is None else mask[0].astype(np.int64),
+            tokens=min(tokens, limit),
+        )
+
+    return TextTower(context_length=limit, tokenize=tokenize, encode=encode_text)
+
+
+def encode_text(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The model's text embedding, as the library defines it (CLIP's projected ``text_embeds``, SigLIP's)."""
+    output = model.get_text_features(input_ids=ids, attention_mask=mask)
+    if isinstance(output, torch.Tensor):
+        return output
+    for field in ("text_embeds", "pooler_output"):
+        value = getattr(output, field, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    raise ValueError(f"{type(model).__name__}.get_text_features returns neither text_embeds nor pooler_output")
 
 
 def embed(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
 // layertap debug page: pick layers, upload an image, see each channel as a heatmap; explain a class.
-// Everything comes from this service: /info, /shapes, /labels, /features (encoding=base64), /explain (format=png).
+// Everything comes from this service: /info, /shapes, /labels, /features (encoding=base64), /explain (format=png),
+// and /v1/embeddings to rank images by a text, for models with a text tower (CLIP, SigLIP).
 "use strict";
 
 const MAX_CHANNELS = 64;
@@ -65,6 +66,7 @@ async function loadModel() {
     const body = $("shape-table").querySelector("tbody");
     body.replaceChildren(...state.layers.map((layer) => row([layer.name, layer.type, `[${layer.shape.join(", ")}]`])));
     state.labels = info.labels ? (await getJSON(`/labels?${modelQuery()}`)).labels : null;
+    $("search-panel").hidden = !info.text;
     fillExplainLayers();
   } catch (error) {
     setStatus(`cannot describe the model: ${error.message}`, true);
@@ -314,6 +316,52 @@ async function explain(target) {
   }
 }
 
+function readAsDataURL(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+}
+
+// One /v1/embeddings request for the text and the images (unit vectors in one space): rank by cosine.
+async function search() {
+  const text = $("search-text").value.trim();
+  const files = [...$("search-images").files];
+  if (!text || !files.length) return ($("search-caption").textContent = "choose images and type a text");
+  const generation = state.generation;
+  $("search-caption").textContent = "embedding…";
+  try {
+    const images = await Promise.all(files.map(readAsDataURL));
+    const response = await fetch("/v1/embeddings", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", ...authHeaders() },
+      body: JSON.stringify({ model: state.info.model, input: [text, ...images] }),
+    });
+    const body = await response.json();
+    if (generation !== state.generation) return;
+    if (!response.ok) throw new Error(body.error ? body.error.message : response.statusText);
+    const [query, ...vectors] = body.data.map((item) => item.embedding);
+    const scored = vectors.map((vector, i) => ({
+      file: files[i], image: images[i], score: vector.reduce((sum, v, k) => sum + v * query[k], 0),
+    }));
+    scored.sort((a, b) => b.score - a.score);
+    $("search-results").replaceChildren(...scored.map(({ file, image, score }) => {
+      const li = document.createElement("li");
+      const img = document.createElement("img");
+      img.src = image;
+      img.alt = file.name;
+      li.append(img, ` ${file.name}: cosine ${score.toFixed(3)}`);
+      return li;
+    }));
+    $("search-caption").textContent = `ranked ${files.length} images by "${text}"`;
+  } catch (error) {
+    if (generation === state.generation) $("search-caption").textContent = error.message;
+  }
+}
+
+$("search-run").addEventListener("click", search);
 $("explain-run").addEventListener("click", () => explain(null));
 $("explain-method").addEventListener("change", () => {
   $("explain-layer").disabled = $("explain-method").value === "integrated_gradients";
