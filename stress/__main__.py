@@ -24,7 +24,10 @@ from .server import Server, rss_mb, sample_photos, start_server
 
 
 def _serve(log_dir: Path, **env: str) -> Server:
-    server = start_server(log_dir, {"LAYERTAP_WEIGHTS": "random", "LAYERTAP_LOG_LEVEL": "warning", **env})
+    # One worker unless a drill asks for more (the fault drill): each drill reads one worker's RSS, queue and
+    # threads, and the CPU default of two would halve what reaches it.
+    defaults = {"LAYERTAP_WEIGHTS": "random", "LAYERTAP_LOG_LEVEL": "warning", "LAYERTAP_WORKERS": "1"}
+    server = start_server(log_dir, {**defaults, **env})
     server.wait_ready()
     return server
 
