@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -122,19 +123,28 @@ def test_page_shows_shapes_heatmaps_and_top5_from_local_assets_only(imagenet_ser
     assert console_errors == [], console_errors
 
 
+@contextlib.contextmanager
+def opened_page(url: str):
+    """The page at ``url`` in headless Chromium, once it has its layer list; then no console error may have shown."""
+    console_errors: list[str] = []
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.on("console", lambda message: message.type == "error" and console_errors.append(message.text))
+        page.goto(url + "/")
+        page.wait_for_function("document.querySelectorAll('#layer-select option').length > 0")
+        yield page
+        browser.close()
+    assert console_errors == [], console_errors
+
+
 def test_page_draws_token_layers_as_their_patch_grid(sourced_server, photos, tmp_path):
     """DINOv2's blocks: 1 class token, then 16×16 patches of 384 features: a 16×16 map per feature."""
     if not Path(CHROMIUM).exists():
         pytest.skip("needs Chromium (apt-get install chromium; .ci/run installs it)")
     photo = tmp_path / "chelsea.png"
     photo.write_bytes(photos["chelsea.png"])
-    with playwright.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        console_errors: list[str] = []
-        page.on("console", lambda message: message.type == "error" and console_errors.append(message.text))
-        page.goto(sourced_server.url + "/")
-        page.wait_for_function("document.querySelectorAll('#layer-select option').length > 0")
+    with opened_page(sourced_server.url) as page:
         assert page.locator("#model-select option").all_inner_texts() == ["clip_vit_b32", "dinov2_small"]
         page.select_option("#model-select", "dinov2_small")
         page.wait_for_function("document.querySelector('#layer-select option[value=\"encoder.layer.11\"]') !== null")
@@ -151,8 +161,6 @@ def test_page_draws_token_layers_as_their_patch_grid(sourced_server, photos, tmp
         assert "16×16 patches, 1 token(s) before them not drawn; first 64 of 384 features" in block.inner_text()
         assert page.locator('.layer[data-layer="embedding"] canvas.vector').count() == 1
         assert page.locator("#top5").is_hidden() or page.locator("#top5 li").count() == 0  # no labels: no top-5
-        browser.close()
-    assert console_errors == [], console_errors
 
 
 def test_page_ranks_images_by_a_text_for_a_model_with_a_text_tower(sourced_server, photos, tmp_path):
@@ -175,13 +183,7 @@ def test_page_ranks_images_by_a_text_for_a_model_with_a_text_tower(sourced_serve
     ).json()
     vectors = np.asarray([item["embedding"] for item in answer["data"]])
     expected = [names[i] for i in np.argsort(-(vectors[1:] @ vectors[0]))]
-    with playwright.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        console_errors: list[str] = []
-        page.on("console", lambda message: message.type == "error" and console_errors.append(message.text))
-        page.goto(sourced_server.url + "/")
-        page.wait_for_function("document.querySelectorAll('#layer-select option').length > 0")
+    with opened_page(sourced_server.url) as page:
         assert page.locator("#search-panel").is_visible()
         page.set_input_files("#search-images", [str(tmp_path / name) for name in names])
         page.fill("#search-text", text)
@@ -191,5 +193,3 @@ def test_page_ranks_images_by_a_text_for_a_model_with_a_text_tower(sourced_serve
         assert ranked == expected
         page.select_option("#model-select", "dinov2_small")
         page.wait_for_function("document.querySelector('#search-panel').hidden")
-        browser.close()
-    assert console_errors == [], console_errors

@@ -116,13 +116,7 @@ def text_tower(tokenizer, config) -> TextTower:
 def encode_text(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """The model's text embedding, as the library defines it (CLIP's projected ``text_embeds``, SigLIP's)."""
     output = model.get_text_features(input_ids=ids, attention_mask=mask)
-    if isinstance(output, torch.Tensor):
-        return output
-    for field in ("text_embeds", "pooler_output"):
-        value = getattr(output, field, None)
-        if isinstance(value, torch.Tensor):
-            return value
-    raise ValueError(f"{type(model).__name__}.get_text_features returns neither text_embeds nor pooler_output")
+    return _embedding_of(output, "text_embeds", f"{type(model).__name__}.get_text_features")
 
 
 def embed(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -131,15 +125,18 @@ def embed(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         output = model.get_image_features(pixel_values=inputs)
     else:
         output = model(pixel_values=inputs)
+    return _embedding_of(output, "image_embeds", f"{type(model).__name__} (name a default_layer in its entry)")
+
+
+def _embedding_of(output, field: str, what: str) -> torch.Tensor:
+    """A call's embedding: the tensor it returned, or its ``field`` (projected), else its ``pooler_output``."""
     if isinstance(output, torch.Tensor):
         return output
-    for field in ("image_embeds", "pooler_output"):
-        value = getattr(output, field, None)
+    for name in (field, "pooler_output"):
+        value = getattr(output, name, None)
         if isinstance(value, torch.Tensor):
             return value
-    raise ValueError(
-        f"{type(model).__name__} returns neither image_embeds nor pooler_output; name a default_layer in its entry"
-    )
+    raise ValueError(f"{what} returns neither {field} nor pooler_output")
 
 
 def prefix_tokens(model: nn.Module) -> int:
