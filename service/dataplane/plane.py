@@ -31,6 +31,7 @@ from service.core.text import shown
 from service.dataplane import budget, pooling
 from service.dataplane.pooling import OutputOptions
 from service.dataplane.text import TextEmbeddings, embed_texts
+from service.dataplane.timings import Timings
 from service.explain.explainer import ExplainWork, ImageExplanation
 from service.explain.methods import CAM_METHODS, METHODS
 from service.images.batch import Prepared
@@ -49,16 +50,6 @@ Options = OutputOptions | Mapping[str, OutputOptions]
 # While decoding, an image holds a place in its model's queue per this many bytes it decodes to (at least one):
 # a 2 Mpx RGB image. 32 places then bound what request threads decode at once to about 256 MB.
 DECODING_BYTES_PER_PLACE = 8_000_000
-
-
-@dataclass
-class Timings:
-    """Milliseconds spent by one request in each stage, and how many images shared its forward pass."""
-
-    preprocess_ms: float = 0.0
-    queue_ms: float = 0.0
-    inference_ms: float = 0.0
-    batch_images: int = 0
 
 
 @dataclass

@@ -18,21 +18,21 @@ import numpy as np
 
 from service.core.errors import InvalidRequest, TextTooLong, TextUnsupported
 from service.core.text import listed
+from service.dataplane.timings import Timings
 from service.modeling.text import TooManyTokens
 from service.runners.runner import ModelRunner
 
 
 @dataclass
 class TextEmbeddings:
-    """One embedding per text, ``(n, dim)`` float32, unnormalized, in order; the tokens each text became."""
+    """One embedding per text, ``(n, dim)`` float32, unnormalized, in order; the tokens each text became; where the
+    time went (tokenizing counts as preprocessing)."""
 
     model: str
     weights: str
     vectors: np.ndarray
     tokens: list[int]
-    tokenize_ms: float
-    queue_ms: float
-    inference_ms: float
+    timings: Timings
 
 
 def embed_texts(
@@ -56,21 +56,14 @@ def embed_texts(
             raise TextTooLong(
                 f"text {index} is {exc.tokens} tokens, over the {exc.limit} that model {runner.name}'s text tower takes"
             ) from None
-    tokenize_ms = (time.perf_counter() - started) * 1000
-    vectors, queue_ms, inference_ms = [], 0.0, 0.0
+    timings = Timings(preprocess_ms=(time.perf_counter() - started) * 1000)
+    vectors = []
     for start in range(0, len(tokenized), chunk):
         part = tuple(tokenized[start : start + chunk])
         with runner.reserve(len(part)) as ticket:
             done = runner.embed_text(ticket, part)
         vectors.append(done.result)
-        queue_ms += done.queue_ms
-        inference_ms += done.run_ms
+        timings.add(Timings(queue_ms=done.queue_ms, inference_ms=done.run_ms, batch_images=done.batch_items))
     return TextEmbeddings(
-        model=runner.name,
-        weights=runner.weights.label,
-        vectors=np.concatenate(vectors),
-        tokens=[text.tokens for text in tokenized],
-        tokenize_ms=tokenize_ms,
-        queue_ms=queue_ms,
-        inference_ms=inference_ms,
+        runner.name, runner.weights.label, np.concatenate(vectors), [text.tokens for text in tokenized], timings
     )

@@ -48,6 +48,7 @@ LINGER_S = 0.005  # a worker counts as busy this long after its work ends: a kee
 # Per worker: busy until this time.monotonic() (the same clock in every process on the host), and the connections
 # it holds (-1: not accepting, booting or stopping).
 _SLOT = struct.Struct("dd")
+_BUSY_UNTIL, _CONNECTIONS = 0, 8  # the two fields' offsets in a slot
 
 
 class WorkerPage:
@@ -79,6 +80,12 @@ class WorkerPage:
 
 def _slots(page: mmap.mmap) -> list[tuple[float, float]]:
     return list(_SLOT.iter_unpack(page))
+
+
+def _write(page: mmap.mmap, slot: int, field: int, value: float) -> None:
+    """One field of one slot. Another worker may read it mid-write: a torn value misleads one decision
+    (a pass's threads, an accept)."""
+    struct.pack_into("d", page, slot * _SLOT.size + field, value)
 
 
 class _ThisWorker:
@@ -114,8 +121,7 @@ def add_work(items: int) -> None:
         if worker.work + items < 0:
             raise ValueError(f"work released twice: {items} images released, {worker.work} in hand")
         worker.work += items
-        busy_until = math.inf if worker.work else time.monotonic() + worker.linger_s
-        worker.page[worker.slot * _SLOT.size : worker.slot * _SLOT.size + 8] = struct.pack("d", busy_until)
+        _write(worker.page, worker.slot, _BUSY_UNTIL, math.inf if worker.work else time.monotonic() + worker.linger_s)
 
 
 def busy_workers() -> int:
@@ -144,8 +150,7 @@ def publish_connections(connections: int | None) -> None:
     """The connections this worker holds while it accepts new ones; None when it does not (stopping)."""
     worker = _this
     if worker is not None:
-        start = worker.slot * _SLOT.size + 8
-        worker.page[start : start + 8] = struct.pack("d", -1 if connections is None else connections)
+        _write(worker.page, worker.slot, _CONNECTIONS, -1 if connections is None else connections)
 
 
 def fewest_connections_elsewhere() -> int | None:

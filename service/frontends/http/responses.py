@@ -18,7 +18,8 @@ from flask import Response, current_app, request
 
 if TYPE_CHECKING:
     from service.batching.admission import Ticket
-    from service.dataplane.plane import DataPlane, Timings
+    from service.dataplane.plane import DataPlane
+    from service.dataplane.timings import Timings
 
 TIMING_HEADERS = ("X-Preprocess-Time", "X-Queue-Time", "X-Inference-Time", "X-Serialize-Time", "X-Total-Time")
 

@@ -21,7 +21,6 @@ taken; it is bounded by ``LAYERTAP_MAX_BODY_BYTES`` and the worker's read deadli
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 import time
 
@@ -30,9 +29,9 @@ from flask import Blueprint, Response, g
 
 from service.core.errors import InvalidRequest, UnsupportedMediaType
 from service.core.text import shown
-from service.dataplane.plane import Timings
 from service.dataplane.pooling import OutputOptions
-from service.frontends.http.bodies import check_image_count, parse_json, read_decoded_body
+from service.dataplane.timings import Timings
+from service.frontends.http.bodies import check_image_count, decode_base64, parse_json, read_decoded_body
 from service.frontends.http.responses import data_plane, json_response, timing_headers
 from service.frontends.openai.schema import EmbeddingsRequest, parse_request
 
@@ -91,15 +90,13 @@ def embeddings() -> Response:
             (array,) = result.features.values()
             for (index, _), row in zip(images, array.reshape(len(images), -1), strict=True):
                 vectors[index] = row
-            timings = result.timings
+            timings.add(result.timings)
         if texts:
             embedded = plane.embed_text([text for _, text in texts], body.model, body.truncate, body.normalize)
             for (index, _), row in zip(texts, embedded.vectors, strict=True):
                 vectors[index] = row
             tokens += sum(embedded.tokens)
-            timings.preprocess_ms += embedded.tokenize_ms
-            timings.queue_ms += embedded.queue_ms
-            timings.inference_ms += embedded.inference_ms
+            timings.add(embedded.timings)
         _check_dimensions(body, runner.name, vectors)
         encoding_started = time.perf_counter()
         data = [
@@ -140,10 +137,7 @@ def _data_url(item: str, index: int) -> bytes:
     media_type = match["type"].strip().lower()
     if media_type and not media_type.startswith("image/"):
         raise UnsupportedMediaType(f"input[{index}] is a data URL of {shown(media_type, 40)}, not of an image")
-    try:
-        return base64.b64decode(item[match.end() :], validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidRequest(f"input[{index}]: the data URL's base64 is malformed") from None
+    return decode_base64(item[match.end() :], f"the data URL of input[{index}]")
 
 
 def _check_dimensions(body: EmbeddingsRequest, model: str, vectors: list[np.ndarray]) -> None:
