@@ -176,6 +176,19 @@ def answered_within(outcomes: list[Outcome], seconds: float) -> list[Outcome]:
     return [o for o in outcomes if o.sent_at + o.seconds <= end]
 
 
+def ok_rate_between(outcomes: list[Outcome], start: float, end: float) -> float:
+    """200s per second answered between ``start`` and ``end`` seconds after the first send.
+
+    A steady-state rate: skipping the first second leaves out the generator's own ramp (it opens
+    its connections and the service's queue fills), which is no property of the service.
+    """
+    if not outcomes or end <= start:
+        raise ValueError(f"need outcomes and end > start (got {len(outcomes)} outcomes, {start}..{end} s)")
+    first = min(o.sent_at for o in outcomes)
+    answered = [o for o in outcomes if o.status == 200 and start <= o.sent_at + o.seconds - first < end]
+    return len(answered) / (end - start)
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")

@@ -22,8 +22,9 @@ def test_overload_keeps_throughput_loses_nothing_and_recovers(server, photo_list
     after LAYERTAP_MAX_QUEUE_WAIT_MS), and the service keeps serving at its capacity."""
     result = overload(server, photo_list, factor=3, seconds=6)
     assert result.lost == 0, result  # every request got a 200, 429 or 503: no timeout, no other status
-    # `make stress` holds this to 0.9 over longer windows; six seconds on a shared two-core machine,
-    # with the load generator on the same cores, move the ratio by ±5%, hence the margin here.
+    # `make stress` holds this to 0.9 over longer windows. Here the rates are steady state over five
+    # seconds, against the mean capacity before and after; on a shared two-core machine, with the load
+    # generator on the same cores, the ratio still moves by ±5% (0.96-1.04 in four runs), hence the margin.
     assert result.accepted_rate >= 0.8 * result.capacity, result
     assert result.max_s < 10, result
     # Whether any request is refused here depends on the machine's speed; that a refusal comes when the admission
