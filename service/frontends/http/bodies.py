@@ -8,12 +8,12 @@ part is read or any base64 decoded), and a malformed body (400, never a 5xx).
 
 from __future__ import annotations
 
-import base64
 import binascii
 import zlib
 from contextlib import contextmanager
 
 import orjson
+import pybase64
 from flask import current_app, request
 from werkzeug.exceptions import HTTPException
 
@@ -93,7 +93,7 @@ def decode_base64(text: str, where: str) -> bytes:
     if text.startswith("data:") and "," in text:
         text = text.split(",", 1)[1]
     try:
-        return base64.b64decode(text, validate=True)
+        return pybase64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidRequest(f"{where} is not valid base64") from None
 

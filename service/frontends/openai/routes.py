@@ -20,11 +20,11 @@ taken; it is bounded by ``LAYERTAP_MAX_BODY_BYTES`` and the worker's read deadli
 
 from __future__ import annotations
 
-import base64
 import re
 import time
 
 import numpy as np
+import pybase64
 from flask import Blueprint, Response, g
 
 from service.core.errors import InvalidRequest, UnsupportedMediaType
@@ -151,5 +151,5 @@ def _check_dimensions(body: EmbeddingsRequest, model: str, vectors: list[np.ndar
 
 def _encoded(vector: np.ndarray, encoding_format: str) -> np.ndarray | str:
     if encoding_format == "base64":  # as OpenAI sends it: little-endian float32 bytes
-        return base64.b64encode(np.ascontiguousarray(vector, dtype="<f4").tobytes()).decode("ascii")
+        return pybase64.b64encode(np.ascontiguousarray(vector, dtype="<f4").tobytes()).decode("ascii")
     return vector

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import base64
-
 import numpy as np
+import pybase64
 
 
 def encode_feature(array: np.ndarray, encoding: str) -> dict:
@@ -24,5 +23,5 @@ def _base64_feature(array: np.ndarray) -> dict:
         "dtype": "float32",
         "byteorder": "little",
         "encoding": "base64",
-        "data": base64.b64encode(little.tobytes()).decode("ascii"),
+        "data": pybase64.b64encode(little.tobytes()).decode("ascii"),
     }
