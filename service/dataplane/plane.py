@@ -321,10 +321,11 @@ class DataPlane:
         return images * passes
 
     def shapes(
-        self, model: str | None, batch: int, height: int, width: int
+        self, model: str | None, batch: int, height: int, width: int, ops: bool = False
     ) -> tuple[ModelRunner, tuple[LayerCall, ...]]:
+        """The layers a model serves at this input size, with their shapes; with ``ops``, its op layers too."""
         runner = self.runner(model)
-        return runner, runner.shapes(batch, height, width)
+        return runner, runner.shapes(batch, height, width, ops)
 
     def describe(self, model: str | None = None) -> dict:
         """The model's description, with the server's models and which is the default."""

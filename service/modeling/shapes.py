@@ -19,6 +19,7 @@ from torch import nn
 
 from service.core.errors import InvalidRequest
 from service.modeling.network import Network
+from service.modeling.ops import OpNamer
 from service.modeling.tap import LayerCall, LayerTap
 
 MAX_SIDE = 4096
@@ -28,13 +29,26 @@ MAX_BATCH = 4096  # a large batch costs nothing on the meta device
 class ShapeTracer:
     """Traces a network's pass on the meta device; results are cached per input size."""
 
-    def __init__(self, network: Network):
-        self._tap = LayerTap(meta_copy(network.model), network.run, network.output)
+    def __init__(self, network: Network, source: str = "torchvision"):
+        self._model = meta_copy(network.model)
+        self._network, self._source = network, source
+        self._tap = LayerTap(self._model, network.run, network.output)
+        self._namer: OpNamer | None = None
         self._lock = threading.Lock()  # a tap keeps the state of the pass in progress
         self._cached = lru_cache(maxsize=256)(self._trace)
 
-    def trace(self, batch: int, height: int, width: int) -> tuple[LayerCall, ...]:
-        """Every module call, in the order the calls return, with the shape of its output."""
+    @property
+    def op_namer(self) -> OpNamer:
+        """How the model's op calls are named (service/modeling/ops.py): its torch.fx graph, traced on first use."""
+        with self._lock:
+            if self._namer is None:
+                self._namer = OpNamer(self._model, self._source)
+                self._tap = LayerTap(self._model, self._network.run, self._network.output, ops=self._namer)
+            return self._namer
+
+    def trace(self, batch: int, height: int, width: int, ops: bool = False) -> tuple[LayerCall, ...]:
+        """Every module call, in the order the calls return, with the shape of its output; with ``ops``, the op
+        layers too (service/modeling/ops.py), each where its call returned."""
         for label, value, high in (
             ("height", height, MAX_SIDE),
             ("width", width, MAX_SIDE),
@@ -42,12 +56,14 @@ class ShapeTracer:
         ):
             if not 1 <= value <= high:
                 raise InvalidRequest(f"{label} must be an integer from 1 to {high}, not {value}")
-        return self._cached(batch, height, width)
+        if ops:
+            self.op_namer  # noqa: B018 - the namer, before the cached trace that needs it
+        return self._cached(batch, height, width, ops)
 
-    def _trace(self, batch: int, height: int, width: int) -> tuple[LayerCall, ...]:
+    def _trace(self, batch: int, height: int, width: int, ops: bool) -> tuple[LayerCall, ...]:
         try:
             with self._lock, torch.inference_mode():
-                return tuple(self._tap.trace(torch.empty(batch, 3, height, width, device="meta")))
+                return tuple(self._tap.trace(torch.empty(batch, 3, height, width, device="meta"), ops=ops))
         except Exception as exc:  # noqa: BLE001 - each architecture says "too small" or "wrong size" its own way
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise InvalidRequest(f"the model cannot take a {height}×{width} input: {reason}") from None

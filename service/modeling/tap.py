@@ -24,17 +24,27 @@ The hooks are registered once, on every named module, when the tap is built; for
 autograd graph. Each forward pass says which calls it wants; the pass is abandoned as soon as
 the last of them has been captured, so asking for ``layer1`` never runs ``layer2`` .. ``fc``.
 A tap (like its model) belongs to one thread: it keeps the state of the pass in progress.
+
+**Op layers** (service/modeling/ops.py): given an :class:`~service.modeling.ops.OpNamer`, a tap also
+serves the results of functional ops and tensor methods. Only a pass that asks for one (or traces
+them) watches ops: it runs under a :class:`torch.overrides.TorchFunctionMode` that copies the
+wanted results as they return, and knows which module each call is made in from forward pre-hooks,
+registered on every module the first time such a pass runs. A pass that asks for no op layer runs
+no mode, and those hooks return at once.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from service.modeling.network import Run, call_module
+from service.modeling.ops import OpCall, OpNamer, OpSite, describe, module_item_layers, op_kind, op_name
 
 
 def call_name(module_name: str, call_index: int) -> str:
@@ -52,6 +62,8 @@ class LayerCall:
     call_index: int
     calls: int
     shape: tuple[int, ...] | None
+    op: str | None = None  # "function" or "method" for an op layer (service/modeling/ops.py), None for a module call
+    site: OpSite | None = None  # where an op layer's value comes from
 
 
 def first_tensor(output):
@@ -87,6 +99,15 @@ class _Pass:
     calls: dict[str, int] = field(default_factory=dict)
     trace: list[tuple[str, str, str, int, tuple[int, ...] | None]] | None = None
     gradient_of: str | None = None  # the call whose output becomes a leaf of the graph (capture_for_gradient)
+    # Op watching (None/empty: this pass watches no op): the wanted op calls, by (scope, index) and by module
+    # call, as (layer name, element or None); the stack of (module, is leaf) the pass is in; op calls so far
+    # per scope; the op calls seen, for a trace; True while the tap's own hooks run torch functions.
+    op_sites: dict[tuple[str, int], list[tuple[str, int | None]]] = field(default_factory=dict)
+    module_items: dict[str, list[tuple[str, int | None]]] = field(default_factory=dict)
+    scopes: list[tuple[str, bool]] | None = None
+    op_counts: dict[str, int] = field(default_factory=dict)
+    op_trace: list | None = None
+    paused: bool = False
 
 
 def registered_hooks(model: nn.Module) -> int:
@@ -100,12 +121,24 @@ class LayerTap:
     """Hooks on every named module of ``model``; :meth:`capture` and :meth:`trace` run forward passes.
 
     ``run(model, inputs)``: the forward pass (default: ``model(inputs)``); ``output``: the name its result is
-    served under, or None when it is not a layer of its own."""
+    served under, or None when it is not a layer of its own. ``ops``: how op calls are named, or a callable that
+    gives it when first needed (None: this tap serves no op layer); ``sites``: where a named op layer comes from
+    (None for a module's name)."""
 
-    def __init__(self, model: nn.Module, run: Run = call_module, output: str | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        run: Run = call_module,
+        output: str | None = None,
+        ops: OpNamer | Callable[[], OpNamer] | None = None,
+        sites: Callable[[str], OpSite | None] | None = None,
+    ):
         self.model = model
         self.run = run
         self.output = output
+        self._ops = ops
+        self._sites = sites
+        self._scope_hooks: list | None = None
         if output is not None and output in dict(model.named_modules()):
             raise ValueError(f"the pass's output cannot be named {output!r}: a module of the model has that name")
         self._pass: _Pass | None = None
@@ -124,6 +157,7 @@ class LayerTap:
         if not wanted:
             raise ValueError("capture needs at least one layer name; trace() lists them")
         state = _Pass(wanted=frozenset(wanted))
+        self._want_ops(state, wanted)
         self._run(inputs, state)
         missing = state.wanted - state.captured.keys()
         if missing:
@@ -140,25 +174,59 @@ class LayerTap:
         respect to exactly that value, and no graph is kept upstream of it. Call it in grad mode.
         """
         state = _Pass(gradient_of=name)
+        self._want_ops(state, (name,))
         output = self._run(inputs, state)
         if name not in state.captured:
             raise ValueError(f"no tensor output was produced for {name!r}; trace() lists the layers that exist")
         return first_tensor(output), state.captured[name]
 
-    def trace(self, inputs: torch.Tensor) -> list[LayerCall]:
-        """Run the whole model on ``inputs`` and list every module call in the order the calls returned."""
-        state = _Pass(trace=[])
+    def trace(self, inputs: torch.Tensor, ops: bool = False) -> list[LayerCall]:
+        """Run the whole model on ``inputs`` and list every module call in the order the calls returned;
+        with ``ops``, the op layers too (service/modeling/ops.py), each where its call returned."""
+        namer = self.ops if ops else None
+        state = _Pass(trace=[], op_trace=[] if ops else None)
         self._run(inputs, state)
-        return [
+        modules = [entry for entry in state.trace if entry[0] == "module"]
+        calls = [
             LayerCall(name=name, module=module, type=kind, call_index=index, calls=state.calls[module], shape=shape)
-            for name, module, kind, index, shape in state.trace
+            for _, name, module, kind, index, shape, _ in modules
         ]
+        if not ops:
+            return calls
+        # Each op layer goes where its call returned; the elements of a module's output right after the module.
+        op_calls = [entry[1] for entry in state.trace if entry[0] == "op"]
+        named: dict[tuple[str, int], list] = {}
+        for layer in namer.name(op_calls):
+            named.setdefault((layer.site.scope, layer.site.index), []).append(layer)
+        items: dict[int, list] = {}
+        for position, layer in module_item_layers(namer, [(e[1], e[5], e[6]) for e in modules]):
+            items.setdefault(position, []).append(layer)
+        ordered, position = [], 0
+        for entry in state.trace:
+            if entry[0] == "module":
+                ordered.append(calls[position])
+                ordered.extend(_op_call(layer, layer.site.module) for layer in items.get(position, ()))
+                position += 1
+            else:
+                ordered.extend(
+                    _op_call(layer, entry[1].scope) for layer in named.get((entry[1].scope, entry[1].index), ())
+                )
+        return ordered
 
     def remove(self) -> None:
         """Take the hooks off the model."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+    @property
+    def ops(self) -> OpNamer:
+        """How this tap names op calls (service/modeling/ops.py); ValueError for a tap built without."""
+        if self._ops is None:
+            raise ValueError("this tap was built without an OpNamer: it serves no op layer")
+        if not isinstance(self._ops, OpNamer):
+            self._ops = self._ops()
+        return self._ops
 
     @property
     def hook_count(self) -> int:
@@ -169,8 +237,16 @@ class LayerTap:
     def _run(self, inputs: torch.Tensor, state: _Pass):
         """The model's output, or None for a pass abandoned once everything it wanted was captured."""
         self._pass = state
+        watching = bool(state.op_sites or state.module_items) or state.op_trace is not None
+        if watching:
+            self._watch_scopes()
+            state.scopes = [("", False)]
         try:
-            output = self.run(self.model, inputs)
+            if watching:
+                with _OpWatch(self):
+                    output = self.run(self.model, inputs)
+            else:
+                output = self.run(self.model, inputs)
         except _AllCaptured:
             return None
         finally:
@@ -183,9 +259,22 @@ class LayerTap:
         state = state or self._pass
         if state is None:  # a forward pass that is not ours (e.g. someone else's call of the model)
             return None
+        if state.scopes is None:
+            return self._took_output(state, module_name, module, raw_output)
+        if module is not None:
+            state.scopes.pop()
+        state.paused = True  # the torch calls of this hook are the tap's, not the model's ops
+        try:
+            return self._took_output(state, module_name, module, raw_output)
+        finally:
+            state.paused = False
+
+    def _took_output(self, state: _Pass, module_name: str, module: nn.Module | None, raw_output):
         index = state.calls.get(module_name, 0)
         state.calls[module_name] = index + 1
         name = call_name(module_name, index)
+        if state.module_items.get(name) and module is not None:
+            self._take_items(state, state.module_items[name], raw_output)
         output = first_tensor(raw_output)
         if state.gradient_of is not None:
             if name != state.gradient_of or not isinstance(output, torch.Tensor):
@@ -199,13 +288,103 @@ class LayerTap:
         if state.trace is not None:
             shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
             kind = type(module).__name__ if module is not None else "output"
-            state.trace.append((name, module_name, kind, index, shape))
+            state.trace.append(("module", name, module_name, kind, index, shape, describe(raw_output)[1]))
             return None
         if name in state.wanted and isinstance(output, torch.Tensor):
             # Copy now: a later in-place op (ReLU(inplace=True), `out += identity`) would
             # otherwise rewrite the value we return. The copy is also contiguous, which a
             # channels_last output is not.
             state.captured[name] = output.clone(memory_format=torch.contiguous_format)
-            if len(state.captured) == len(state.wanted) and module is not None:
-                raise _AllCaptured
+        if len(state.captured) == len(state.wanted) and module is not None:
+            raise _AllCaptured
         return None
+
+    # ---- op layers (service/modeling/ops.py) ----------------------------------------------------
+    def _want_ops(self, state: _Pass, names) -> None:
+        """Record which of ``names`` are op layers, and where each comes from."""
+        if self._sites is None:
+            return
+        for name in names:
+            site = self._sites(name)
+            if site is None:
+                continue
+            if site.module is not None:
+                state.module_items.setdefault(site.module, []).append((name, site.item))
+            else:
+                state.op_sites.setdefault((site.scope, site.index), []).append((name, site.item))
+
+    def _watch_scopes(self) -> None:
+        """Forward pre-hooks that tell op calls which module they are made in; registered once, by the first
+        pass that watches ops (the forward hooks pop what these push)."""
+        if self._scope_hooks is not None:
+            return
+        namer = self.ops
+        self._scope_hooks = [
+            module.register_forward_pre_hook(functools.partial(self._on_enter, name, namer.is_leaf(module, name)))
+            for name, module in self.model.named_modules()
+            if name
+        ]
+        self._handles.extend(self._scope_hooks)
+
+    def _on_enter(self, module_name: str, leaf: bool, _module, _inputs) -> None:
+        state = self._pass
+        if state is not None and state.scopes is not None:
+            state.scopes.append((module_name, leaf))
+
+    def _on_op(self, func, result):
+        """A torch function returned ``result`` in the pass in progress; the (possibly replaced) result."""
+        state = self._pass
+        if state is None or state.paused or state.scopes is None:
+            return result
+        scope, leaf = state.scopes[-1]
+        if leaf:  # inside a leaf module: its own computation, not op layers
+            return result
+        index = state.op_counts.get(scope, 0)
+        state.op_counts[scope] = index + 1
+        if state.op_trace is not None:
+            shape, items = describe(result)
+            call = OpCall(scope, index, op_name(func), op_kind(func), shape, items)
+            state.trace.append(("op", call))
+            return result
+        wanted = state.op_sites.get((scope, index))
+        if not wanted:
+            return result
+        if state.gradient_of is not None:
+            (name, item), tensor = wanted[0], result if wanted[0][1] is None else result[wanted[0][1]]
+            leaf_value = state.captured[name] = tensor.detach().clone().requires_grad_(True)
+            onward = leaf_value.clone()
+            if item is None:
+                return onward
+            return type(result)(onward if i == item else v for i, v in enumerate(result))
+        self._take_items(state, wanted, result)
+        if len(state.captured) == len(state.wanted):
+            raise _AllCaptured
+        return result
+
+    @staticmethod
+    def _take_items(state: _Pass, wanted: list[tuple[str, int | None]], result) -> None:
+        """Copy the wanted values out of an op's (or a module's) result: itself, or its elements."""
+        for name, item in wanted:
+            value = result if item is None else result[item]
+            if isinstance(value, torch.Tensor):
+                state.captured[name] = value.clone(memory_format=torch.contiguous_format)
+
+
+class _OpWatch(TorchFunctionMode):
+    """Shows the tap every torch function a pass calls (functions, tensor methods, operators), as it returns.
+    A mode is off while its own handler runs, so the calls a function makes inside are not seen again."""
+
+    def __init__(self, tap: LayerTap):
+        super().__init__()
+        self._tap = tap
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return self._tap._on_op(func, func(*args, **(kwargs or {})))
+
+
+def _op_call(layer, module: str) -> LayerCall:
+    """An op layer as a trace lists it: ``module`` is the module its call is made in."""
+    return LayerCall(
+        name=layer.name, module=module, type=layer.kind, call_index=0, calls=1, shape=layer.shape, op=layer.kind,
+        site=layer.site,
+    )  # fmt: skip

@@ -10,18 +10,25 @@ answers never touch the model, and its rules can be read and tested apart from t
 In int8 mode some float layers are fused away (service/modeling/int8.py): they are not served,
 asking for one is :class:`LayerUnavailable` with what to ask for instead, and a served layer may
 be computed by another module's call (:meth:`LayerCatalogue.call_of`).
+
+Op layers (service/modeling/ops.py: ``layer1.0.add``, ``flatten``) are listed on first need (the
+model's torch.fx graph is traced then, not at start): when a request names a layer that is no
+module's, or asks for them (``/shapes?ops=true``). They play no role (classifier, default layer)
+unless the model entry names one, and int8 does not serve them.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 
 from service.core.errors import LayerUnavailable, UnknownLayer
 from service.core.text import shown
 from service.modeling.entries import ModelEntry
 from service.modeling.int8 import Int8Model
+from service.modeling.ops import OpSite
 from service.modeling.roles import roles, spatial_layers
 from service.modeling.tap import LayerCall
 
@@ -33,7 +40,8 @@ class LayerCatalogue:
     not layers). ``int8``: the quantized model's name map, when the model runs in int8. ``output``: the
     name the pass's own result is served under (the library's embedding), if any. ``prefix_tokens``:
     the class and register tokens a token layer has before its patches; ``grid``: the patch grid
-    (rows, columns) of a model with patches, at its crop size (None: not such a model).
+    (rows, columns) of a model with patches, at its crop size (None: not such a model). ``ops``: the
+    trace at the crop size with the op layers, when first needed (None: the model serves none).
     """
 
     def __init__(
@@ -45,8 +53,12 @@ class LayerCatalogue:
         output: str | None = None,
         prefix_tokens: int = 0,
         grid: tuple[int, int] | None = None,
+        ops: Callable[[], Iterable[LayerCall]] | None = None,
     ):
         self.entry = entry
+        self._trace_ops = ops
+        self._ops: dict[str, LayerCall] | None = None
+        self._ops_lock = threading.Lock()
         self._prefix_tokens = prefix_tokens
         self._grid = grid
         self.layers: list[LayerCall] = [
@@ -58,7 +70,10 @@ class LayerCatalogue:
         self._shapes = {c.name: c.shape for c in self.layers}
         self._int8_calls = dict(int8.served) if int8 is not None else None
         self._unavailable = dict(int8.unavailable) if int8 is not None else {}
-        self.classifier, self.default_layer = roles(entry, self.layers, output)
+        named_op = [entry.default_layer, entry.classifier]
+        if any(name and name not in self._names for name in named_op) and ops is not None and int8 is None:
+            self.op_layers()  # the entry names an op layer for a role (DenseNet's default, flatten)
+        self.classifier, self.default_layer = roles(entry, self.layers, output, self._ops or {})
         self.spatial_layers: list[str] = spatial_layers(self.layers, self.layout_of)
         self.classes: int = next(c.shape[-1] for c in self.layers if c.name == self.classifier)
 
@@ -68,18 +83,41 @@ class LayerCatalogue:
     def __len__(self) -> int:
         return len(self.layers)
 
+    def op_layers(self) -> dict[str, LayerCall]:
+        """The op layers at the crop size, by name (traced on first call); empty for a model that serves none."""
+        if self._ops is None:
+            with self._ops_lock:
+                if self._ops is None:
+                    traced = self._trace_ops() if self._trace_ops is not None else ()
+                    ops = {c.name: c for c in traced if c.op is not None and c.name not in self._names}
+                    self._shapes.update({name: c.shape for name, c in ops.items()})
+                    self._modules.update({name: c.module for name, c in ops.items()})
+                    self._ops = ops
+        return self._ops
+
+    def op_site(self, name: str) -> OpSite | None:
+        """Where an op layer's value comes from; None for a module's layer (or a name that is neither)."""
+        if name in self._names or self._ops is None:
+            return None
+        layer = self._ops.get(name)
+        return layer.site if layer is not None else None
+
     def check(self, layers: Iterable[str]) -> None:
         """UnknownLayer (with close names) or LayerUnavailable (int8) for a name this model does not serve."""
         for name in layers:
             if name in self._unavailable:
                 raise LayerUnavailable(f"layer {shown(name)} does not exist in int8 mode: {self._unavailable[name]}")
-            if name not in self._names:
-                # A name far longer than any layer's matches none: no need to compare it with each of them.
-                close = (
-                    difflib.get_close_matches(name, self._names, n=3, cutoff=0.6)
-                    if len(name) < 2 * self._longest
-                    else []
+            if name in self._names:
+                continue
+            if self._int8_calls is not None and self._trace_ops is not None and name in self._float_ops():
+                raise LayerUnavailable(
+                    f"layer {shown(name)} is an op layer, which int8 does not serve (its ops run inside fused "
+                    "quantized kernels); ask for it with LAYERTAP_PRECISION=float32"
                 )
+            if name not in self._names and name not in self.op_layers():
+                known = self._names | self.op_layers().keys()
+                # A name far longer than any layer's matches none: no need to compare it with each of them.
+                close = difflib.get_close_matches(name, known, n=3, cutoff=0.6) if len(name) < 2 * self._longest else []
                 hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
                 top = [c.name for c in self.layers if "." not in c.name]
                 raise UnknownLayer(
@@ -121,11 +159,17 @@ class LayerCatalogue:
     def call_of(self, layer: str) -> str:
         """The call of the served model whose output is this layer's value: the layer itself, except in int8,
         where a fused group's output is captured from the group's first member (service/modeling/int8.py)."""
-        return layer if self._int8_calls is None else self._int8_calls[layer]
+        return layer if self._int8_calls is None else self._int8_calls.get(layer, layer)
 
     def served(self, calls: Iterable[LayerCall]) -> tuple[LayerCall, ...]:
         """Those of ``calls`` (a trace at another input size) that this model serves, in their order."""
-        return tuple(c for c in calls if c.name in self._names)
+        ops = self.op_layers() if self._int8_calls is None else {}
+        return tuple(c for c in calls if c.name in self._names or c.name in ops)
+
+    def _float_ops(self) -> frozenset[str]:
+        """The op layers of the float model (for int8's refusal): traced from the float model on first need."""
+        traced = self._trace_ops() if self._trace_ops is not None else ()
+        return frozenset(c.name for c in traced if c.op is not None)
 
     def of_modules(self, modules: Iterable[str]) -> frozenset[str]:
         """The served layers that are calls of these modules."""

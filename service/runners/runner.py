@@ -95,7 +95,7 @@ class ModelRunner:
         self._cores = (settings.effective_torch_threads(every), every) if lends else None
         self._model = self._network.model
         self.parameters = sum(p.numel() for p in self._model.parameters())
-        self._shapes = ShapeTracer(self._network)
+        self._shapes = ShapeTracer(self._network, entry.source)
         self._int8: Int8Model | None = self._build_int8() if settings.precision == "int8" else None
         crop = entry.preprocessing.crop
         self.catalogue = LayerCatalogue(
@@ -105,6 +105,7 @@ class ModelRunner:
             output=self._network.output,
             prefix_tokens=self._network.prefix_tokens,
             grid=self._network.grid(crop, crop),
+            ops=lambda: self._shapes.trace(1, crop, crop, ops=True),
         )
         self._batcher = Batcher(
             entry.name,
@@ -219,9 +220,9 @@ class ModelRunner:
             raise ValueError(f"model {self.name} has no text tower; check runner.text first")
         return ticket.submit(TextWork(texts), kind=TEXT)
 
-    def shapes(self, batch: int, height: int, width: int) -> tuple[LayerCall, ...]:
+    def shapes(self, batch: int, height: int, width: int, ops: bool = False) -> tuple[LayerCall, ...]:
         """Every layer this model serves, for an input of this size, in the order the calls return."""
-        return self.catalogue.served(self._shapes.trace(batch, height, width))
+        return self.catalogue.served(self._shapes.trace(batch, height, width, ops=ops and self._int8 is None))
 
     def describe(self) -> dict:
         taps = (self._tap, self._fast_tap)
@@ -363,7 +364,8 @@ class ModelRunner:
 
     def _tap_on(self, model: torch.nn.Module) -> LayerTap:
         """Hooks on ``model`` (this network, or a copy of it), whose passes run as the network's do."""
-        return LayerTap(model, self._network.run, self._network.output)
+        namer = (lambda: self._shapes.op_namer) if self._int8 is None else None
+        return LayerTap(model, self._network.run, self._network.output, ops=namer, sites=self.catalogue.op_site)
 
     def _place(self, model: torch.nn.Module, dtype: str) -> torch.nn.Module:
         return self.seams.place(model, self.device, dtype, self.settings.channels_last)

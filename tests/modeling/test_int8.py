@@ -61,6 +61,15 @@ def test_fused_away_layers_are_400_naming_the_nearest(int8_app, photos, layer, n
     assert "int8" in response.json["error"]["message"] and nearest in response.json["error"]["message"]
 
 
+def test_op_layers_are_a_400_naming_float32(int8_app, photos):
+    reply = int8_app.test_client().post(
+        "/features?layers=layer1.0.add", data=photos["rocket.jpg"], content_type="application/octet-stream"
+    )
+    assert reply.status_code == 400, reply.json
+    assert "op layer" in reply.json["error"]["message"] and "float32" in reply.json["error"]["message"]
+    assert all(c.op is None for c in int8_app.extensions["layertap.dataplane"].runner(None).shapes(1, 64, 64, True))
+
+
 def test_int8_outputs_track_float32_on_real_photos(int8, plane, photos):
     """Every available layer against the float layer of the same name (the seeded test weights)."""
     images = list(photos.values())

@@ -20,7 +20,7 @@ FRONT_END = FrontEnd(
     error_schema="Error",
     # What to add to a domain error's message in this API's words.
     hints={
-        UnknownLayer: "GET /shapes lists them all",
+        UnknownLayer: "GET /shapes lists them all; ?ops=true adds the op layers",
         NotReady: "retry when GET /ready answers 200",
         DeadlineExceeded: "LAYERTAP_REQUEST_TIMEOUT_S",
         Overloaded: "LAYERTAP_MAX_QUEUE_IMAGES",

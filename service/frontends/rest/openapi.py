@@ -102,6 +102,13 @@ def operations(plane: DataPlane, d: Describe) -> dict[str, dict]:
                 int_query("height", d.crop, MAX_SIDE),
                 int_query("width", d.crop, MAX_SIDE),
                 int_query("batch", 1, MAX_BATCH),
+                {
+                    "name": "ops",
+                    "in": "query",
+                    "schema": {"type": "boolean", "default": False},
+                    "description": "Also list the op layers (functions and tensor methods, named as torch.fx names "
+                    "them: layer1.0.add, flatten), each marked function or method",
+                },
                 model,
             ],
             "responses": {"200": {"description": "Layers", **d.body("Shapes")}, **d.errors("400", "404")},

@@ -47,7 +47,8 @@ def shapes() -> Response:
     height = int_arg("height", crop)
     width = int_arg("width", crop)
     batch = int_arg("batch", 1)
-    runner, calls = plane.shapes(request.args.get("model"), batch, height, width)
+    ops = bool_arg("ops")
+    runner, calls = plane.shapes(request.args.get("model"), batch, height, width, ops)
     return json_response(
         {
             "model": runner.name,
@@ -62,6 +63,7 @@ def shapes() -> Response:
                     "shape": list(call.shape) if call.shape is not None else None,
                     "layout": runner.layout_of(call.name),
                     "prefix_tokens": runner.prefix_tokens(call.name),
+                    **({"op": call.op} if ops else {}),
                 }
                 for call in calls
             ],

@@ -70,9 +70,11 @@ class ShapesInput(BaseModel):
 
 
 class LayerShape(BaseModel):
-    """One module call and its output shape."""
+    """One module call (or, with ops=true, op call) and its output shape."""
 
-    name: str = Field(description="The name to request: the module's path, with _1, _2 for its later calls")
+    name: str = Field(
+        description="The name to request: the module's path, with _1, _2 for its later calls; for an op, torch.fx's"
+    )
     module: str
     type: str
     call: int
@@ -82,6 +84,9 @@ class LayerShape(BaseModel):
     prefix_tokens: int = Field(
         description="For tokens: how many come before the patches (class token, registers); pool=avg and max skip them"
     )
+    op: Literal["function", "method"] | None = Field(
+        None, description="With ops=true: function or method for an op layer, null for a module call"
+    )
 
 
 class Shapes(BaseModel):
@@ -89,7 +94,9 @@ class Shapes(BaseModel):
 
     model: str
     input: ShapesInput
-    layers: list[LayerShape] = Field(description="Every module call, in the order the calls return")
+    layers: list[LayerShape] = Field(
+        description="Every module call (with ops=true, every op layer too), in the order the calls return"
+    )
 
 
 class Status(BaseModel):

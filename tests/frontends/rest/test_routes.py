@@ -339,8 +339,32 @@ def test_shapes_default_is_the_served_input(client, plane):
     assert {layer["name"]: layer["shape"] for layer in body["layers"]}["layer4"] == [1, 512, 7, 7]
 
 
+def test_shapes_with_ops_lists_op_layers_where_their_calls_return(client):
+    body = client.get("/shapes?ops=true&height=64&width=64").json
+    ops = {layer["name"]: layer for layer in body["layers"] if layer["op"] is not None}
+    assert list(ops) == [f"layer{s}.{b}.add" for s in range(1, 5) for b in range(2)] + ["flatten"]
+    assert ops["layer1.0.add"]["shape"] == [1, 64, 16, 16] and ops["layer1.0.add"]["module"] == "layer1.0"
+    assert ops["flatten"] == {**ops["flatten"], "op": "function", "shape": [1, 512], "module": ""}
+    names = [layer["name"] for layer in body["layers"]]
+    assert names.index("layer1.0.relu") < names.index("layer1.0.add") < names.index("layer1.0.relu_1")
+    assert all(layer["op"] is None for layer in body["layers"] if layer["name"] not in ops)
+    assert "op" not in client.get("/shapes").json["layers"][0]  # without ops=true, as before
+
+
+def test_op_layers_are_served_and_misspelt_ones_get_close_names(client, photos, plane):
+    reply = post_image(client, photos["rocket.jpg"], "layer1.0.add,flatten,avgpool")
+    assert reply.status_code == 200, reply.json
+    features = reply.json["features"]
+    assert features["layer1.0.add"]["shape"] == [1, 64, 56, 56]
+    np.testing.assert_allclose(
+        np.asarray(features["flatten"]["data"]).ravel(), np.asarray(features["avgpool"]["data"]).ravel(), rtol=1e-6
+    )
+    error = assert_error(post_image(client, photos["rocket.jpg"], "layer1.0.ad"), 400, "unknown_layer")
+    assert "'layer1.0.add'" in error["message"] and "ops=true" in error["message"]
+
+
 @pytest.mark.parametrize(
-    "query", ["height=abc", "height=0", "width=-3", "batch=0", "batch=100000", "height=99999", "width=1.5"]
+    "query", ["height=abc", "height=0", "width=-3", "batch=0", "batch=100000", "height=99999", "width=1.5", "ops=maybe"]
 )
 def test_shapes_bad_values_are_400(client, query):
     assert_error(client.get(f"/shapes?{query}"), 400, "bad_request")

@@ -1,0 +1,254 @@
+"""Op layers (service/modeling/ops.py): true values taken as each op returns, named as torch.fx names them.
+
+References are computed independently: by hand from module outputs (ResNet's residual sums, DenseNet's
+head, a ViT block's residual), by torch.fx's own interpreter with every node's value cloned as the node
+runs, and by ``create_feature_extractor``, whose difference where an in-place op follows is asserted.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+
+import pytest
+import torch
+import torchvision
+from torch.nn import functional as F
+from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+from service.modeling.ops import OpNamer, op_kind, op_name
+from service.modeling.shapes import meta_copy
+from service.modeling.tap import LayerTap
+from tests.reference import reference_outputs
+
+
+def op_tap(model: torch.nn.Module, size: int = 224, source: str = "torchvision") -> LayerTap:
+    """A tap serving ``model``'s op layers, their sites traced on a weightless copy, as the runner does."""
+    namer = OpNamer(meta_copy(model), source)
+    tracer = LayerTap(meta_copy(model), ops=namer)
+    with torch.inference_mode():
+        traced = tracer.trace(torch.empty(1, 3, size, size, device="meta"), ops=True)
+    sites = {call.name: call.site for call in traced if call.op is not None}
+    return LayerTap(model, ops=namer, sites=sites.get)
+
+
+def seeded(builder: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.get_model(builder).eval()
+
+
+@pytest.fixture(scope="module")
+def inputs() -> torch.Tensor:
+    return torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+
+
+def test_op_names_follow_fx():
+    assert op_name(torch.Tensor.__iadd__) == "add"  # `out += identity` is FX's `add`
+    assert op_name(torch.Tensor.__radd__) == "add"
+    assert op_name(torch.Tensor.add_) == "add"
+    assert op_name(torch.flatten) == "flatten"
+    assert op_name(F.adaptive_avg_pool2d) == "adaptive_avg_pool2d"
+    assert op_name(torch.Tensor.__getitem__) == "getitem"
+    assert op_kind(torch.Tensor.flatten) == "method"
+    assert op_kind(torch.flatten) == "function"
+    assert op_kind(torch.Tensor.__add__) == "function"  # FX records operators as operator.add
+
+
+def test_resnet_residual_sums_are_taken_before_the_relu_that_rewrites_them(reference_model, inputs):
+    """``out += identity`` is followed by ReLU(inplace=True): the served sum is the pre-ReLU one."""
+    model = copy.deepcopy(reference_model)
+    tap = op_tap(model)
+    expected = reference_outputs(reference_model, inputs)
+    with torch.inference_mode():
+        captured = tap.capture(inputs, frozenset({"layer1.0.add", "layer4.1.add", "flatten"}))
+    torch.testing.assert_close(captured["layer1.0.add"], expected["layer1.0.bn2"] + expected["maxpool"])
+    torch.testing.assert_close(captured["layer4.1.add"], expected["layer4.1.bn2"] + expected["layer4.0"])
+    assert captured["layer1.0.add"].min() < 0  # really before the ReLU
+    torch.testing.assert_close(captured["flatten"], expected["avgpool"].flatten(1))
+
+
+def test_create_feature_extractor_agrees_except_where_an_in_place_op_follows(reference_model, inputs):
+    model = copy.deepcopy(reference_model)
+    tap = op_tap(model)
+    names = ["layer1.0.add", "layer4.1.add", "flatten"]
+    with torch.inference_mode():
+        ours = tap.capture(inputs, frozenset(names))
+        theirs = create_feature_extractor(copy.deepcopy(reference_model), names)(inputs)
+    torch.testing.assert_close(ours["flatten"], theirs["flatten"])
+    # FX's add is then rewritten in place by the block's ReLU: it returns relu(sum), we return the sum
+    for name in ("layer1.0.add", "layer4.1.add"):
+        torch.testing.assert_close(torch.relu(ours[name]), theirs[name])
+        assert not torch.equal(ours[name], theirs[name])
+
+
+def test_densenet_head_is_served_as_its_functions_compute_it(inputs):
+    model = seeded("densenet121")
+    tap = op_tap(model)
+    with torch.inference_mode():
+        captured = tap.capture(inputs, frozenset({"features", "relu", "adaptive_avg_pool2d", "flatten"}))
+        scores = model(inputs)
+    features = captured["features"]
+    torch.testing.assert_close(captured["relu"], torch.relu(features))
+    torch.testing.assert_close(captured["adaptive_avg_pool2d"], torch.relu(features).mean((2, 3), keepdim=True))
+    torch.testing.assert_close(captured["flatten"], torch.relu(features).mean((2, 3)))
+    # flatten is exactly what the classifier reads
+    with torch.inference_mode():
+        torch.testing.assert_close(model.classifier(captured["flatten"]), scores)
+
+
+def test_a_vit_encoder_blocks_residual_add(inputs):
+    model = seeded("vit_b_16")
+    tap = op_tap(model)
+    block = "encoder.layers.encoder_layer_3"
+    wanted = {f"{block}.add", f"{block}.getitem", "encoder.layers.encoder_layer_2", f"{block}.mlp", f"{block}.add_1"}
+    with torch.inference_mode():
+        captured = tap.capture(inputs[:1], frozenset(wanted))
+        block_input = captured["encoder.layers.encoder_layer_2"]
+        attention, _ = model.encoder.layers[3].self_attention(*[model.encoder.layers[3].ln_1(block_input)] * 3)
+    torch.testing.assert_close(captured[f"{block}.getitem"], attention)  # x, _ = self.self_attention(...)
+    torch.testing.assert_close(captured[f"{block}.add"], attention + block_input)
+    torch.testing.assert_close(captured[f"{block}.add_1"], captured[f"{block}.add"] + captured[f"{block}.mlp"])
+
+
+def test_asking_for_an_early_op_never_runs_later_stages(reference_model, inputs):
+    model = copy.deepcopy(reference_model)
+    tap = op_tap(model)
+    ran: list[str] = []
+    for name in ("layer1", "layer2", "fc"):
+        getattr(model, name).register_forward_pre_hook(lambda m, i, name=name: ran.append(name))
+    with torch.inference_mode():
+        tap.capture(inputs, frozenset({"layer1.0.add"}))
+    assert ran == ["layer1"]
+
+
+def test_a_pass_without_op_layers_watches_no_op(reference_model, inputs):
+    """No mode and no scope hooks until an op layer is asked for; then the hooks are registered once."""
+    model = copy.deepcopy(reference_model)
+    tap = op_tap(model)
+    before = tap.hook_count
+    with torch.inference_mode():
+        tap.capture(inputs, frozenset({"layer2"}))
+        assert tap.hook_count == before
+        assert torch._C._is_torch_function_mode_enabled() is False
+        tap.capture(inputs, frozenset({"layer1.0.add"}))
+        after_first = tap.hook_count
+        tap.capture(inputs, frozenset({"layer2.0.add"}))
+    assert after_first > before and tap.hook_count == after_first
+
+
+def test_mixed_module_and_op_layers_equal_each_alone(reference_model, inputs):
+    model = copy.deepcopy(reference_model)
+    tap = op_tap(model)
+    with torch.inference_mode():
+        together = tap.capture(inputs, frozenset({"layer2", "layer2.1.add", "layer1.0.relu_1"}))
+        alone = {name: tap.capture(inputs, frozenset({name}))[name] for name in together}
+    for name, value in together.items():
+        torch.testing.assert_close(value, alone[name])
+
+
+def test_an_op_layer_can_be_a_gradient_leaf(reference_model, inputs):
+    """Explanations read op layers too: the leaf holds the sum, and the pass goes on from a copy of it."""
+    model = copy.deepcopy(reference_model)
+    tap = op_tap(model)
+    with torch.enable_grad():
+        scores, leaf = tap.capture_for_gradient(inputs[:1], "layer4.1.add")
+        (gradient,) = torch.autograd.grad(scores[0, 3], leaf)
+    expected = reference_outputs(reference_model, inputs[:1])
+    torch.testing.assert_close(scores, expected["fc"])
+    torch.testing.assert_close(leaf.detach(), expected["layer4.1.bn2"] + expected["layer4.0"])
+    assert gradient.shape == leaf.shape and gradient.abs().sum() > 0
+
+
+class _CloningInterpreter(torch.fx.Interpreter):
+    """torch.fx's interpreter, keeping a copy of each node's value as the node runs (later in-place ops
+    cannot rewrite it)."""
+
+    def __init__(self, module):
+        super().__init__(module)
+        self.values: dict = {}
+
+    def run_node(self, node):
+        value = super().run_node(node)
+        self.values[node.name] = value.clone() if isinstance(value, torch.Tensor) else value
+        return value
+
+
+def fx_op_values(model: torch.nn.Module, inputs: torch.Tensor) -> dict[str, object]:
+    """Each function and method node's value, by get_graph_node_names' name, from FX's own interpreter."""
+    from torchvision.models import feature_extraction
+
+    tracer = feature_extraction.NodePathTracer(**feature_extraction._set_default_tracer_kwargs(None))
+    graph = tracer.trace(model.eval())
+    interpreter = _CloningInterpreter(torch.fx.GraphModule(tracer.root, graph))
+    with torch.inference_mode():
+        interpreter.run(inputs)
+    return {
+        tracer.node_to_qualname[node]: interpreter.values[node.name]
+        for node in graph.nodes
+        if node.op in ("call_function", "call_method")
+    }
+
+
+# torchvision's functions wrapped with torch.fx.wrap: FX records one node for the whole function, while the
+# eager pass sees only the ops inside it. Their values are module outputs already (the attention module
+# returns shifted_window_attention's result) or tables made from the weights, so they are not op layers.
+FX_WRAPPED = ("shifted_window_attention", "_get_relative_position_bias", "_patch_merging_pad")
+
+CLASSIFIERS = torchvision.models.list_models(module=torchvision.models)
+INPUT_SIZE = {"inception_v3": 299}
+
+
+def _weightless(builder: str) -> torch.nn.Module:
+    try:
+        with torch.device("meta"):
+            return torchvision.models.get_model(builder).eval()
+    except Exception:  # noqa: BLE001 - RegNet's constructor computes with tensors, which the meta device cannot
+        return meta_copy(torchvision.models.get_model(builder))
+
+
+@pytest.mark.parametrize("builder", CLASSIFIERS)
+def test_served_op_names_are_fxs_function_and_method_nodes(builder):
+    """Every tensor-valued function and method node get_graph_node_names lists is an op layer of the same
+    name, with the shape FX's interpreter gives it; the nodes that are not are listed with the reason."""
+    model = _weightless(builder)
+    size = INPUT_SIZE.get(builder, 224)
+    x = torch.empty(1, 3, size, size, device="meta")
+    fx_names = get_graph_node_names(model)[1]
+    values = fx_op_values(model, x)
+    assert set(values) <= set(fx_names)
+    tensors = {name: value for name, value in values.items() if isinstance(value, torch.Tensor)}
+    # Not layers: tuples (their elements are, as the getitem nodes that read them), sizes and other numbers.
+    assert all(not isinstance(v, torch.Tensor) for name, v in values.items() if name not in tensors)
+    expected = {name for name in tensors if not name.rsplit(".", 1)[-1].startswith(FX_WRAPPED)}
+    with torch.inference_mode():
+        served = {c.name: c for c in LayerTap(model, ops=OpNamer(model)).trace(x, ops=True) if c.op is not None}
+    assert set(served) == expected, (sorted(expected - set(served))[:10], sorted(set(served) - expected)[:10])
+    for name in expected:
+        assert served[name].shape == tuple(tensors[name].shape), name
+
+
+@pytest.mark.parametrize("builder", ["resnet18", "densenet121", "shufflenet_v2_x0_5", "maxvit_t", "swin_t"])
+def test_served_op_values_equal_fxs_interpreter_where_no_in_place_op_follows(builder, inputs):
+    """Values, not just names: each op layer equals FX's interpreter's value of the node, cloned as it ran,
+    on a real input, except the sums an in-place op rewrites in FX's graph (asserted above for ResNet)."""
+    model = seeded(builder)
+    x = inputs[:1]
+    fx = {name: v for name, v in fx_op_values(model, x).items() if isinstance(v, torch.Tensor)}
+    tap = op_tap(model)
+    names = [name for name in fx if not name.rsplit(".", 1)[-1].startswith(FX_WRAPPED)]
+    with torch.inference_mode():
+        served = tap.capture(x, frozenset(names))
+    for name in names:
+        torch.testing.assert_close(served[name], fx[name], rtol=1e-4, atol=1e-4, msg=name)
+
+
+def test_getitem_nodes_read_an_element_of_a_tuple():
+    assert operator.getitem.__name__ == "getitem"
+    model = seeded("shufflenet_v2_x0_5")
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    tap = op_tap(model)
+    with torch.inference_mode():
+        captured = tap.capture(x, frozenset({"stage2.1.getitem", "stage2.1.getitem_1", "stage2.0"}))
+    first, second = captured["stage2.0"].chunk(2, dim=1)  # x1, x2 = x.chunk(2, dim=1)
+    torch.testing.assert_close(captured["stage2.1.getitem"], first)
+    torch.testing.assert_close(captured["stage2.1.getitem_1"], second)
