@@ -77,12 +77,16 @@ def build(entry: ModelEntry, weights: Weights) -> Network:
         output=EMBEDDING,
         prefix_tokens=prefix_tokens(model),
         patch_size=getattr(vision, "patch_size", None),
-        text=_text_tower(entry, model, source, options, revision) if hasattr(model, "get_text_features") else None,
+        text=_text_tower(entry, model, source, {**options, "local_files_only": not hub.allow_download}, revision)
+        if hasattr(model, "get_text_features")
+        else None,
     )
 
 
 def _text_tower(entry: ModelEntry, model: nn.Module, source: str, options: dict, revision: dict) -> TextTower | None:
-    """The tokenizer saved with the model, and ``get_text_features``; None (logged) when there is no tokenizer."""
+    """The tokenizer saved with the model, and ``get_text_features``; None (logged) when there is no tokenizer.
+    ``options`` say ``local_files_only`` when downloads are off: without it, transformers asks the hub for
+    optional files (``chat_template.jinja``) and retries for half a minute on a machine with no network."""
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(source, **options, **revision)
     except Exception as exc:  # noqa: BLE001 - not cached, no tokenizer files, a missing tokenizer library
