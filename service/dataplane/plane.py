@@ -268,7 +268,7 @@ class DataPlane:
         if layer is None:
             return runner.spatial_layers[-1]
         runner.check_layers((layer,))
-        if layer not in runner.spatial_layers:
+        if not runner.is_spatial(layer):
             shown = ", ".join(runner.spatial_layers[-12:])
             raise InvalidRequest(
                 f"{method} needs a layer with a spatial map; {layer!r} has none. {runner.name} has "

@@ -95,6 +95,13 @@ class LayerCatalogue:
                     self._ops = ops
         return self._ops
 
+    def is_spatial(self, name: str) -> bool:
+        """Whether the layer (a module's or an op's) is a map that class-activation maps can read."""
+        if name in self._names:
+            return name in self.spatial_layers
+        layer = self.op_layers().get(name)
+        return layer is not None and bool(spatial_layers([layer], self.layout_of))
+
     def op_site(self, name: str) -> OpSite | None:
         """Where an op layer's value comes from; None for a module's layer (or a name that is neither)."""
         if name in self._names or self._ops is None:

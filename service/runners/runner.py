@@ -180,6 +180,9 @@ class ModelRunner:
     def spatial_layers(self) -> list[str]:
         return self.catalogue.spatial_layers
 
+    def is_spatial(self, layer: str) -> bool:
+        return self.catalogue.is_spatial(layer)
+
     @property
     def classes(self) -> int:
         return self.catalogue.classes

@@ -39,6 +39,19 @@ def test_gradcam_answer_in_json_and_base64(client, plane, photos):
     assert int(answer.headers["X-Batch-Size"]) >= 1 and float(answer.headers["X-Inference-Time"]) > 0
 
 
+def test_a_spatial_op_layer_is_explained_like_a_module(client, plane, photos):
+    """layer4.1.add is layer4's map before its last ReLU: Grad-CAM reads it, and refuses flatten (no map)."""
+    data = photos["rocket.jpg"]
+    answer = explain(client, data, "method=gradcam&layer=layer4.1.add&target=3")
+    assert answer.status_code == 200, answer.json
+    (item,) = answer.json["explanations"]
+    assert answer.json["layer"] == "layer4.1.add" and as_array(item["map"]).shape == (7, 7)
+    direct = plane.explain([data], "gradcam", "layer4.1.add", target=3).explanations[0]
+    np.testing.assert_allclose(as_array(item["map"]), direct.map, rtol=1e-5, atol=1e-6)
+    refused = explain(client, data, "method=gradcam&layer=flatten")
+    assert refused.status_code == 400 and "spatial map" in refused.json["error"]["message"]
+
+
 def test_every_method_and_a_batch_of_images(client, photos):
     for method in ("gradcam", "gradcam++", "layercam", "hirescam"):
         answer = explain(client, photos["rocket.jpg"], f"method={method}&target=3")
