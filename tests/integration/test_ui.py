@@ -47,22 +47,25 @@ def test_page_shows_shapes_heatmaps_and_top5_from_local_assets_only(imagenet_ser
         page.on("console", lambda message: message.type == "error" and console_errors.append(message.text))
         page.goto(imagenet_server.url + "/")
         page.wait_for_function("document.querySelectorAll('#layer-select option').length > 0")
-        assert page.locator("#shape-table tbody tr").count() == 75
+        assert page.locator("#shape-table tbody tr").count() == 75 + 9  # and the op layers: 8 residual adds, flatten
+        assert "function op" in page.locator("#shape-table tbody tr", has_text="layer1.0.add").text_content()
         assert "resnet18" in page.locator("#model-line").inner_text()
         assert page.locator("#model-select").input_value() == "resnet18"
         chosen = page.eval_on_selector_all("#layer-select option:checked", "options => options.map(o => o.value)")
         assert chosen == ["avgpool"], "the model's default layer, from /info"
-        page.select_option("#layer-select", ["bn1", "layer1.0.relu_1", "layer4", "avgpool"])
+        page.select_option("#layer-select", ["bn1", "layer1.0.relu_1", "layer1.0.add", "layer4", "avgpool"])
         page.set_input_files("#file-input", str(photo))
         page.click("#run")
         page.wait_for_selector("#top5 li", timeout=30_000)
         boxes = page.locator(".layer")
         assert [boxes.nth(i).get_attribute("data-layer") for i in range(boxes.count())] == [
             "bn1",
+            "layer1.0.add",  # in the order the calls return: the sum, then the ReLU that rewrites it
             "layer1.0.relu_1",
             "layer4",
             "avgpool",
         ]
+        assert page.locator('.layer[data-layer="layer1.0.add"] canvas').count() == 64
         assert page.locator('.layer[data-layer="bn1"] canvas').count() == 64
         assert page.locator('.layer[data-layer="layer4"] canvas').count() == 64  # first 64 of 512
         assert "first 64 of 512" in page.locator('.layer[data-layer="layer4"]').inner_text()

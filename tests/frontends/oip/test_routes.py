@@ -120,6 +120,18 @@ def test_bytes_input_equals_features_for_every_output_form(client, photos):
     np.testing.assert_allclose(got["layer1.0.relu_1"], pooled, rtol=1e-4, atol=1e-5)
 
 
+def test_op_layers_are_outputs_like_modules(client, photos):
+    data = photos["grace_hopper.jpg"]
+    request = {"inputs": [bytes_input(data)], "outputs": [{"name": "layer2.1.add"}, {"name": "flatten"}]}
+    response = infer(client, request)
+    assert response.status_code == 200, response.json
+    got = outputs_of(response)
+    expected = features(client, data, "layers=layer2.1.add,flatten")
+    np.testing.assert_allclose(got["layer2.1.add"], expected["layer2.1.add"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got["flatten"], expected["flatten"], rtol=1e-4, atol=1e-5)
+    assert got["layer2.1.add"].min() < 0  # the sum before the block's ReLU
+
+
 def test_binary_bytes_input_several_images_and_default_output(client, photos):
     images = [photos["rocket.jpg"], photos["chelsea.png"]]
     request = {

@@ -57,20 +57,25 @@ async function loadModel() {
     }
     $("model-line").textContent =
       `${info.model} · weights ${info.weights} · ${info.device} ${info.dtype} · ${info.layers} layers`;
-    const shapes = await getJSON(`/shapes?${modelQuery()}`);
+    const shapes = await getJSON(`/shapes?${modelQuery({ ops: "true" })}`); // op layers too (layer1.0.add, flatten)
     state.layers = shapes.layers.filter((layer) => layer.shape);
     $("layer-select").replaceChildren();
     fillLayerPicker("");
     const crop = info.preprocessing.crop;
     $("shape-size").textContent = `${crop}×${crop}`;
     const body = $("shape-table").querySelector("tbody");
-    body.replaceChildren(...state.layers.map((layer) => row([layer.name, layer.type, `[${layer.shape.join(", ")}]`])));
+    body.replaceChildren(...state.layers.map((layer) => row([layer.name, kindOf(layer), `[${layer.shape.join(", ")}]`])));
     state.labels = info.labels ? (await getJSON(`/labels?${modelQuery()}`)).labels : null;
     $("search-panel").hidden = !info.text;
     fillExplainLayers();
   } catch (error) {
     setStatus(`cannot describe the model: ${error.message}`, true);
   }
+}
+
+// A module's class (Conv2d), or "function op" / "method op" for an op layer
+function kindOf(layer) {
+  return layer.op ? `${layer.op} op` : layer.type;
 }
 
 function row(cells) {
@@ -90,7 +95,8 @@ function fillLayerPicker(filter) {
   select.replaceChildren();
   for (const layer of state.layers) {
     if (filter && !layer.name.includes(filter)) continue;
-    const option = new Option(`${layer.name}  [${layer.shape.slice(1).join("×")}]`, layer.name);
+    const op = layer.op ? "  (op)" : "";
+    const option = new Option(`${layer.name}  [${layer.shape.slice(1).join("×")}]${op}`, layer.name);
     option.selected = chosen.has(layer.name);
     select.appendChild(option);
   }
