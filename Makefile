@@ -39,12 +39,13 @@ lint: install  ## ruff, the import contracts, the docs' links and tables, hadoli
 	$(BIN)/python deploy/kserve/validate.py deploy/kserve/*.yaml  # a custom resource: no schema in kubernetes-validate
 
 # `make bench DEVICE=cuda`: the GPU benchmark instead (bench/gpu.py; under 5 minutes on one H100/H200).
-bench: install  ## the service vs the in-process limit and TorchServe, a row per model entry, layertap-ray vs layertap embed
+bench: install  ## the service vs the in-process limit and TorchServe, a row per model entry, op layers' cost, Ray vs embed
 ifeq ($(DEVICE),cuda)
 	$(BIN)/python -m bench.gpu
 else
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.models
+	$(BIN)/python -m bench.ops
 	$(BIN)/python -m bench.ray
 endif
 
