@@ -106,7 +106,7 @@ class LayertapEmbedder:
         the traced shape (so the rule lives in service/dataplane/pooling.py alone)."""
         runner = self.plane.runner(self.model)
         crop = runner.entry.preprocessing.crop
-        traced = {call.name: call.shape for call in runner.shapes(1, crop, crop)}
+        traced = {call.name: call.shape for call in runner.shapes(1, crop, crop, ops=True)}  # op layers too
         return {
             layer: list(
                 pooling.apply(

@@ -47,6 +47,13 @@ def test_embed_writes_one_row_per_image_and_lists_refusals(server, folder, tmp_p
     assert not (tmp_path / "features.npz.parts").exists()
 
 
+def test_the_python_client_asks_for_op_layers_like_modules(server, photos):
+    client = LayertapClient(server.url)
+    arrays = client.features([photos["rocket.jpg"]], ["layer2.0.add", "flatten", "avgpool"])
+    assert arrays["layer2.0.add"].shape == (1, 128, 28, 28) and arrays["layer2.0.add"].min() < 0  # before the ReLU
+    np.testing.assert_allclose(arrays["flatten"].reshape(-1), arrays["avgpool"].reshape(-1), rtol=1e-6)
+
+
 class Interrupting(LayertapClient):
     """Fails like Ctrl-C after `allowed` requests; counts the images it was asked for."""
 

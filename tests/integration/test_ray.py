@@ -121,20 +121,24 @@ def test_embeds_a_folder_like_the_service_and_records_bad_files(
 
 
 def test_pooled_and_normalized_rows(local_ray, service_settings, server, photo_folder, tmp_path):
+    """A module layer and an op layer (a residual sum, issue 27's op layers), pooled and normalized."""
     from service.bulk.ray_embed import main
 
     root, _, _ = photo_folder
     out = tmp_path / "pooled"
     source = str(root / "original")
-    assert main(["embed", source, "--out", str(out), "--layers", "layer4", "--pool", "avg", "--normalize"]) == 0
+    layers = "layer4,layer3.1.add"
+    assert main(["embed", source, "--out", str(out), "--layers", layers, "--pool", "avg", "--normalize"]) == 0
     rows, schema = rows_by_path(out, root)
     assert json.loads(schema.field("layer4").metadata[b"shape"]) == [512]
+    assert json.loads(schema.field("layer3.1.add").metadata[b"shape"]) == [256]
     assert len(rows) == 4
     for relative, row in rows.items():
-        got = np.asarray(row["layer4"], np.float32)
-        assert abs(np.linalg.norm(got) - 1) < 1e-5
-        expected = http_features(server, root, relative, "layers=layer4&pool=avg&normalize=true")["layer4"]
-        assert row_cosines(got[None], expected[None])[0] >= 0.99999
+        expected = http_features(server, root, relative, f"layers={layers}&pool=avg&normalize=true")
+        for layer in ("layer4", "layer3.1.add"):
+            got = np.asarray(row[layer], np.float32)
+            assert abs(np.linalg.norm(got) - 1) < 1e-5
+            assert row_cosines(got[None], expected[layer][None])[0] >= 0.99999, (relative, layer)
 
 
 def test_an_open_clip_model_embeds_like_the_service(

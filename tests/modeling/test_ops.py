@@ -252,3 +252,52 @@ def test_getitem_nodes_read_an_element_of_a_tuple():
     first, second = captured["stage2.0"].chunk(2, dim=1)  # x1, x2 = x.chunk(2, dim=1)
     torch.testing.assert_close(captured["stage2.1.getitem"], first)
     torch.testing.assert_close(captured["stage2.1.getitem_1"], second)
+
+
+def _tap_for(model, run, source: str, size: int) -> tuple[LayerTap, OpNamer]:
+    namer = OpNamer(meta_copy(model), source)
+    with torch.inference_mode():
+        traced = LayerTap(meta_copy(model), run, ops=namer).trace(
+            torch.empty(1, 3, size, size, device="meta"), ops=True
+        )
+    sites = {call.name: call.site for call in traced if call.op is not None}
+    return LayerTap(model, run, ops=namer, sites=sites.get), namer
+
+
+def test_a_timm_blocks_residual_adds_carry_timms_fx_names():
+    timm = pytest.importorskip("timm")
+    from timm.models import get_graph_node_names as timm_node_names
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False).eval()
+    tap, namer = _tap_for(model, lambda m, x: m.forward_features(x), "timm", 224)
+    assert namer.traced, namer.failure
+    names = {"blocks.0", "blocks.1.ls1", "blocks.1.ls2", "blocks.1.add", "blocks.1.add_1"}
+    assert {"blocks.1.add", "blocks.1.add_1"} <= set(timm_node_names(model)[1])  # timm's own FX names
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        captured = tap.capture(x, frozenset(names))
+    # x = x + drop_path1(ls1(attn(norm1(x)))); x = x + drop_path2(ls2(mlp(norm2(x))))
+    torch.testing.assert_close(captured["blocks.1.add"], captured["blocks.0"] + captured["blocks.1.ls1"])
+    torch.testing.assert_close(captured["blocks.1.add_1"], captured["blocks.1.add"] + captured["blocks.1.ls2"])
+
+
+def test_a_transformers_layers_adds_are_named_in_call_order_where_fx_cannot_trace():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=56, patch_size=14
+    )
+    torch.manual_seed(0)
+    model = transformers.Dinov2Model(config).eval()
+    tap, namer = _tap_for(model, lambda m, x: m(pixel_values=x).last_hidden_state, "transformers", 56)
+    assert not namer.traced  # torchvision's tracer cannot trace it: names come from call order
+    x = torch.randn(1, 3, 56, 56, generator=torch.Generator().manual_seed(5))
+    names = {"embeddings", "encoder.layer.0.layer_scale1", "encoder.layer.0.layer_scale2"}
+    ops = {"encoder.layer.0.add", "encoder.layer.0.add_1"}
+    with torch.inference_mode():
+        captured = tap.capture(x, frozenset(names | ops))
+        hidden = model(pixel_values=x, output_hidden_states=True).hidden_states
+    first = captured["embeddings"] + captured["encoder.layer.0.layer_scale1"]  # attention's residual
+    torch.testing.assert_close(captured["encoder.layer.0.add"], first)
+    torch.testing.assert_close(captured["encoder.layer.0.add_1"], first + captured["encoder.layer.0.layer_scale2"])
+    torch.testing.assert_close(captured["encoder.layer.0.add_1"], hidden[1])  # the layer's output, as the library says
