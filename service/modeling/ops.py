@@ -29,6 +29,7 @@ from __future__ import annotations
 import inspect
 import math
 import operator
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -254,9 +255,12 @@ def _common_subsequence(seen: list[OpCall], nodes: list[_Node]) -> list[tuple[Op
 
 
 def _tracer(source: str):
-    """torchvision's NodePathTracer with the settings ``get_graph_node_names`` uses (plus timm's, for timm)."""
-    import torchvision
+    """torchvision's NodePathTracer with the settings ``get_graph_node_names`` uses (plus timm's, for timm), safe
+    to run beside model threads (:func:`_this_thread_only`)."""
+    import torchvision  # the tracer is only needed where op layers are asked for
     from torchvision.models.feature_extraction import NodePathTracer
+
+    tracer_class = _this_thread_only(NodePathTracer)
 
     leaf_modules = [
         obj for _, obj in inspect.getmembers(torchvision.ops) if inspect.isclass(obj) and issubclass(obj, nn.Module)
@@ -267,7 +271,34 @@ def _tracer(source: str):
 
         kwargs["leaf_modules"] = leaf_modules + list(get_notrace_modules())
         kwargs["autowrap_functions"] = tuple(get_notrace_functions())
-    return NodePathTracer(**kwargs)
+    return tracer_class(**kwargs)
+
+
+def _this_thread_only(tracer_class):
+    """``tracer_class``, tracing only the calls of the thread that runs ``trace``.
+
+    While it traces, torch.fx patches ``torch.nn.Module.__call__`` and ``__getattr__`` for the whole
+    process. A model thread serving a request meanwhile would have its module calls recorded into
+    this graph (and fail: "module is not installed as a submodule"). Calls from other threads go
+    through untouched; the functions FX wraps act only on its proxies, which other threads never hold.
+    """
+
+    class ThisThreadOnly(tracer_class):
+        def trace(self, root, concrete_args=None):
+            self._thread = threading.get_ident()
+            return super().trace(root, concrete_args)
+
+        def call_module(self, m, forward, args, kwargs):
+            if threading.get_ident() != self._thread:
+                return forward(*args, **kwargs)
+            return super().call_module(m, forward, args, kwargs)
+
+        def getattr(self, attr, attr_val, parameter_proxy_cache):
+            if threading.get_ident() != self._thread:
+                return attr_val
+            return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    return ThisThreadOnly
 
 
 def describe(value) -> tuple[tuple[int, ...] | None, tuple[tuple[int, ...] | None, ...]]:

@@ -104,9 +104,9 @@ class LayerCatalogue:
 
     def op_site(self, name: str) -> OpSite | None:
         """Where an op layer's value comes from; None for a module's layer (or a name that is neither)."""
-        if name in self._names or self._ops is None:
+        if name in self._names or self._int8_calls is not None:
             return None
-        layer = self._ops.get(name)
+        layer = self.op_layers().get(name)
         return layer.site if layer is not None else None
 
     def check(self, layers: Iterable[str]) -> None:

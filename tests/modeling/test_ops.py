@@ -301,3 +301,35 @@ def test_a_transformers_layers_adds_are_named_in_call_order_where_fx_cannot_trac
     torch.testing.assert_close(captured["encoder.layer.0.add"], first)
     torch.testing.assert_close(captured["encoder.layer.0.add_1"], first + captured["encoder.layer.0.layer_scale2"])
     torch.testing.assert_close(captured["encoder.layer.0.add_1"], hidden[1])  # the layer's output, as the library says
+
+
+def test_naming_ops_beside_a_model_thread_serving_passes(reference_model, inputs):
+    """torch.fx patches every module's __call__ while it traces: another thread's passes must not notice."""
+    import threading
+
+    model = copy.deepcopy(reference_model)
+    tap = LayerTap(model)
+    with torch.inference_mode():
+        expected = tap.capture(inputs[:1], frozenset({"layer3", "fc"}))
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        with torch.inference_mode():
+            while not stop.is_set():
+                try:
+                    got = tap.capture(inputs[:1], frozenset({"layer3", "fc"}))
+                    torch.testing.assert_close(got["fc"], expected["fc"])
+                except BaseException as exc:  # noqa: BLE001 - reported below
+                    failures.append(exc)
+                    return
+
+    server = threading.Thread(target=serve)
+    server.start()
+    try:
+        for builder in ("densenet121", "swin_t", "resnet50"):
+            assert OpNamer(_weightless(builder)).traced
+    finally:
+        stop.set()
+        server.join()
+    assert not failures, failures[0]

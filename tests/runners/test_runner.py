@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -109,8 +110,31 @@ def test_a_pass_stops_at_the_deepest_layer_the_batch_needs(runner, seen, photos)
         return ran
 
     assert run(("layer1",)) == ["conv1", "bn1", "relu", "maxpool", "layer1"]
+    assert run(("layer1.0.add",)) == ["conv1", "bn1", "relu", "maxpool", "layer1"]  # an op layer stops it too
     assert run(("layer3", "bn1")) == ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3"]
     assert run(("fc",))[-3:] == ["layer4", "avgpool", "fc"]
+
+
+def test_mixed_batches_of_module_and_op_layers_give_each_request_what_it_gets_alone(runner, seen, photos):
+    asks = [("layer2.1.add",), ("layer3",), ("layer1.0.add", "fc"), ("flatten",), ("layer2.1.add", "layer3")]
+    images = [runner.inputs.prepare(photos[name]) for name in ("rocket.jpg", "chelsea.png", "coffee.png")]
+
+    def extract(index: int) -> dict[str, np.ndarray]:
+        image = (images[index % len(images)],)
+        runner.check_layers(asks[index])
+        with runner.reserve(1) as ticket:
+            return runner.extract(ticket, image, asks[index]).result
+
+    seen["passes"].clear()
+    with ThreadPoolExecutor(len(asks)) as pool:
+        together = list(pool.map(extract, range(len(asks))))
+    mixed = [chunk for chunk in seen["passes"] if len(chunk.inputs) > 1 and {"layer3", "layer2.1.add"} & chunk.layers]
+    assert mixed, "no pass held requests of both kinds: the test would prove nothing"
+    for index, result in enumerate(together):
+        assert set(result) == set(asks[index])
+        alone = extract(index)
+        for name in asks[index]:
+            np.testing.assert_allclose(result[name], alone[name], rtol=1e-4, atol=1e-4, err_msg=name)
 
 
 def test_the_catalogue_answers_through_the_runner(runner):
