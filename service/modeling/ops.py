@@ -38,12 +38,19 @@ from torch import nn
 # Python operators whose reflected (``__radd__``) and in-place (``__iadd__``) forms FX records as the plain one.
 BINARY_OPERATORS = frozenset("add sub mul floordiv truediv div mod pow lshift rshift and or xor matmul".split())
 FUNCTION, METHOD = "function", "method"
+# torch.fx saves and restores torch.nn.Module.__call__ around a trace: two traces at once would restore each
+# other's patch, and leave one in place for good. One trace at a time, in the whole process.
+_TRACING = threading.Lock()
 
 
 def op_name(func) -> str:
     """The name torch.fx gives a call of ``func``: ``Tensor.__iadd__`` (``out += x``) is ``add``, a property
     read (``x.shape``) is ``getattr``, an in-place method (``relu_``) is its out-of-place name."""
-    name = getattr(func, "__name__", None) or type(func).__name__
+    return _normalized(getattr(func, "__name__", None) or type(func).__name__)
+
+
+def _normalized(name: str) -> str:
+    """A function's or method's name in FX's form (see :func:`op_name`)."""
     if name == "__get__":
         return "getattr"
     if name.startswith("__") and name.endswith("__"):
@@ -85,6 +92,7 @@ class OpSite:
     index: int
     item: int | None = None
     module: str | None = None
+    op: str = ""  # op_name() of the call it was traced as: a pass checks it before taking the value
 
 
 @dataclass(frozen=True)
@@ -117,7 +125,8 @@ class OpNamer:
         self.module_items: dict[str, list[tuple[int, str]]] = {}  # the same for a module call's name
         self.failure: str | None = None
         try:
-            graph = self._tracer.trace(model.eval())
+            with _TRACING:
+                graph = self._tracer.trace(model.eval())
         except Exception as exc:  # noqa: BLE001 - FX fails in many ways: control flow, asserts on sizes, ...
             self.failure = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             return
@@ -161,14 +170,14 @@ class OpNamer:
     def _by_graph(self, seen: list[OpCall], nodes: list[_Node]) -> dict[OpCall, list[OpLayer]]:
         matched: dict[OpCall, list[OpLayer]] = {}
         for call, node in _common_subsequence(seen, nodes):
-            site = OpSite(call.scope, call.index)
+            site = OpSite(call.scope, call.index, op=call.name)
             found = []
             if call.shape is not None:
                 found.append(OpLayer(node.name, node.kind, site, call.shape))
             for item, name in self.items.get(node.name, ()):
                 shape = _item_shape(call, item)
                 if shape is not None:
-                    found.append(OpLayer(name, FUNCTION, OpSite(call.scope, call.index, item), shape))
+                    found.append(OpLayer(name, FUNCTION, OpSite(call.scope, call.index, item, op=call.name), shape))
             matched[call] = found
         return matched
 
@@ -192,9 +201,7 @@ def module_item_layers(namer: OpNamer | None, module_calls) -> list[tuple[int, O
 
 def op_name_of_target(target: str) -> str:
     """FX's node target (an ``operator`` function's or a method's name) → :func:`op_name`'s form."""
-    if target.startswith("__") and target.endswith("__"):
-        return op_name(type("f", (), {"__name__": target}))
-    return target.rstrip("_") or target
+    return _normalized(target)
 
 
 def _is_item(node) -> bool:
@@ -223,9 +230,8 @@ def _by_call_order(scope: str, seen: list[OpCall]) -> dict[OpCall, list[OpLayer]
         counts[call.name] = index + 1
         base = f"{scope}.{call.name}" if scope else call.name
         if call.shape is not None:
-            named[call] = [
-                OpLayer(base if index == 0 else f"{base}_{index}", call.kind, OpSite(scope, call.index), call.shape)
-            ]
+            name = base if index == 0 else f"{base}_{index}"
+            named[call] = [OpLayer(name, call.kind, OpSite(scope, call.index, op=call.name), call.shape)]
     return named
 
 

@@ -43,6 +43,7 @@ class ShapeTracer:
         with self._lock:
             if self._namer is None:
                 self._namer = OpNamer(self._model, self._source)
+                self._tap.remove()
                 self._tap = LayerTap(self._model, self._network.run, self._network.output, ops=self._namer)
             return self._namer
 

@@ -27,10 +27,10 @@ A tap (like its model) belongs to one thread: it keeps the state of the pass in 
 
 **Op layers** (service/modeling/ops.py): given an :class:`~service.modeling.ops.OpNamer`, a tap also
 serves the results of functional ops and tensor methods. Only a pass that asks for one (or traces
-them) watches ops: it runs under a :class:`torch.overrides.TorchFunctionMode` that copies the
-wanted results as they return, and knows which module each call is made in from forward pre-hooks,
-registered on every module the first time such a pass runs. A pass that asks for no op layer runs
-no mode, and those hooks return at once.
+them) watches ops (service/modeling/opwatch.py): under a :class:`torch.overrides.TorchFunctionMode`,
+with forward pre-hooks that say which module each call is made in, registered on every module the
+first time such a pass runs (so ``hook_count`` grows once then). A pass that asks for no op layer
+runs no mode, and those pre-hooks return at once.
 """
 
 from __future__ import annotations
@@ -41,10 +41,10 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from service.modeling.network import Run, call_module
-from service.modeling.ops import OpCall, OpNamer, OpSite, describe, module_item_layers, op_kind, op_name
+from service.modeling.ops import OpNamer, OpSite, describe, module_item_layers
+from service.modeling.opwatch import AllCaptured, OpPass, OpWatcher, take_items
 
 
 def call_name(module_name: str, call_index: int) -> str:
@@ -88,26 +88,16 @@ def _replace_first(raw_output, tensor: torch.Tensor):
     return (tensor, *raw_output[1:])
 
 
-class _AllCaptured(Exception):
-    """Raised from a hook to abandon the forward pass once nothing more is wanted."""
-
-
 @dataclass
 class _Pass:
     wanted: frozenset[str] = frozenset()
     captured: dict[str, torch.Tensor] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
-    trace: list[tuple[str, str, str, int, tuple[int, ...] | None]] | None = None
+    # ("module", name, module, type, call index, shape, element shapes) per module call, and ("op", OpCall)
+    # per op call when the trace lists ops, in the order they returned
+    trace: list[tuple] | None = None
     gradient_of: str | None = None  # the call whose output becomes a leaf of the graph (capture_for_gradient)
-    # Op watching (None/empty: this pass watches no op): the wanted op calls, by (scope, index) and by module
-    # call, as (layer name, element or None); the stack of (module, is leaf) the pass is in; op calls so far
-    # per scope; the op calls seen, for a trace; True while the tap's own hooks run torch functions.
-    op_sites: dict[tuple[str, int], list[tuple[str, int | None]]] = field(default_factory=dict)
-    module_items: dict[str, list[tuple[str, int | None]]] = field(default_factory=dict)
-    scopes: list[tuple[str, bool]] | None = None
-    op_counts: dict[str, int] = field(default_factory=dict)
-    op_trace: list | None = None
-    paused: bool = False
+    ops: OpPass | None = None  # the op side of a pass that watches ops (service/modeling/opwatch.py)
 
 
 def registered_hooks(model: nn.Module) -> int:
@@ -136,9 +126,7 @@ class LayerTap:
         self.model = model
         self.run = run
         self.output = output
-        self._ops = ops
-        self._sites = sites
-        self._scope_hooks: list | None = None
+        self._watch = OpWatcher(model, ops, sites, self._current_ops) if ops is not None else None
         if output is not None and output in dict(model.named_modules()):
             raise ValueError(f"the pass's output cannot be named {output!r}: a module of the model has that name")
         self._pass: _Pass | None = None
@@ -157,7 +145,8 @@ class LayerTap:
         if not wanted:
             raise ValueError("capture needs at least one layer name; trace() lists them")
         state = _Pass(wanted=frozenset(wanted))
-        self._want_ops(state, wanted)
+        if self._watch is not None:
+            state.ops = self._watch.plan(wanted, state.captured, len(state.wanted))
         self._run(inputs, state)
         missing = state.wanted - state.captured.keys()
         if missing:
@@ -174,7 +163,8 @@ class LayerTap:
         respect to exactly that value, and no graph is kept upstream of it. Call it in grad mode.
         """
         state = _Pass(gradient_of=name)
-        self._want_ops(state, (name,))
+        if self._watch is not None:
+            state.ops = self._watch.plan((name,), state.captured, 1, gradient=True)
         output = self._run(inputs, state)
         if name not in state.captured:
             raise ValueError(f"no tensor output was produced for {name!r}; trace() lists the layers that exist")
@@ -184,7 +174,9 @@ class LayerTap:
         """Run the whole model on ``inputs`` and list every module call in the order the calls returned;
         with ``ops``, the op layers too (service/modeling/ops.py), each where its call returned."""
         namer = self.ops if ops else None
-        state = _Pass(trace=[], op_trace=[] if ops else None)
+        state = _Pass(trace=[])
+        if ops:
+            state.ops = OpPass(state.captured, trace=state.trace)
         self._run(inputs, state)
         modules = [entry for entry in state.trace if entry[0] == "module"]
         calls = [
@@ -218,15 +210,15 @@ class LayerTap:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        if self._watch is not None:
+            self._watch.remove()
 
     @property
     def ops(self) -> OpNamer:
         """How this tap names op calls (service/modeling/ops.py); ValueError for a tap built without."""
-        if self._ops is None:
+        if self._watch is None:
             raise ValueError("this tap was built without an OpNamer: it serves no op layer")
-        if not isinstance(self._ops, OpNamer):
-            self._ops = self._ops()
-        return self._ops
+        return self._watch.namer
 
     @property
     def hook_count(self) -> int:
@@ -236,18 +228,16 @@ class LayerTap:
 
     def _run(self, inputs: torch.Tensor, state: _Pass):
         """The model's output, or None for a pass abandoned once everything it wanted was captured."""
+        if state.ops is not None:
+            self._watch.install()  # before the pass begins: a failure here leaves no state behind
         self._pass = state
-        watching = bool(state.op_sites or state.module_items) or state.op_trace is not None
-        if watching:
-            self._watch_scopes()
-            state.scopes = [("", False)]
         try:
-            if watching:
-                with _OpWatch(self):
+            if state.ops is not None:
+                with self._watch.watching():
                     output = self.run(self.model, inputs)
             else:
                 output = self.run(self.model, inputs)
-        except _AllCaptured:
+        except AllCaptured:
             return None
         finally:
             self._pass = None
@@ -259,22 +249,22 @@ class LayerTap:
         state = state or self._pass
         if state is None:  # a forward pass that is not ours (e.g. someone else's call of the model)
             return None
-        if state.scopes is None:
+        if state.ops is None:
             return self._took_output(state, module_name, module, raw_output)
         if module is not None:
-            state.scopes.pop()
-        state.paused = True  # the torch calls of this hook are the tap's, not the model's ops
+            self._watch.leave(state.ops, module_name)
+        state.ops.paused = True  # the torch calls of this hook are the tap's, not the model's ops
         try:
             return self._took_output(state, module_name, module, raw_output)
         finally:
-            state.paused = False
+            state.ops.paused = False
 
     def _took_output(self, state: _Pass, module_name: str, module: nn.Module | None, raw_output):
         index = state.calls.get(module_name, 0)
         state.calls[module_name] = index + 1
         name = call_name(module_name, index)
-        if state.module_items.get(name) and module is not None:
-            self._take_items(state, state.module_items[name], raw_output)
+        if state.ops is not None and state.ops.module_items.get(name) and module is not None:
+            take_items(state.ops, state.ops.module_items[name], raw_output)
         output = first_tensor(raw_output)
         if state.gradient_of is not None:
             if name != state.gradient_of or not isinstance(output, torch.Tensor):
@@ -296,90 +286,11 @@ class LayerTap:
             # channels_last output is not.
             state.captured[name] = output.clone(memory_format=torch.contiguous_format)
         if len(state.captured) == len(state.wanted) and module is not None:
-            raise _AllCaptured
+            raise AllCaptured
         return None
 
-    # ---- op layers (service/modeling/ops.py) ----------------------------------------------------
-    def _want_ops(self, state: _Pass, names) -> None:
-        """Record which of ``names`` are op layers, and where each comes from."""
-        if self._sites is None:
-            return
-        for name in names:
-            site = self._sites(name)
-            if site is None:
-                continue
-            if site.module is not None:
-                state.module_items.setdefault(site.module, []).append((name, site.item))
-            else:
-                state.op_sites.setdefault((site.scope, site.index), []).append((name, site.item))
-
-    def _watch_scopes(self) -> None:
-        """Forward pre-hooks that tell op calls which module they are made in; registered once, by the first
-        pass that watches ops (the forward hooks pop what these push)."""
-        if self._scope_hooks is not None:
-            return
-        namer = self.ops
-        self._scope_hooks = [
-            module.register_forward_pre_hook(functools.partial(self._on_enter, name, namer.is_leaf(module, name)))
-            for name, module in self.model.named_modules()
-            if name
-        ]
-        self._handles.extend(self._scope_hooks)
-
-    def _on_enter(self, module_name: str, leaf: bool, _module, _inputs) -> None:
-        state = self._pass
-        if state is not None and state.scopes is not None:
-            state.scopes.append((module_name, leaf))
-
-    def _on_op(self, func, result):
-        """A torch function returned ``result`` in the pass in progress; the (possibly replaced) result."""
-        state = self._pass
-        if state is None or state.paused or state.scopes is None:
-            return result
-        scope, leaf = state.scopes[-1]
-        if leaf:  # inside a leaf module: its own computation, not op layers
-            return result
-        index = state.op_counts.get(scope, 0)
-        state.op_counts[scope] = index + 1
-        if state.op_trace is not None:
-            shape, items = describe(result)
-            call = OpCall(scope, index, op_name(func), op_kind(func), shape, items)
-            state.trace.append(("op", call))
-            return result
-        wanted = state.op_sites.get((scope, index))
-        if not wanted:
-            return result
-        if state.gradient_of is not None:
-            (name, item), tensor = wanted[0], result if wanted[0][1] is None else result[wanted[0][1]]
-            leaf_value = state.captured[name] = tensor.detach().clone().requires_grad_(True)
-            onward = leaf_value.clone()
-            if item is None:
-                return onward
-            return type(result)(onward if i == item else v for i, v in enumerate(result))
-        self._take_items(state, wanted, result)
-        if len(state.captured) == len(state.wanted):
-            raise _AllCaptured
-        return result
-
-    @staticmethod
-    def _take_items(state: _Pass, wanted: list[tuple[str, int | None]], result) -> None:
-        """Copy the wanted values out of an op's (or a module's) result: itself, or its elements."""
-        for name, item in wanted:
-            value = result if item is None else result[item]
-            if isinstance(value, torch.Tensor):
-                state.captured[name] = value.clone(memory_format=torch.contiguous_format)
-
-
-class _OpWatch(TorchFunctionMode):
-    """Shows the tap every torch function a pass calls (functions, tensor methods, operators), as it returns.
-    A mode is off while its own handler runs, so the calls a function makes inside are not seen again."""
-
-    def __init__(self, tap: LayerTap):
-        super().__init__()
-        self._tap = tap
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        return self._tap._on_op(func, func(*args, **(kwargs or {})))
+    def _current_ops(self) -> OpPass | None:
+        return self._pass.ops if self._pass is not None else None
 
 
 def _op_call(layer, module: str) -> LayerCall:

@@ -12,14 +12,15 @@ asking for one is :class:`LayerUnavailable` with what to ask for instead, and a 
 be computed by another module's call (:meth:`LayerCatalogue.call_of`).
 
 Op layers (service/modeling/ops.py: ``layer1.0.add``, ``flatten``) are listed on first need (the
-model's torch.fx graph is traced then, not at start): when a request names a layer that is no
-module's, or asks for them (``/shapes?ops=true``). They play no role (classifier, default layer)
-unless the model entry names one, and int8 does not serve them.
+model's torch.fx graph is traced then): when a request names a layer that is no module's, or asks
+for them (``/shapes?ops=true``), or at start for an entry that names one for a role (DenseNet's
+default, ``flatten``). They play no other role, and int8 does not serve them.
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
 import math
 import threading
 from collections.abc import Callable, Iterable
@@ -31,6 +32,8 @@ from service.modeling.int8 import Int8Model
 from service.modeling.ops import OpSite
 from service.modeling.roles import roles, spatial_layers
 from service.modeling.tap import LayerCall
+
+log = logging.getLogger("layertap.catalogue")
 
 
 class LayerCatalogue:
@@ -85,10 +88,18 @@ class LayerCatalogue:
 
     def op_layers(self) -> dict[str, LayerCall]:
         """The op layers at the crop size, by name (traced on first call); empty for a model that serves none."""
+        if self._int8_calls is not None:
+            return {}  # int8 serves none (check() says so, naming float32)
         if self._ops is None:
             with self._ops_lock:
                 if self._ops is None:
-                    traced = self._trace_ops() if self._trace_ops is not None else ()
+                    try:
+                        traced = self._trace_ops() if self._trace_ops is not None else ()
+                    except Exception:
+                        log.exception(
+                            "model %s: its op layers could not be traced; it serves modules only", self.entry.name
+                        )
+                        traced = ()
                     ops = {c.name: c for c in traced if c.op is not None and c.name not in self._names}
                     self._shapes.update({name: c.shape for name, c in ops.items()})
                     self._modules.update({name: c.module for name, c in ops.items()})
@@ -96,11 +107,14 @@ class LayerCatalogue:
         return self._ops
 
     def is_spatial(self, name: str) -> bool:
-        """Whether the layer (a module's or an op's) is a map that class-activation maps can read."""
+        """Whether the layer (a module's or an op's) is a map that class-activation maps can read. An element of
+        an op's or a module's result (a getitem layer) is not: explanations read whole results only."""
         if name in self._names:
             return name in self.spatial_layers
         layer = self.op_layers().get(name)
-        return layer is not None and bool(spatial_layers([layer], self.layout_of))
+        if layer is None or layer.site.item is not None or layer.site.module is not None:
+            return False
+        return bool(spatial_layers([layer], self.layout_of))
 
     def op_site(self, name: str) -> OpSite | None:
         """Where an op layer's value comes from; None for a module's layer (or a name that is neither)."""
@@ -170,7 +184,8 @@ class LayerCatalogue:
 
     def served(self, calls: Iterable[LayerCall]) -> tuple[LayerCall, ...]:
         """Those of ``calls`` (a trace at another input size) that this model serves, in their order."""
-        ops = self.op_layers() if self._int8_calls is None else {}
+        calls = tuple(calls)
+        ops = self.op_layers() if any(c.op is not None for c in calls) else {}
         return tuple(c for c in calls if c.name in self._names or c.name in ops)
 
     def _float_ops(self) -> frozenset[str]:

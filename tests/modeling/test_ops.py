@@ -22,14 +22,18 @@ from service.modeling.tap import LayerTap
 from tests.reference import reference_outputs
 
 
-def op_tap(model: torch.nn.Module, size: int = 224, source: str = "torchvision") -> LayerTap:
-    """A tap serving ``model``'s op layers, their sites traced on a weightless copy, as the runner does."""
-    namer = OpNamer(meta_copy(model), source)
+def op_sites(model: torch.nn.Module, namer: OpNamer, size: int = 224) -> dict:
+    """Each op layer's site, traced on a weightless copy of ``model``, as the runner does."""
     tracer = LayerTap(meta_copy(model), ops=namer)
     with torch.inference_mode():
         traced = tracer.trace(torch.empty(1, 3, size, size, device="meta"), ops=True)
-    sites = {call.name: call.site for call in traced if call.op is not None}
-    return LayerTap(model, ops=namer, sites=sites.get)
+    return {call.name: call.site for call in traced if call.op is not None}
+
+
+def op_tap(model: torch.nn.Module, size: int = 224, source: str = "torchvision") -> LayerTap:
+    """A tap serving ``model``'s op layers."""
+    namer = OpNamer(meta_copy(model), source)
+    return LayerTap(model, ops=namer, sites=op_sites(model, namer, size).get)
 
 
 def seeded(builder: str) -> torch.nn.Module:
@@ -333,3 +337,37 @@ def test_naming_ops_beside_a_model_thread_serving_passes(reference_model, inputs
         stop.set()
         server.join()
     assert not failures, failures[0]
+
+
+def test_an_op_site_that_no_longer_matches_the_pass_fails_loudly(reference_model, inputs):
+    """Sites are traced once; a pass that calls another op there is refused, never served another tensor."""
+    from dataclasses import replace
+
+    model = copy.deepcopy(reference_model)
+    namer = OpNamer(meta_copy(model))
+    wrong = replace(op_sites(model, namer)["layer1.0.add"], op="mul")
+    tap = LayerTap(model, ops=namer, sites={"layer1.0.add": wrong}.get)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="traced as 'mul'"):
+        tap.capture(inputs[:1], frozenset({"layer1.0.add"}))
+
+
+def test_early_exit_is_not_swallowed_by_a_models_own_except_exception():
+    class Careful(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first, self.second = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+            self.second_ran = False
+
+        def forward(self, x):
+            try:
+                x = self.first(x) + 1
+            except Exception:  # noqa: BLE001 - what some model code does
+                pass
+            self.second_ran = True
+            return self.second(x)
+
+    model = Careful().eval()
+    tap = LayerTap(model, ops=OpNamer(meta_copy(model)), sites=None)
+    with torch.inference_mode():
+        captured = tap.capture(torch.ones(1, 4), frozenset({"first"}))
+    assert not model.second_ran and set(captured) == {"first"}
