@@ -226,3 +226,22 @@ def test_pooling_by_layout_gives_what_the_library_pools(sourced, photos):
     assert prefix == {"dinov2_small_reg": 5}.get(entry.name, 1)
     average = plane.extract(image, (last_norm,), OutputOptions(pool="avg")).features[last_norm]
     np.testing.assert_allclose(average, tokens[:, prefix:].mean(axis=1), rtol=1e-5, atol=1e-6)
+
+
+def test_open_clip_text_leaves_the_served_weights_frozen_and_equals_encode_text():
+    """encode_text marks the text transformer's weights as requiring grad for the call only (a matmul speed
+    workaround, service/modeling/sources/open_clip_models.py): the result is the library's, and after it the
+    served network's parameters are frozen again."""
+    open_clip = pytest.importorskip("open_clip")
+    from service.modeling.sources.open_clip_models import encode_text
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-32").eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    ids = open_clip.get_tokenizer("ViT-B-32")(["a photo of a cat", "a diagram"])
+    with torch.inference_mode():
+        served = encode_text(model, ids, None)
+        expected = model.encode_text(ids)
+    torch.testing.assert_close(served, expected)
+    assert not any(parameter.requires_grad for parameter in model.parameters())

@@ -81,8 +81,22 @@ def text_tower(tokenizer) -> TextTower:
 
 
 def encode_text(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:  # noqa: ARG001
-    """open_clip's text embedding, unnormalized (``encode_text(ids, normalize=False)``); it takes no mask."""
-    return model.encode_text(ids)
+    """open_clip's text embedding, unnormalized (``encode_text(ids, normalize=False)``); it takes no mask.
+
+    The text transformer's weights are marked as requiring grad for the call. Its attention gets a float
+    causal mask, so PyTorch's fast path is off, and the slow path projects a transposed ``(L, N, E)``
+    view; ``matmul`` folds that view into one 2-D product only when the weight requires grad, and
+    otherwise copies the weight once per position (CLIP ViT-B/32, 16 texts, bf16, 2 cores: 2.1 s
+    against 0.21 s). Under the runner's ``inference_mode`` no graph is recorded either way.
+    """
+    frozen = [parameter for parameter in model.transformer.parameters() if not parameter.requires_grad]
+    for parameter in frozen:
+        parameter.requires_grad_(True)
+    try:
+        return model.encode_text(ids)
+    finally:
+        for parameter in frozen:
+            parameter.requires_grad_(False)
 
 
 def embed(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
