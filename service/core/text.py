@@ -34,3 +34,8 @@ def listed(names: list[str], count: int = 5, limit: int = 40) -> str:
     shown_names = [name if len(name) <= limit else shown(name, limit) for name in names[:count]]
     more = f" and {len(names) - count} more" if len(names) > count else ""
     return ", ".join(shown_names) + more
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name: a library's error as one line of ours."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

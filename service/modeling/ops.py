@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from service.core.text import first_line
+
 # Python operators whose reflected (``__radd__``) and in-place (``__iadd__``) forms FX records as the plain one.
 BINARY_OPERATORS = frozenset("add sub mul floordiv truediv div mod pow lshift rshift and or xor matmul".split())
 FUNCTION, METHOD = "function", "method"
@@ -128,7 +130,7 @@ class OpNamer:
             with _TRACING:
                 graph = self._tracer.trace(model.eval())
         except Exception as exc:  # noqa: BLE001 - FX fails in many ways: control flow, asserts on sizes, ...
-            self.failure = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            self.failure = first_line(exc)
             return
         names = self._tracer.node_to_qualname
         self.scopes = {}
@@ -144,7 +146,7 @@ class OpNamer:
             scope = name.rsplit(".", 1)[0] if "." in name else ""
             target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
             kind = METHOD if node.op == "call_method" else FUNCTION
-            self.scopes.setdefault(scope, []).append(_Node(name, op_name_of_target(target), kind))
+            self.scopes.setdefault(scope, []).append(_Node(name, _normalized(target), kind))
 
     @property
     def traced(self) -> bool:
@@ -197,11 +199,6 @@ def module_item_layers(namer: OpNamer | None, module_calls) -> list[tuple[int, O
                 site = OpSite("", 0, item, module=name)
                 found.append((position, OpLayer(layer_name, FUNCTION, site, element)))
     return found
-
-
-def op_name_of_target(target: str) -> str:
-    """FX's node target (an ``operator`` function's or a method's name) → :func:`op_name`'s form."""
-    return _normalized(target)
 
 
 def _is_item(node) -> bool:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from service.core.errors import InvalidRequest
+from service.core.text import first_line
 from service.modeling.network import Network
 from service.modeling.ops import OpNamer
 from service.modeling.tap import LayerCall, LayerTap
@@ -66,7 +67,7 @@ class ShapeTracer:
             with self._lock, torch.inference_mode():
                 return tuple(self._tap.trace(torch.empty(batch, 3, height, width, device="meta"), ops=ops))
         except Exception as exc:  # noqa: BLE001 - each architecture says "too small" or "wrong size" its own way
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            reason = first_line(exc)
             raise InvalidRequest(f"the model cannot take a {height}×{width} input: {reason}") from None
 
 

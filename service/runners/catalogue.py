@@ -87,9 +87,12 @@ class LayerCatalogue:
         return len(self.layers)
 
     def op_layers(self) -> dict[str, LayerCall]:
-        """The op layers at the crop size, by name (traced on first call); empty for a model that serves none."""
-        if self._int8_calls is not None:
-            return {}  # int8 serves none (check() says so, naming float32)
+        """The op layers at the crop size, by name (traced on first call); empty for a model that serves none,
+        and in int8, which serves none (check() says so, naming float32)."""
+        return {} if self._int8_calls is not None else self._traced_ops()
+
+    def _traced_ops(self) -> dict[str, LayerCall]:
+        """The float model's op layers, traced once (int8 refuses them by these names)."""
         if self._ops is None:
             with self._ops_lock:
                 if self._ops is None:
@@ -118,7 +121,7 @@ class LayerCatalogue:
 
     def op_site(self, name: str) -> OpSite | None:
         """Where an op layer's value comes from; None for a module's layer (or a name that is neither)."""
-        if name in self._names or self._int8_calls is not None:
+        if name in self._names:
             return None
         layer = self.op_layers().get(name)
         return layer.site if layer is not None else None
@@ -130,12 +133,12 @@ class LayerCatalogue:
                 raise LayerUnavailable(f"layer {shown(name)} does not exist in int8 mode: {self._unavailable[name]}")
             if name in self._names:
                 continue
-            if self._int8_calls is not None and self._trace_ops is not None and name in self._float_ops():
+            if self._int8_calls is not None and name in self._traced_ops():
                 raise LayerUnavailable(
                     f"layer {shown(name)} is an op layer, which int8 does not serve (its ops run inside fused "
                     "quantized kernels); ask for it with LAYERTAP_PRECISION=float32"
                 )
-            if name not in self._names and name not in self.op_layers():
+            if name not in self.op_layers():
                 known = self._names | self.op_layers().keys()
                 # A name far longer than any layer's matches none: no need to compare it with each of them.
                 close = difflib.get_close_matches(name, known, n=3, cutoff=0.6) if len(name) < 2 * self._longest else []
@@ -187,11 +190,6 @@ class LayerCatalogue:
         calls = tuple(calls)
         ops = self.op_layers() if any(c.op is not None for c in calls) else {}
         return tuple(c for c in calls if c.name in self._names or c.name in ops)
-
-    def _float_ops(self) -> frozenset[str]:
-        """The op layers of the float model (for int8's refusal): traced from the float model on first need."""
-        traced = self._trace_ops() if self._trace_ops is not None else ()
-        return frozenset(c.name for c in traced if c.op is not None)
 
     def of_modules(self, modules: Iterable[str]) -> frozenset[str]:
         """The served layers that are calls of these modules."""

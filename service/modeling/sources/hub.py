@@ -17,6 +17,7 @@ from pathlib import Path
 from huggingface_hub import constants
 
 from service.core.errors import StartupError, WeightsUnavailable
+from service.core.text import first_line
 from service.modeling.weights import ALTERNATIVES, HubAccess
 
 FILL = "`python -m service weights download` (with LAYERTAP_ALLOW_DOWNLOAD=true) where there is network"
@@ -37,7 +38,7 @@ def hub_access(hub: HubAccess, what: str) -> Iterator[None]:
     except StartupError:
         raise
     except Exception as exc:  # noqa: BLE001 - each library has its own "not cached", "not found" and network errors
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = first_line(exc)
         if "trust_remote_code" in str(exc):
             raise StartupError(
                 f"{what} ships its own Python code, which layertap does not run unless LAYERTAP_TRUST_REMOTE_CODE=true "
