@@ -16,24 +16,25 @@ import torchvision
 from torch.nn import functional as F
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
+from service.modeling.network import call_module
 from service.modeling.ops import OpNamer, op_kind, op_name
 from service.modeling.shapes import meta_copy
 from service.modeling.tap import LayerTap
 from tests.reference import reference_outputs
 
 
-def op_sites(model: torch.nn.Module, namer: OpNamer, size: int = 224) -> dict:
+def op_sites(model: torch.nn.Module, namer: OpNamer, size: int = 224, run=call_module) -> dict:
     """Each op layer's site, traced on a weightless copy of ``model``, as the runner does."""
-    tracer = LayerTap(meta_copy(model), ops=namer)
+    tracer = LayerTap(meta_copy(model), run, ops=namer)
     with torch.inference_mode():
         traced = tracer.trace(torch.empty(1, 3, size, size, device="meta"), ops=True)
     return {call.name: call.site for call in traced if call.op is not None}
 
 
-def op_tap(model: torch.nn.Module, size: int = 224, source: str = "torchvision") -> LayerTap:
-    """A tap serving ``model``'s op layers."""
+def op_tap(model: torch.nn.Module, size: int = 224, source: str = "torchvision", run=call_module) -> LayerTap:
+    """A tap serving ``model``'s op layers, run as ``run(model, inputs)``; ``tap.ops`` is its OpNamer."""
     namer = OpNamer(meta_copy(model), source)
-    return LayerTap(model, ops=namer, sites=op_sites(model, namer, size).get)
+    return LayerTap(model, run, ops=namer, sites=op_sites(model, namer, size, run).get)
 
 
 def seeded(builder: str) -> torch.nn.Module:
@@ -258,24 +259,14 @@ def test_getitem_nodes_read_an_element_of_a_tuple():
     torch.testing.assert_close(captured["stage2.1.getitem_1"], second)
 
 
-def _tap_for(model, run, source: str, size: int) -> tuple[LayerTap, OpNamer]:
-    namer = OpNamer(meta_copy(model), source)
-    with torch.inference_mode():
-        traced = LayerTap(meta_copy(model), run, ops=namer).trace(
-            torch.empty(1, 3, size, size, device="meta"), ops=True
-        )
-    sites = {call.name: call.site for call in traced if call.op is not None}
-    return LayerTap(model, run, ops=namer, sites=sites.get), namer
-
-
 def test_a_timm_blocks_residual_adds_carry_timms_fx_names():
     timm = pytest.importorskip("timm")
     from timm.models import get_graph_node_names as timm_node_names
 
     torch.manual_seed(0)
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False).eval()
-    tap, namer = _tap_for(model, lambda m, x: m.forward_features(x), "timm", 224)
-    assert namer.traced, namer.failure
+    tap = op_tap(model, 224, "timm", lambda m, x: m.forward_features(x))
+    assert tap.ops.traced, tap.ops.failure
     names = {"blocks.0", "blocks.1.ls1", "blocks.1.ls2", "blocks.1.add", "blocks.1.add_1"}
     assert {"blocks.1.add", "blocks.1.add_1"} <= set(timm_node_names(model)[1])  # timm's own FX names
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(5))
@@ -293,8 +284,8 @@ def test_a_transformers_layers_adds_are_named_in_call_order_where_fx_cannot_trac
     )
     torch.manual_seed(0)
     model = transformers.Dinov2Model(config).eval()
-    tap, namer = _tap_for(model, lambda m, x: m(pixel_values=x).last_hidden_state, "transformers", 56)
-    assert not namer.traced  # torchvision's tracer cannot trace it: names come from call order
+    tap = op_tap(model, 56, "transformers", lambda m, x: m(pixel_values=x).last_hidden_state)
+    assert not tap.ops.traced  # torchvision's tracer cannot trace it: names come from call order
     x = torch.randn(1, 3, 56, 56, generator=torch.Generator().manual_seed(5))
     names = {"embeddings", "encoder.layer.0.layer_scale1", "encoder.layer.0.layer_scale2"}
     ops = {"encoder.layer.0.add", "encoder.layer.0.add_1"}
