@@ -7,7 +7,9 @@ ResNet-50 (random weights, the service's placement: channels_last, the CPU's fas
 - **without op layers, after**: a tap that serves op layers, after passes that asked for them (its
   scope hooks are installed), asked for ``layer4`` alone: the watch is off, this must cost the same;
 - **one op layer**: ``layer4`` and ``layer3.5.add``;
-- **ten op layers**: ``layer4`` and ten residual sums.
+- **ten op layers**: ``layer4`` and ten residual sums;
+- **ten module layers**, for scale: the outputs of the same ten blocks, from the plain tap. Copying ten
+  maps this large is most of what ten layers cost, op or module.
 
 The cells take turns, ``--rounds`` times, and the report gives the median milliseconds per pass
 and the ratio to the first cell. Targets (issue 27): ×1.0 without op layers, at most ×1.3 with them.
@@ -16,6 +18,7 @@ and the ratio to the first cell. Targets (issue 27): ×1.0 without op layers, at
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -28,12 +31,15 @@ from service.modeling.ops import OpNamer
 from service.modeling.shapes import meta_copy
 from service.modeling.tap import LayerTap
 
-TEN = tuple(f"layer{stage}.{block}.add" for stage, blocks in ((1, 3), (2, 4), (3, 3)) for block in range(blocks))
+BLOCKS = tuple(f"layer{stage}.{block}" for stage, blocks in ((1, 3), (2, 4), (3, 3)) for block in range(blocks))
+TEN = tuple(f"{block}.add" for block in BLOCKS)
 CELLS = {
     "without op layers, before": ("plain", ("layer4",)),
     "without op layers, after": ("ops", ("layer4",)),
     "one op layer": ("ops", ("layer4", "layer3.5.add")),
     "ten op layers": ("ops", ("layer4", *TEN)),
+    # the same ten blocks' outputs, modules: what copying ten maps of these sizes costs without any op watch
+    "ten module layers (for scale)": ("plain", ("layer4", *BLOCKS)),
 }
 
 
@@ -44,8 +50,7 @@ def taps(dtype: str) -> dict[str, LayerTap]:
     with torch.inference_mode():
         traced = LayerTap(meta_copy(model), ops=namer).trace(torch.empty(1, 3, 224, 224, device="meta"), ops=True)
     sites = {call.name: call.site for call in traced if call.op is not None}
-    twin = place(torchvision.models.resnet50().eval(), torch.device("cpu"), dtype, True)
-    twin.load_state_dict(model.state_dict())
+    twin = copy.deepcopy(model)  # the same weights, with hooks of its own
     return {"plain": LayerTap(model), "ops": LayerTap(twin, ops=namer, sites=sites.get)}
 
 
